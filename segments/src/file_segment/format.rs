@@ -1,0 +1,220 @@
+//! Byte layout of a file segment, version 1 (see docs/segment-format.md).
+//!
+//! ```text
+//! header     16 B   magic "FPNODSEG", u32 version, u32 flags (0)
+//! data              blocks back to back (block.rs)
+//! chunks            u32 CRC-32 per CHUNK_SIZE bytes of the data region
+//! directory         u32 first hash of each block
+//! offsets           u64 file offset of each block
+//! defined           roaring bitmap (portable format): ids the segment defines
+//! deleted           roaring bitmap: ids the segment deletes
+//! footer    128 B   see `Footer`
+//! ```
+//! All integers little-endian. The footer ends with its own CRC, the version and
+//! the magic, so a file is identified and checked from its end.
+
+use crate::fsutil::{le_u32, le_u64};
+use crate::types::SegmentId;
+
+pub const MAGIC: [u8; 8] = *b"FPNODSEG";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 16;
+pub const FOOTER_LEN: u64 = 128;
+/// Granularity of data checksums: each chunk is verified the first time any block
+/// in it is read.
+pub const CHUNK_SIZE: u32 = 4096;
+
+pub const EXTENSION: &str = "fpseg";
+
+pub fn file_name(id: SegmentId) -> String {
+    format!("{id}.{EXTENSION}")
+}
+
+/// Parses `<16 hex>.fpseg`.
+pub fn parse_file_name(name: &str) -> Option<SegmentId> {
+    let stem = name.strip_suffix(".fpseg")?;
+    if stem.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(stem, 16).ok().map(SegmentId)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footer {
+    pub segment_id: u64,
+    pub min_position: u64,
+    pub max_position: u64,
+    pub num_postings: u64,
+    pub num_blocks: u64,
+    pub data_end: u64,
+    pub chunks_offset: u64,
+    pub directory_offset: u64,
+    pub offsets_offset: u64,
+    pub defined_offset: u64,
+    pub defined_len: u64,
+    pub deleted_offset: u64,
+    pub deleted_len: u64,
+    pub chunk_size: u32,
+    /// CRC-32 of bytes `[chunks_offset, footer start)`.
+    pub metadata_crc: u32,
+}
+
+impl Footer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(FOOTER_LEN as usize);
+        for v in [
+            self.segment_id,
+            self.min_position,
+            self.max_position,
+            self.num_postings,
+            self.num_blocks,
+            self.data_end,
+            self.chunks_offset,
+            self.directory_offset,
+            self.offsets_offset,
+            self.defined_offset,
+            self.defined_len,
+            self.deleted_offset,
+            self.deleted_len,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.chunk_size.to_le_bytes());
+        b.extend_from_slice(&self.metadata_crc.to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&MAGIC);
+        debug_assert_eq!(b.len() as u64, FOOTER_LEN);
+        b
+    }
+
+    /// Decodes a footer; the caller has checked magic and version. Returns `None`
+    /// if the footer's own checksum does not match.
+    pub fn decode(b: &[u8]) -> Option<Footer> {
+        if b.len() != FOOTER_LEN as usize {
+            return None;
+        }
+        let body = 13 * 8 + 8;
+        if crc32fast::hash(&b[..body]) != le_u32(b, body) {
+            return None;
+        }
+        let u = |i: usize| le_u64(b, i * 8);
+        Some(Footer {
+            segment_id: u(0),
+            min_position: u(1),
+            max_position: u(2),
+            num_postings: u(3),
+            num_blocks: u(4),
+            data_end: u(5),
+            chunks_offset: u(6),
+            directory_offset: u(7),
+            offsets_offset: u(8),
+            defined_offset: u(9),
+            defined_len: u(10),
+            deleted_offset: u(11),
+            deleted_len: u(12),
+            chunk_size: le_u32(b, 104),
+            metadata_crc: le_u32(b, 108),
+        })
+    }
+
+    /// Version and magic sit in the last 12 bytes of the file.
+    pub fn trailer(b: &[u8]) -> (u32, [u8; 8]) {
+        let n = b.len();
+        let mut magic = [0u8; 8];
+        if n >= 12 {
+            magic.copy_from_slice(&b[n - 8..]);
+            (le_u32(b, n - 12), magic)
+        } else {
+            (0, magic)
+        }
+    }
+
+    /// Checks that the sections tile the file exactly; returns what is wrong.
+    pub fn check_layout(&self, file_len: u64) -> Result<(), String> {
+        let blocks = self.num_postings.div_ceil(crate::block::BLOCK_LEN as u64);
+        if blocks != self.num_blocks {
+            return Err(format!(
+                "{} postings need {} blocks, footer says {}",
+                self.num_postings, blocks, self.num_blocks
+            ));
+        }
+        if self.chunk_size == 0 {
+            return Err("chunk size 0".into());
+        }
+        let chunks =
+            (self.data_end.saturating_sub(HEADER_LEN)).div_ceil(u64::from(self.chunk_size));
+        let expect = [
+            ("data end", self.data_end >= HEADER_LEN),
+            ("chunk table", self.chunks_offset == self.data_end),
+            (
+                "directory",
+                self.directory_offset == self.chunks_offset + 4 * chunks,
+            ),
+            (
+                "offsets",
+                self.offsets_offset == self.directory_offset + 4 * self.num_blocks,
+            ),
+            (
+                "defined ids",
+                self.defined_offset == self.offsets_offset + 8 * self.num_blocks,
+            ),
+            (
+                "deleted ids",
+                self.deleted_offset == self.defined_offset + self.defined_len,
+            ),
+            (
+                "footer",
+                self.deleted_offset + self.deleted_len + FOOTER_LEN == file_len,
+            ),
+        ];
+        for (what, ok) in expect {
+            if !ok {
+                return Err(format!("section layout does not add up at: {what}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_chunks(&self) -> u64 {
+        (self.data_end - HEADER_LEN).div_ceil(u64::from(self.chunk_size))
+    }
+}
+
+pub fn header() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footer_round_trips_and_detects_a_flipped_bit() {
+        let f = Footer {
+            segment_id: 3,
+            num_postings: 5,
+            num_blocks: 1,
+            chunk_size: CHUNK_SIZE,
+            metadata_crc: 77,
+            ..Footer::default()
+        };
+        let mut b = f.encode();
+        assert_eq!(Footer::decode(&b), Some(f));
+        assert_eq!(Footer::trailer(&b), (FORMAT_VERSION, MAGIC));
+        b[3] ^= 1;
+        assert_eq!(Footer::decode(&b), None);
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        let id = SegmentId(0xabc);
+        assert_eq!(parse_file_name(&file_name(id)), Some(id));
+        assert_eq!(parse_file_name("x.fpseg"), None);
+        assert_eq!(parse_file_name("0000000000000abc.tmp"), None);
+    }
+}

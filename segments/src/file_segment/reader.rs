@@ -1,0 +1,348 @@
+//! Opens, verifies and searches a file segment through a read-only memory map.
+//!
+//! On open: header, footer, section layout and a CRC over every metadata section
+//! (chunk table, directory, offsets, id sets) are checked, and the two id sets are
+//! loaded into RAM as roaring bitmaps. Block data is verified lazily: each 4 KiB
+//! chunk is checked against its CRC the first time any block in it is read, and a
+//! bit remembers that it was. A mismatch is a `Corrupt` error naming the file and
+//! offset, never wrong results.
+//!
+//! Locating a hash: a prefix table in RAM (first block of every top-bits bucket,
+//! sized so a bucket spans ~64 blocks) narrows the binary search over the mmapped
+//! block directory to a few cache lines. RAM used is that table, the id sets and
+//! one bit per chunk; everything else stays in the page cache.
+//!
+//! Thread safety: immutable after open except the verified-chunk bits (atomics)
+//! and the delete-on-drop flag; shared across search threads behind an `Arc`.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bitpacking::{BitPacker, BitPacker4x};
+use memmap2::Mmap;
+use roaring::RoaringBitmap;
+
+use super::format::{FOOTER_LEN, FORMAT_VERSION, Footer, HEADER_LEN, MAGIC};
+use crate::block::{self, BLOCK_LEN, DecodedBlock};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::{le_u32, le_u64};
+use crate::mmap;
+use crate::segment::{DocSets, SegmentInfo};
+use crate::types::{PackedPosting, Position, SegmentId, pack};
+
+/// Target number of blocks per prefix-table bucket.
+const BLOCKS_PER_BUCKET: u64 = 64;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Ask the kernel to read the whole file into the page cache now.
+    pub preload: bool,
+}
+
+pub struct FileSegment {
+    path: PathBuf,
+    map: Mmap,
+    footer: Footer,
+    docs: DocSets,
+    shift: u32,
+    prefix: Vec<u32>,
+    verified: Vec<AtomicU64>,
+    delete_on_drop: AtomicBool,
+    packer: BitPacker4x,
+}
+
+impl std::fmt::Debug for FileSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSegment")
+            .field("path", &self.path)
+            .field("num_postings", &self.footer.num_postings)
+            .finish()
+    }
+}
+
+impl FileSegment {
+    /// Opens and verifies the segment file at `path`. If `expect_id` is given, the
+    /// id recorded in the file must match it.
+    pub fn open(path: &Path, expect_id: Option<SegmentId>, opts: OpenOptions) -> Result<Self> {
+        let file = File::open(path).at(path)?;
+        let map = mmap::map_readonly(&file, path)?;
+        let len = map.len() as u64;
+        let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
+        if len < HEADER_LEN + FOOTER_LEN {
+            return Err(corrupt(0, "file too short for a segment"));
+        }
+        if map[..8] != MAGIC {
+            return Err(corrupt(0, "bad magic in header"));
+        }
+        let (version, magic) = Footer::trailer(&map);
+        if magic != MAGIC {
+            return Err(corrupt(len - 8, "bad magic in footer"));
+        }
+        if version != FORMAT_VERSION || le_u32(&map, 8) != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let footer_start = len - FOOTER_LEN;
+        let footer = Footer::decode(&map[footer_start as usize..])
+            .ok_or_else(|| corrupt(footer_start, "footer checksum mismatch"))?;
+        footer
+            .check_layout(len)
+            .map_err(|reason| corrupt(footer_start, &reason))?;
+        if let Some(id) = expect_id
+            && footer.segment_id != id.0
+        {
+            return Err(corrupt(
+                footer_start,
+                &format!(
+                    "file holds segment {:016x}, expected {id}",
+                    footer.segment_id
+                ),
+            ));
+        }
+        let meta = &map[footer.chunks_offset as usize..footer_start as usize];
+        if crc32fast::hash(meta) != footer.metadata_crc {
+            return Err(corrupt(footer.chunks_offset, "metadata checksum mismatch"));
+        }
+        let section = |off: u64, n: u64| &map[off as usize..(off + n) as usize];
+        let defined =
+            RoaringBitmap::deserialize_from(section(footer.defined_offset, footer.defined_len))
+                .map_err(|e| corrupt(footer.defined_offset, &format!("defined ids: {e}")))?;
+        let deleted =
+            RoaringBitmap::deserialize_from(section(footer.deleted_offset, footer.deleted_len))
+                .map_err(|e| corrupt(footer.deleted_offset, &format!("deleted ids: {e}")))?;
+
+        let nb = footer.num_blocks;
+        let bits = (nb / BLOCKS_PER_BUCKET).max(1).ilog2().clamp(4, 24);
+        let shift = 32 - bits;
+        let mut prefix = Vec::with_capacity((1usize << bits) + 1);
+        let mut j = 0u64;
+        for p in 0..(1u64 << bits) {
+            let lo = p << shift;
+            while j < nb && u64::from(le_u32(&map, (footer.directory_offset + 4 * j) as usize)) < lo
+            {
+                j += 1;
+            }
+            prefix.push(j as u32);
+        }
+        prefix.push(nb as u32);
+
+        let verified = (0..footer.num_chunks().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        if opts.preload {
+            mmap::will_need(&map);
+        }
+        Ok(FileSegment {
+            path: path.to_path_buf(),
+            map,
+            footer,
+            docs: DocSets { defined, deleted },
+            shift,
+            prefix,
+            verified,
+            delete_on_drop: AtomicBool::new(false),
+            packer: BitPacker4x::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn info(&self) -> SegmentInfo {
+        SegmentInfo {
+            id: SegmentId(self.footer.segment_id),
+            min_position: Position(self.footer.min_position),
+            max_position: Position(self.footer.max_position),
+            num_postings: self.footer.num_postings,
+        }
+    }
+
+    pub fn docs(&self) -> &DocSets {
+        &self.docs
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Bytes of RAM this reader holds outside the page cache.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.prefix.len() * 4
+            + self.verified.len() * 8
+            + self.docs.defined.serialized_size()
+            + self.docs.deleted.serialized_size()) as u64
+    }
+
+    pub(crate) fn delete_on_drop(&self) {
+        self.delete_on_drop.store(true, Ordering::Release);
+    }
+
+    /// Reads every chunk of the data region and checks it (used by `inspect`
+    /// and tests; searches verify lazily).
+    pub fn verify_all(&self) -> Result<()> {
+        let n = self.footer.data_end - HEADER_LEN;
+        if n > 0 {
+            self.verify(HEADER_LEN, n)?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn first_hash(&self, block: u64) -> u32 {
+        le_u32(
+            &self.map,
+            (self.footer.directory_offset + 4 * block) as usize,
+        )
+    }
+
+    /// Index of the first block whose first hash is >= `hash`.
+    #[inline]
+    fn lower_bound(&self, hash: u32) -> u64 {
+        let bucket = (hash >> self.shift) as usize;
+        let mut lo = u64::from(self.prefix[bucket]);
+        let mut hi = u64::from(self.prefix[bucket + 1]);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.first_hash(mid) < hash {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn verify(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = u64::from(self.footer.chunk_size);
+        let first = (offset - HEADER_LEN) / cs;
+        let last = (offset + len - 1 - HEADER_LEN) / cs;
+        for c in first..=last {
+            let (word, bit) = ((c / 64) as usize, 1u64 << (c % 64));
+            let Some(w) = self.verified.get(word) else {
+                return Err(Error::corrupt(
+                    &self.path,
+                    offset,
+                    "block outside data region",
+                ));
+            };
+            if w.load(Ordering::Acquire) & bit != 0 {
+                continue;
+            }
+            let start = HEADER_LEN + c * cs;
+            let end = (start + cs).min(self.footer.data_end);
+            let want = le_u32(&self.map, (self.footer.chunks_offset + 4 * c) as usize);
+            if crc32fast::hash(&self.map[start as usize..end as usize]) != want {
+                return Err(Error::corrupt(&self.path, start, "data checksum mismatch"));
+            }
+            w.fetch_or(bit, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Decodes block `b` into `out`, verifying its chunk(s) first.
+    fn decode(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
+        let offset = le_u64(&self.map, (self.footer.offsets_offset + 8 * b) as usize);
+        if offset < HEADER_LEN || offset >= self.footer.data_end {
+            return Err(Error::corrupt(
+                &self.path,
+                offset,
+                "block offset out of range",
+            ));
+        }
+        let bytes = &self.map[offset as usize..self.footer.data_end as usize];
+        let len =
+            block::peek_len(bytes).map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))?;
+        self.verify(offset, len as u64)?;
+        let n = (self.footer.num_postings - b * BLOCK_LEN as u64).min(BLOCK_LEN as u64) as usize;
+        block::decode(&self.packer, bytes, self.first_hash(b), n, out)
+            .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
+    }
+
+    /// Calls `found(id)` for every posting whose hash is in `sorted_query`.
+    pub fn collect_matches(&self, sorted_query: &[u32], found: &mut dyn FnMut(u32)) -> Result<()> {
+        let nb = self.footer.num_blocks;
+        if nb == 0 {
+            return Ok(());
+        }
+        let mut block = DecodedBlock::default();
+        let mut current = u64::MAX;
+        for &hash in sorted_query {
+            let mut b = self.lower_bound(hash).saturating_sub(1);
+            while b < nb && self.first_hash(b) <= hash {
+                if b != current {
+                    self.decode(b, &mut block)?;
+                    current = b;
+                }
+                let range = block.range_of(hash);
+                for &id in &block.ids[range.clone()] {
+                    found(id);
+                }
+                if range.end < block.len {
+                    break;
+                }
+                b += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// All postings in order.
+    pub fn cursor(&self) -> FileCursor<'_> {
+        FileCursor {
+            segment: self,
+            block: DecodedBlock::default(),
+            next_block: 0,
+            pos: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for FileSegment {
+    fn drop(&mut self) {
+        if self.delete_on_drop.load(Ordering::Acquire) {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not delete retired segment");
+            } else {
+                tracing::debug!(path = %self.path.display(), "deleted retired segment");
+            }
+        }
+    }
+}
+
+/// Sequential reader over all postings of a file segment.
+#[derive(Debug)]
+pub struct FileCursor<'a> {
+    segment: &'a FileSegment,
+    block: DecodedBlock,
+    next_block: u64,
+    pos: usize,
+    failed: bool,
+}
+
+impl Iterator for FileCursor<'_> {
+    type Item = Result<PackedPosting>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos == self.block.len {
+            if self.failed || self.next_block >= self.segment.footer.num_blocks {
+                return None;
+            }
+            if let Err(e) = self.segment.decode(self.next_block, &mut self.block) {
+                self.failed = true;
+                return Some(Err(e));
+            }
+            self.next_block += 1;
+            self.pos = 0;
+        }
+        let p = pack(self.block.hashes[self.pos], self.block.ids[self.pos]);
+        self.pos += 1;
+        Some(Ok(p))
+    }
+}

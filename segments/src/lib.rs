@@ -1,0 +1,33 @@
+//! fpnode's storage engine: an inverted index from 32-bit hashes to fingerprint
+//! ids, kept as an ordered list of immutable segments.
+//!
+//! Synchronous, no actors, no network: the node drives it from its actors. Layers,
+//! bottom up: [`block`] (128-posting codec) < [`file_segment`] (mmapped files) and
+//! [`memory_segment`] < [`segment`] < [`snapshot`] + [`search`] < [`merge`] +
+//! [`merge_policy`] < [`wal`] + [`manifest`] < [`index`]; [`bulk`] builds final
+//! segments offline. See docs/architecture.md and docs/segment-format.md.
+
+pub mod block;
+pub mod bulk;
+pub mod error;
+pub mod file_segment;
+mod fsutil;
+pub mod index;
+pub mod manifest;
+pub mod memory_segment;
+pub mod merge;
+pub mod merge_policy;
+mod mmap;
+pub mod search;
+pub mod segment;
+pub mod snapshot;
+pub mod types;
+pub mod wal;
+
+pub use error::{Error, Result};
+pub use index::{Index, IndexOptions, IndexStats};
+pub use search::{Hit, SearchOptions};
+pub use snapshot::{DocInfo, Snapshot};
+pub use types::{
+    Batch, Change, FingerprintId, Generation, Metadata, MetadataDelta, Position, SegmentId,
+};

@@ -1,0 +1,161 @@
+//! Search: which live fingerprints share the most distinct hashes with a query.
+//!
+//! Semantics (DESIGN.md §4): the query is a set (a repeated hash counts once), and
+//! so is each fingerprint (stored deduplicated). Score = number of distinct query
+//! hashes the fingerprint contains. Results: score >= `min_score` (default
+//! ceil(n/20), n = distinct query hashes), score >= top score * `score_pct`/100
+//! (default 10), sorted by score descending then id ascending, at most `limit`
+//! (default 40, clamped to 1..=100). A deadline turns into `Error::SearchTimeout`.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::snapshot::Snapshot;
+use crate::types::FingerprintId;
+
+pub const DEFAULT_LIMIT: usize = 40;
+pub const MAX_LIMIT: usize = 100;
+pub const DEFAULT_SCORE_PCT: u32 = 10;
+
+/// Options as a client gives them; `None` takes the default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SearchOptions {
+    pub limit: Option<usize>,
+    pub min_score: Option<u32>,
+    pub score_pct: Option<u32>,
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hit {
+    pub id: FingerprintId,
+    pub score: u32,
+}
+
+/// Sorts and deduplicates query hashes.
+pub fn normalize_query(query: &[u32]) -> Vec<u32> {
+    let mut q = query.to_vec();
+    q.sort_unstable();
+    q.dedup();
+    q
+}
+
+impl SearchOptions {
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT)
+    }
+
+    pub fn min_score(&self, distinct_query_len: usize) -> u32 {
+        self.min_score
+            .unwrap_or_else(|| distinct_query_len.div_ceil(20) as u32)
+    }
+
+    pub fn score_pct(&self) -> u32 {
+        self.score_pct.unwrap_or(DEFAULT_SCORE_PCT)
+    }
+
+    fn check_deadline(&self) -> Result<()> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(Error::SearchTimeout),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn search(&self, query: &[u32], opts: &SearchOptions) -> Result<Vec<Hit>> {
+        let q = normalize_query(query);
+        let mut matches: Vec<u32> = Vec::with_capacity(q.len() * 4);
+        for view in &self.segments {
+            opts.check_deadline()?;
+            if view.shadowed.is_empty() {
+                view.segment
+                    .collect_matches(&q, &mut |id| matches.push(id))?;
+            } else {
+                let shadowed = &view.shadowed;
+                view.segment.collect_matches(&q, &mut |id| {
+                    if !shadowed.contains(id) {
+                        matches.push(id)
+                    }
+                })?;
+            }
+        }
+        opts.check_deadline()?;
+        Ok(rank(
+            matches,
+            opts.min_score(q.len()),
+            opts.score_pct(),
+            opts.limit(),
+        ))
+    }
+}
+
+/// Turns one id per matched posting into ranked hits.
+pub fn rank(mut matches: Vec<u32>, min_score: u32, score_pct: u32, limit: usize) -> Vec<Hit> {
+    matches.sort_unstable();
+    let mut hits: Vec<Hit> = Vec::new();
+    for id in matches {
+        match hits.last_mut() {
+            Some(h) if h.id == id => h.score += 1,
+            _ => hits.push(Hit { id, score: 1 }),
+        }
+    }
+    let min_score = min_score.max(1);
+    hits.retain(|h| h.score >= min_score);
+    let Some(top) = hits.iter().map(|h| h.score).max() else {
+        return hits;
+    };
+    let floor = u64::from(top) * u64::from(score_pct);
+    hits.retain(|h| u64::from(h.score) * 100 >= floor);
+    let order = |a: &Hit, b: &Hit| b.score.cmp(&a.score).then(a.id.cmp(&b.id));
+    if hits.len() > limit {
+        hits.select_nth_unstable_by(limit, order);
+        hits.truncate(limit);
+    }
+    hits.sort_unstable_by(order);
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_orders_by_score_then_id_and_applies_limits() {
+        // id 5 x3, id 2 x3, id 9 x1, id 1 x2
+        let m = vec![5, 2, 9, 1, 5, 2, 1, 5, 2];
+        let hits = rank(m.clone(), 1, 0, 40);
+        assert_eq!(
+            hits,
+            vec![
+                Hit { id: 2, score: 3 },
+                Hit { id: 5, score: 3 },
+                Hit { id: 1, score: 2 },
+                Hit { id: 9, score: 1 }
+            ]
+        );
+        assert_eq!(rank(m.clone(), 2, 0, 40).len(), 3);
+        // 50% of top score 3 is 1.5: score 1 is dropped, 2 is kept.
+        assert_eq!(rank(m.clone(), 1, 50, 40).len(), 3);
+        assert_eq!(rank(m, 1, 0, 1), vec![Hit { id: 2, score: 3 }]);
+    }
+
+    #[test]
+    fn options_defaults_follow_fpindex() {
+        let o = SearchOptions::default();
+        assert_eq!(o.limit(), 40);
+        assert_eq!(o.min_score(120), 6);
+        assert_eq!(o.min_score(121), 7);
+        assert_eq!(o.score_pct(), 10);
+        let o = SearchOptions {
+            limit: Some(1000),
+            ..o
+        };
+        assert_eq!(o.limit(), 100);
+        let o = SearchOptions {
+            limit: Some(0),
+            ..o
+        };
+        assert_eq!(o.limit(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Appends batches to the WAL with group commit.
+//!
+//! `append` only buffers; `sync` writes everything buffered and fsyncs once, so
+//! one fsync covers every batch that was waiting (group commit). A batch is
+//! durable, and may be acknowledged, only after the `sync` that follows its
+//! `append` returned Ok. A failed write or fsync poisons the writer: the state of
+//! the file is unknown, so every later call fails until the index is reopened
+//! (fjall's poison rule; retrying an fsync after failure can silently lose data).
+//!
+//! Single owner: the index serialises access (it holds the writer in its lock).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::record::{self, HEADER};
+use super::{file_name, list_files};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::sync_dir;
+use crate::types::{Batch, Position};
+
+#[derive(Clone, Copy, Debug)]
+pub struct WalOptions {
+    /// Start a new file once the current one is this large.
+    pub max_file_bytes: u64,
+    /// fsync on every sync (true in production; tests of non-durability only).
+    pub fsync: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            max_file_bytes: 64 << 20,
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct WalWriter {
+    dir: PathBuf,
+    opts: WalOptions,
+    file: Option<(PathBuf, File)>,
+    file_bytes: u64,
+    buf: Vec<u8>,
+    /// Position of the newest batch appended (buffered or durable).
+    last_appended: Position,
+    /// Position of the newest batch made durable.
+    durable: Position,
+    poisoned: Option<String>,
+    /// How long the last `sync` spent in fsync.
+    pub last_sync_duration: Duration,
+    pub syncs: u64,
+}
+
+impl WalWriter {
+    /// Opens the WAL in `dir` for appending after `last_position` (as found by
+    /// replay). Appends continue in the newest existing file.
+    pub fn open(dir: &Path, last_position: Position, opts: WalOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let mut w = WalWriter {
+            dir: dir.to_path_buf(),
+            opts,
+            file: None,
+            file_bytes: 0,
+            buf: Vec::with_capacity(1 << 20),
+            last_appended: last_position,
+            durable: last_position,
+            poisoned: None,
+            last_sync_duration: Duration::ZERO,
+            syncs: 0,
+        };
+        if let Some((_, path)) = list_files(dir)?.pop() {
+            let mut file = OpenOptions::new().append(true).open(&path).at(&path)?;
+            let len = file.metadata().at(&path)?.len();
+            if len < HEADER.len() as u64 {
+                file.set_len(0).at(&path)?;
+                file.write_all(&HEADER).at(&path)?;
+                file.sync_all().at(&path)?;
+            }
+            w.file_bytes = len.max(HEADER.len() as u64);
+            w.file = Some((path, file));
+        }
+        Ok(w)
+    }
+
+    pub fn durable_position(&self) -> Position {
+        self.durable
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers `batch`. Its position must be after every batch appended before.
+    pub fn append(&mut self, batch: &Batch) -> Result<()> {
+        self.check_poison()?;
+        if batch.position <= self.last_appended {
+            return Err(Error::PositionNotIncreasing {
+                last: self.last_appended,
+                got: batch.position,
+            });
+        }
+        if self.file.is_none() || self.file_bytes >= self.opts.max_file_bytes {
+            self.rotate(batch.position)?;
+        }
+        let before = self.buf.len();
+        record::encode(batch, &mut self.buf)
+            .map_err(|e| Error::InvalidInput(format!("batch does not encode: {e}")))?;
+        self.file_bytes += (self.buf.len() - before) as u64;
+        self.last_appended = batch.position;
+        Ok(())
+    }
+
+    /// Writes everything buffered and fsyncs once. Returns the durable position.
+    pub fn sync(&mut self) -> Result<Position> {
+        self.check_poison()?;
+        if self.durable == self.last_appended {
+            return Ok(self.durable);
+        }
+        let started = Instant::now();
+        let result = self.write_and_sync();
+        if let Err(e) = &result {
+            self.poisoned = Some(e.to_string());
+        }
+        result?;
+        self.last_sync_duration = started.elapsed();
+        self.syncs += 1;
+        self.durable = self.last_appended;
+        Ok(self.durable)
+    }
+
+    fn write_and_sync(&mut self) -> Result<()> {
+        let Some((path, file)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.write_all(&self.buf).at(&*path)?;
+        self.buf.clear();
+        if self.opts.fsync {
+            file.sync_data().at(&*path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes what is buffered durable, then starts a new file named `first`.
+    fn rotate(&mut self, first: Position) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.write_and_sync()
+                .inspect_err(|e| self.poisoned = Some(e.to_string()))?;
+        }
+        let path = self.dir.join(file_name(first));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .at(&path)?;
+        file.write_all(&HEADER).at(&path)?;
+        file.sync_all().at(&path)?;
+        sync_dir(&self.dir)?;
+        self.file = Some((path, file));
+        self.file_bytes = HEADER.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes files whose every record is at or before `checkpoint`. The
+    /// current file is never deleted.
+    pub fn remove_covered(&mut self, checkpoint: Position) -> Result<usize> {
+        let files = list_files(&self.dir)?;
+        let mut removed = 0;
+        for pair in files.windows(2) {
+            let (_, path) = &pair[0];
+            let (next_first, _) = pair[1];
+            if next_first.0 <= checkpoint.0.saturating_add(1) {
+                std::fs::remove_file(path).at(path)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Total bytes of WAL files on disk.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for (_, p) in list_files(&self.dir)? {
+            total += std::fs::metadata(&p).at(&p)?.len();
+        }
+        Ok(total)
+    }
+}
