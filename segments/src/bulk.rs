@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rayon::slice::ParallelSliceMut;
 
 use crate::error::{Error, IoContext, Result};
-use crate::file_segment::{self, FileSegment, FileSegmentWriter, OpenOptions};
+use crate::file_segment::{FileSegment, FileSegmentWriter, OpenOptions};
 use crate::index::SEGMENTS_DIR;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::merge::{merge_postings, merged_docs};
@@ -64,6 +64,7 @@ pub struct BulkBuilder {
     defined: roaring::RoaringBitmap,
     hashes: Vec<u32>,
     runs: Vec<Arc<Segment>>,
+    runs_written: usize,
     fingerprints: u64,
     bytes_written: u64,
     started: Instant,
@@ -109,6 +110,7 @@ impl BulkBuilder {
             defined: roaring::RoaringBitmap::new(),
             hashes: Vec::new(),
             runs: Vec::new(),
+            runs_written: 0,
             fingerprints: 0,
             bytes_written: 0,
             started: Instant::now(),
@@ -166,31 +168,43 @@ impl BulkBuilder {
 
     /// Merges the runs into the final segment and writes the manifest.
     pub fn finish(mut self) -> Result<BulkReport> {
-        self.flush_run()?;
-        self.buf = Vec::new();
-        let final_id = SegmentId(self.runs.len() as u64 + 1);
         let seg_dir = self.dir.join(SEGMENTS_DIR);
-        let final_path = seg_dir.join(file_segment::file_name(final_id));
         let mut segments = Vec::new();
         let mut postings = 0;
         let mut segment_bytes = 0;
-        if !self.runs.is_empty() {
+        let final_id;
+        if self.runs.is_empty() {
+            // Everything fit one run: write it straight into place, once.
+            final_id = SegmentId(1);
+            if !self.buf.is_empty() || !self.defined.is_empty() {
+                self.buf.par_sort_unstable();
+                let mut w = FileSegmentWriter::create(&seg_dir, final_id)?;
+                for &p in &self.buf {
+                    w.push(p)?;
+                }
+                let docs = DocSets {
+                    defined: std::mem::take(&mut self.defined),
+                    deleted: Default::default(),
+                };
+                let (_, info, size) = w.finish(&docs, self.position, self.position)?;
+                segments.push(manifest_entry(info, size));
+                (postings, segment_bytes) = (info.num_postings, size);
+                self.bytes_written += size;
+            }
+        } else {
+            self.flush_run()?;
+            final_id = SegmentId(self.runs.len() as u64 + 1);
             let views = compute_shadows(&self.runs);
             let mut w = FileSegmentWriter::create(&seg_dir, final_id)?;
             postings = merge_postings(&views, &mut w)?;
             let docs = merged_docs(&views, true);
-            let (path, info, size) = w.finish(&docs, self.position, self.position)?;
-            debug_assert_eq!(path, final_path);
-            self.bytes_written += size;
+            let (_, info, size) = w.finish(&docs, self.position, self.position)?;
+            segments.push(manifest_entry(info, size));
             segment_bytes = size;
-            segments.push(ManifestSegment {
-                id: final_id,
-                min_position: info.min_position,
-                max_position: info.max_position,
-                num_postings: info.num_postings,
-                size_bytes: size,
-            });
+            self.bytes_written += size;
         }
+        self.buf = Vec::new();
+        self.runs_written = self.runs.len();
         self.runs.clear();
         fs::remove_dir_all(&self.tmp_dir).at(&self.tmp_dir)?;
         let manifest = Manifest {
@@ -204,10 +218,20 @@ impl BulkBuilder {
         Ok(BulkReport {
             fingerprints: self.fingerprints,
             postings,
-            runs: final_id.0 as usize - 1,
+            runs: self.runs_written,
             segment_bytes,
             bytes_written: self.bytes_written,
             elapsed: self.started.elapsed(),
         })
+    }
+}
+
+fn manifest_entry(info: crate::segment::SegmentInfo, size: u64) -> ManifestSegment {
+    ManifestSegment {
+        id: info.id,
+        min_position: info.min_position,
+        max_position: info.max_position,
+        num_postings: info.num_postings,
+        size_bytes: size,
     }
 }

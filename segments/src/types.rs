@@ -135,3 +135,43 @@ pub fn pack(hash: u32, id: FingerprintId) -> PackedPosting {
 pub fn unpack(p: PackedPosting) -> (u32, FingerprintId) {
     ((p >> 32) as u32, p as u32)
 }
+
+/// The deterministic batch at `position` used by the crash test and its driver
+/// (`fpseg-torture`): 1-16 changes over ids 1..=400 and hashes 0..4000, about a
+/// fifth of them deletes, sometimes a metadata change.
+#[doc(hidden)]
+pub fn torture_batch(position: Position) -> Batch {
+    // SplitMix64: small, deterministic, no dependency.
+    let mut state = position.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let n = 1 + next() % 16;
+    let changes = (0..n)
+        .map(|_| {
+            let id = 1 + (next() % 400) as u32;
+            if next() % 5 == 0 {
+                Change::Delete { id }
+            } else {
+                let len = 5 + next() % 40;
+                Change::Insert {
+                    id,
+                    hashes: (0..len).map(|_| (next() % 4000) as u32).collect(),
+                }
+            }
+        })
+        .collect();
+    let mut metadata = MetadataDelta::new();
+    if next() % 10 == 0 {
+        metadata.insert("last".into(), Some(position.0.to_string()));
+    }
+    Batch {
+        position,
+        changes,
+        metadata,
+    }
+}

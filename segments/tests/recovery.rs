@@ -1,0 +1,217 @@
+//! Recovery and corruption: a torn WAL tail is cut off and the index opens; a
+//! flipped byte anywhere else in the WAL or in a segment is reported as
+//! corruption naming the file, never returned as wrong results.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use fpnode_segments::index::{IndexOptions, SEGMENTS_DIR, WAL_DIR};
+use fpnode_segments::types::torture_batch;
+use fpnode_segments::{Error, Generation, Index, Position, SearchOptions};
+
+fn files_in(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x40;
+    fs::write(path, bytes).unwrap();
+}
+
+fn index_with(dir: &Path, batches: u64, checkpoint: bool) {
+    let index = Index::create(dir, Generation(1), IndexOptions::default()).unwrap();
+    for p in 1..=batches {
+        index.apply(&[torture_batch(Position(p))]).unwrap();
+        index.flush().unwrap();
+    }
+    if checkpoint {
+        index.checkpoint().unwrap();
+    }
+}
+
+fn assert_corrupt_naming(err: Error, file: &Path) {
+    assert!(err.is_corruption(), "expected corruption, got: {err}");
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        err.to_string().contains(&name),
+        "error does not name {name}: {err}"
+    );
+}
+
+#[test]
+fn wal_recovers_the_valid_prefix_of_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    index_with(dir.path(), 10, false);
+    let wal = files_in(&dir.path().join(WAL_DIR), "wal").pop().unwrap();
+    let len = fs::metadata(&wal).unwrap().len();
+    let f = fs::OpenOptions::new().write(true).open(&wal).unwrap();
+    f.set_len(len - 3).unwrap();
+    drop(f);
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.position(), Position(9));
+    // The index keeps working: batch 10 can be applied again.
+    index.apply(&[torture_batch(Position(10))]).unwrap();
+    drop(index);
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.position(), Position(10));
+}
+
+#[test]
+fn wal_tail_of_zeros_is_treated_as_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    index_with(dir.path(), 4, false);
+    let wal = files_in(&dir.path().join(WAL_DIR), "wal").pop().unwrap();
+    let mut bytes = fs::read(&wal).unwrap();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    fs::write(&wal, bytes).unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.position(), Position(4));
+}
+
+#[test]
+fn wal_flipped_byte_in_a_middle_record_is_corruption_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    index_with(dir.path(), 10, false);
+    let wal = files_in(&dir.path().join(WAL_DIR), "wal").pop().unwrap();
+    // Past the 16-byte header and the first record's 12-byte header: payload.
+    flip(&wal, 16 + 12 + 3);
+    let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
+    assert_corrupt_naming(err, &wal);
+}
+
+#[test]
+fn segment_flipped_data_byte_is_reported_on_read_never_as_wrong_results() {
+    let dir = tempfile::tempdir().unwrap();
+    index_with(dir.path(), 200, true);
+    let seg = files_in(&dir.path().join(SEGMENTS_DIR), "fpseg")
+        .pop()
+        .unwrap();
+    flip(&seg, 100);
+    // Data is verified lazily, so the index opens...
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    let snap = index.snapshot();
+    // ...but any search touching the damaged chunk fails, naming the file.
+    let all: Vec<u32> = (0..4000).collect();
+    let err = snap.search(&all, &SearchOptions::default()).unwrap_err();
+    assert_corrupt_naming(err, &seg);
+    let err = snap.dump().unwrap_err();
+    assert_corrupt_naming(err, &seg);
+    let f = snap.segments[0].segment.as_file().unwrap();
+    assert_corrupt_naming(f.verify_all().unwrap_err(), &seg);
+}
+
+#[test]
+fn segment_flipped_metadata_or_footer_byte_fails_open_naming_the_file() {
+    for from_end in [1u64, 20, 140, 400] {
+        let dir = tempfile::tempdir().unwrap();
+        index_with(dir.path(), 200, true);
+        let seg = files_in(&dir.path().join(SEGMENTS_DIR), "fpseg")
+            .pop()
+            .unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        flip(&seg, len - from_end);
+        let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
+        assert_corrupt_naming(err, &seg);
+    }
+}
+
+#[test]
+fn an_index_directory_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
+    let err = Index::open(dir.path(), IndexOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    drop(index);
+    Index::open(dir.path(), IndexOptions::default()).unwrap();
+}
+
+#[test]
+fn orphan_segment_files_from_an_interrupted_merge_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    index_with(dir.path(), 20, true);
+    let seg_dir = dir.path().join(SEGMENTS_DIR);
+    fs::write(seg_dir.join("00000000000000ff.fpseg"), b"partial").unwrap();
+    fs::write(seg_dir.join("0000000000000100.fpseg.tmp"), b"partial").unwrap();
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.position(), Position(20));
+    assert_eq!(files_in(&seg_dir, "fpseg").len(), 1);
+    assert_eq!(files_in(&seg_dir, "tmp").len(), 0);
+}
+
+#[test]
+fn wal_files_covered_by_a_checkpoint_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = IndexOptions {
+        wal: fpnode_segments::wal::WalOptions {
+            max_file_bytes: 512,
+            fsync: true,
+        },
+        ..IndexOptions::default()
+    };
+    let index = Index::create(dir.path(), Generation(1), opts.clone()).unwrap();
+    for p in 1..=50 {
+        index.apply(&[torture_batch(Position(p))]).unwrap();
+    }
+    let wal_dir = dir.path().join(WAL_DIR);
+    assert!(files_in(&wal_dir, "wal").len() > 5);
+    index.checkpoint().unwrap();
+    assert_eq!(files_in(&wal_dir, "wal").len(), 1);
+    let before = index.snapshot().dump().unwrap();
+    drop(index);
+    let index = Index::open(dir.path(), opts).unwrap();
+    assert_eq!(index.snapshot().dump().unwrap(), before);
+    assert_eq!(index.position(), Position(50));
+}
+
+#[test]
+fn a_merged_segment_file_is_deleted_only_after_the_last_reader_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
+    for p in 1..=3 {
+        index.apply(&[torture_batch(Position(p))]).unwrap();
+        index.checkpoint().unwrap();
+    }
+    let seg_dir = dir.path().join(SEGMENTS_DIR);
+    assert_eq!(files_in(&seg_dir, "fpseg").len(), 3);
+    let reader = index.snapshot();
+    let expect = reader.dump().unwrap();
+    index.force_merge().unwrap();
+    // The old reader still sees its segments, and their files are still there.
+    assert_eq!(files_in(&seg_dir, "fpseg").len(), 4);
+    assert_eq!(reader.dump().unwrap(), expect);
+    drop(reader);
+    assert_eq!(files_in(&seg_dir, "fpseg").len(), 1);
+    assert_eq!(index.snapshot().dump().unwrap(), expect);
+}
+
+#[test]
+fn writes_stall_with_a_named_error_when_maintenance_falls_behind_and_resume_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = IndexOptions {
+        max_memory_segments: 4,
+        stall_timeout: std::time::Duration::from_millis(50),
+        ..IndexOptions::default()
+    };
+    let index = Index::create(dir.path(), Generation(1), opts).unwrap();
+    for p in 1..=5 {
+        index.apply(&[torture_batch(Position(p))]).unwrap();
+    }
+    let err = index.apply(&[torture_batch(Position(6))]).unwrap_err();
+    assert!(matches!(err, Error::WriteStall { .. }), "{err}");
+    assert_eq!(
+        index.position(),
+        Position(5),
+        "a stalled write must not apply"
+    );
+    index.checkpoint().unwrap();
+    index.apply(&[torture_batch(Position(6))]).unwrap();
+    assert_eq!(index.position(), Position(6));
+}
