@@ -103,7 +103,7 @@ fn build(a: &Args) {
     for id in 1..=a.n {
         fingerprint(id, &mut h);
         b.add(id, &h).unwrap();
-        if id % 10_000_000 == 0 {
+        if id.is_multiple_of(10_000_000) {
             eprintln!("  {id} fingerprints added, {:.0?}", t.elapsed());
         }
     }
@@ -267,7 +267,7 @@ fn ingest(a: &Args) {
             }
         }
         next = end + 1;
-        if end % 1_000_000 == 0 {
+        if end.is_multiple_of(1_000_000) {
             let s = index.stats();
             eprintln!(
                 "  {end} ingested in {:.0?}: {} memory + {} file segments",
