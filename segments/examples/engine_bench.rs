@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! engine_bench build  --dir D --fingerprints N [--run-postings P]
-//! engine_bench search --dir D --fingerprints N [--queries Q] [--noise 0.3]
+//! engine_bench search --dir D --fingerprints N [--queries Q] [--noise 0.3] [--warm]
 //! engine_bench ingest --dir D --fingerprints N [--batch 1000]
 //! ```
 //! The corpus is deterministic: fingerprint `id` has 120 uniform u32 hashes drawn
@@ -40,6 +40,7 @@ struct Args {
     noise: f64,
     batch: usize,
     run_postings: usize,
+    warm: bool,
 }
 
 fn args() -> Args {
@@ -53,8 +54,13 @@ fn args() -> Args {
         noise: 0.3,
         batch: 1000,
         run_postings: BulkOptions::default().run_postings,
+        warm: false,
     };
     while let Some(k) = a.next() {
+        if k == "--warm" {
+            out.warm = true;
+            continue;
+        }
         let v = a.next().unwrap_or_default();
         match k.as_str() {
             "--dir" => out.dir = v.into(),
@@ -129,6 +135,16 @@ fn search(a: &Args) {
     let open = t.elapsed();
     let rss_open = rss_anon_kb();
     let snap = index.snapshot();
+    if a.warm {
+        // Read (and verify) every byte, so the page cache holds the whole index.
+        let t = Instant::now();
+        for v in &snap.segments {
+            if let Some(f) = v.segment.as_file() {
+                f.verify_all().unwrap();
+            }
+        }
+        println!("warm: read and verified every segment in {:.1?}", t.elapsed());
+    }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(42);
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let mut correct = 0usize;
@@ -192,28 +208,25 @@ fn ingest(a: &Args) {
     let index = Arc::new(Index::create(&a.dir, Generation(1), IndexOptions::default()).unwrap());
     let done = Arc::new(AtomicBool::new(false));
     let max_segments = Arc::new(AtomicUsize::new(0));
-    // Maintenance: checkpoints and memory merges on one thread, file merges on
-    // another, as the node's SegmentMerger does.
-    let flusher = {
-        let (index, done) = (index.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if !index.flush().unwrap() {
-                    std::thread::sleep(Duration::from_millis(5));
+    // Maintenance as the node's SegmentMerger runs it: checkpoints, memory
+    // merges and file merges each on a thread of their own.
+    let maintenance: Vec<_> = (0..3)
+        .map(|task| {
+            let (index, done) = (index.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let did = match task {
+                        0 => index.checkpoint_due() && index.checkpoint().unwrap(),
+                        1 => index.merge_memory().unwrap(),
+                        _ => index.merge_files().unwrap(),
+                    };
+                    if !did {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
                 }
-            }
+            })
         })
-    };
-    let merger = {
-        let (index, done) = (index.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                if !index.merge_files().unwrap() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        })
-    };
+        .collect();
     // A searcher measures latency while ingest and merges run.
     let searcher = {
         let (index, done, max_segments) = (index.clone(), done.clone(), max_segments.clone());
@@ -279,8 +292,9 @@ fn ingest(a: &Args) {
     }
     let ingest_time = t.elapsed();
     done.store(true, Ordering::Relaxed);
-    flusher.join().unwrap();
-    merger.join().unwrap();
+    for t in maintenance {
+        t.join().unwrap();
+    }
     let hist = searcher.join().unwrap();
     let s = index.stats();
     let c = &index.counters;

@@ -24,7 +24,7 @@ use crate::file_segment::{FileSegment, FileSegmentWriter, OpenOptions};
 use crate::index::SEGMENTS_DIR;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::merge::{merge_postings, merged_docs};
-use crate::segment::{DocSets, Segment};
+use crate::segment::{DocSets, Segment, SegmentInfo};
 use crate::snapshot::compute_shadows;
 use crate::types::{FingerprintId, Generation, Metadata, PackedPosting, Position, SegmentId, pack};
 
@@ -144,25 +144,33 @@ impl BulkBuilder {
         Ok(())
     }
 
-    fn flush_run(&mut self) -> Result<()> {
-        if self.buf.is_empty() && self.defined.is_empty() {
-            return Ok(());
-        }
+    /// Sorts the run buffer and writes it, with the run's ids, as segment `id`
+    /// in `dir`; leaves the buffer and id set empty.
+    fn write_buffer(&mut self, dir: &Path, id: SegmentId) -> Result<(PathBuf, SegmentInfo, u64)> {
         self.buf.par_sort_unstable();
-        let id = SegmentId(self.runs.len() as u64 + 1);
-        let mut w = FileSegmentWriter::create(&self.tmp_dir, id)?;
+        let mut w = FileSegmentWriter::create(dir, id)?;
         for &p in &self.buf {
             w.push(p)?;
         }
+        self.buf.clear();
         let docs = DocSets {
             defined: std::mem::take(&mut self.defined),
             deleted: Default::default(),
         };
-        let (path, _, size) = w.finish(&docs, self.position, self.position)?;
-        self.bytes_written += size;
+        let written = w.finish(&docs, self.position, self.position)?;
+        self.bytes_written += written.2;
+        Ok(written)
+    }
+
+    fn flush_run(&mut self) -> Result<()> {
+        if self.buf.is_empty() && self.defined.is_empty() {
+            return Ok(());
+        }
+        let id = SegmentId(self.runs.len() as u64 + 1);
+        let tmp_dir = self.tmp_dir.clone();
+        let (path, _, _) = self.write_buffer(&tmp_dir, id)?;
         let seg = FileSegment::open(&path, Some(id), OpenOptions::default())?;
         self.runs.push(Arc::new(Segment::file(seg)));
-        self.buf.clear();
         Ok(())
     }
 
@@ -170,37 +178,27 @@ impl BulkBuilder {
     pub fn finish(mut self) -> Result<BulkReport> {
         let seg_dir = self.dir.join(SEGMENTS_DIR);
         let mut segments = Vec::new();
+        let final_id;
         let mut postings = 0;
         let mut segment_bytes = 0;
-        let final_id;
         if self.runs.is_empty() {
             // Everything fit one run: write it straight into place, once.
             final_id = SegmentId(1);
             if !self.buf.is_empty() || !self.defined.is_empty() {
-                self.buf.par_sort_unstable();
-                let mut w = FileSegmentWriter::create(&seg_dir, final_id)?;
-                for &p in &self.buf {
-                    w.push(p)?;
-                }
-                let docs = DocSets {
-                    defined: std::mem::take(&mut self.defined),
-                    deleted: Default::default(),
-                };
-                let (_, info, size) = w.finish(&docs, self.position, self.position)?;
+                let (_, info, size) = self.write_buffer(&seg_dir, final_id)?;
                 segments.push(manifest_entry(info, size));
                 (postings, segment_bytes) = (info.num_postings, size);
-                self.bytes_written += size;
             }
         } else {
             self.flush_run()?;
             final_id = SegmentId(self.runs.len() as u64 + 1);
             let views = compute_shadows(&self.runs);
             let mut w = FileSegmentWriter::create(&seg_dir, final_id)?;
-            postings = merge_postings(&views, &mut w)?;
-            let docs = merged_docs(&views, true);
-            let (_, info, size) = w.finish(&docs, self.position, self.position)?;
+            merge_postings(&views, &mut w)?;
+            let (_, info, size) =
+                w.finish(&merged_docs(&views, true), self.position, self.position)?;
             segments.push(manifest_entry(info, size));
-            segment_bytes = size;
+            (postings, segment_bytes) = (info.num_postings, size);
             self.bytes_written += size;
         }
         self.buf = Vec::new();

@@ -4,8 +4,13 @@
 //! Who serialises what:
 //! - `state` (mutex): the writer side: WAL, segment lists, manifest. Held while a
 //!   batch is logged and applied, and briefly to plan and commit maintenance.
-//! - `flush_lock`: one checkpoint or memory merge at a time.
-//! - `merge_lock`: one file merge at a time (runs beside checkpoints).
+//! - `checkpoint_lock`: one checkpoint at a time.
+//! - `memory_merge_lock`: one memory merge at a time (beside a checkpoint, on
+//!   memory segments that arrived after the checkpoint took all it found).
+//! - `merge_lock`: one file merge at a time (beside both).
+//!
+//! Segments taken by a running checkpoint or merge are listed in `busy`, so no
+//! two tasks ever take the same segment.
 //! - `snapshot` (atomic swap): what searches read; never blocks on the above.
 //!
 //! Durability: `apply` returns only after the batches are fsynced in the WAL. A
@@ -68,16 +73,18 @@ impl Default for IndexOptions {
         IndexOptions {
             checkpoint_threshold: 8 << 20,
             checkpoint_age: Duration::from_secs(60),
+            // In-memory merges are cheap (a few ms for a few batches) and every
+            // memory segment costs each search a lookup: keep them few.
             memory_policy: TieredMergePolicy {
-                segments_per_tier: 8,
+                segments_per_tier: 4,
                 max_merge_at_once: 8,
-                floor_bytes: 1 << 20,
+                floor_bytes: 4 << 20,
                 max_merged_bytes: u64::MAX,
-                max_segments: 32,
+                max_segments: 16,
             },
             file_policy: TieredMergePolicy::default(),
-            max_memory_segments: 96,
-            max_file_segments: 80,
+            max_memory_segments: 48,
+            max_file_segments: 64,
             max_memory_factor: 3,
             stall_timeout: Duration::from_secs(5),
             wal: WalOptions::default(),
@@ -123,7 +130,8 @@ struct State {
     manifest: Manifest,
     files: Vec<Arc<Segment>>,
     memory: Vec<MemoryEntry>,
-    merging: HashSet<SegmentId>,
+    /// Segments taken by a running checkpoint or merge.
+    busy: HashSet<SegmentId>,
     applied: Position,
     metadata: Metadata,
     poisoned: Option<String>,
@@ -158,7 +166,8 @@ pub struct Index {
     _lock: File,
     state: Mutex<State>,
     maintained: Condvar,
-    flush_lock: Mutex<()>,
+    checkpoint_lock: Mutex<()>,
+    memory_merge_lock: Mutex<()>,
     merge_lock: Mutex<()>,
     snapshot: ArcSwap<Snapshot>,
     pub counters: Counters,
@@ -264,7 +273,7 @@ impl Index {
             manifest,
             files,
             memory,
-            merging: HashSet::new(),
+            busy: HashSet::new(),
             applied,
             metadata,
             poisoned: None,
@@ -283,7 +292,8 @@ impl Index {
             _lock: lock_file,
             state: Mutex::new(state),
             maintained: Condvar::new(),
-            flush_lock: Mutex::new(()),
+            checkpoint_lock: Mutex::new(()),
+            memory_merge_lock: Mutex::new(()),
             merge_lock: Mutex::new(()),
             snapshot: ArcSwap::from_pointee(snapshot),
             counters: Counters::default(),
@@ -336,6 +346,16 @@ impl Index {
             ..snapshot
         };
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// After maintenance changed the segment lists: publish a snapshot with
+    /// shadows recomputed, count the task, and wake writers waiting on a stall.
+    fn republish(&self, st: MutexGuard<'_, State>, counter: &AtomicU64) {
+        let snap = self.snapshot.load().with_segments(&st.all_segments());
+        self.publish(&st, snap);
+        counter.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        self.maintained.notify_all();
     }
 
     fn stalled(&self, st: &State) -> Option<(usize, usize)> {
@@ -452,7 +472,9 @@ impl Index {
     }
 
     /// Runs a checkpoint if one is due, else a memory merge if the policy wants
-    /// one. Returns true if it did something.
+    /// one. Returns true if it did something. (A node runs `checkpoint` and
+    /// `merge_memory` from separate tasks so a long checkpoint does not hold up
+    /// memory merges; this is the one-thread form.)
     pub fn flush(&self) -> Result<bool> {
         if self.checkpoint_due() {
             return self.checkpoint();
@@ -470,49 +492,66 @@ impl Index {
     /// Writes all memory segments as one file segment, records it in the
     /// manifest and trims the WAL. Returns false if there was nothing to do.
     pub fn checkpoint(&self) -> Result<bool> {
-        let _flush = lock(&self.flush_lock);
+        let _checkpoint = lock(&self.checkpoint_lock);
         let (views, id, drop_tombstones) = {
+            // Let a running memory merge (milliseconds) finish, so the checkpoint
+            // takes every memory segment and files stay few and large.
+            let _memory = lock(&self.memory_merge_lock);
             let mut st = lock(&self.state);
-            if st.memory.is_empty() {
+            let n = st.memory.len();
+            if n == 0 {
                 return Ok(false);
             }
             let snap = self.snapshot.load_full();
             let n_files = st.files.len();
-            let views: Vec<SegmentView> = snap.segments[n_files..].to_vec();
+            let views: Vec<SegmentView> = snap.segments[n_files..n_files + n].to_vec();
+            for v in &views {
+                st.busy.insert(v.segment.info.id);
+            }
             (views, st.next_id(), n_files == 0)
         };
-        let (Some(first), Some(last)) = (views.first(), views.last()) else {
-            return Ok(false);
-        };
-        let (min_pos, max_pos) = (
-            first.segment.info.min_position,
-            last.segment.info.max_position,
-        );
-        let seg = self.write_file_segment(id, &views, drop_tombstones, min_pos, max_pos)?;
-        let mut delta = MetadataDelta::new();
-        for v in &views {
-            delta.extend(v.segment.metadata.clone());
-        }
+        let result = self.run_checkpoint(&views, id, drop_tombstones);
         let mut st = lock(&self.state);
+        for v in &views {
+            st.busy.remove(&v.segment.info.id);
+        }
+        let (seg, delta) = result?;
+        let max_pos = seg.info.max_position;
         let mut manifest = st.manifest.clone();
         apply_metadata_delta(&mut manifest.metadata, &delta);
         manifest.checkpoint_position = max_pos;
         manifest.segments.push(manifest_entry(&seg));
         self.store_manifest(&mut st, manifest)?;
         st.files.push(seg);
+        // The checkpointed segments are still the oldest memory segments: merges
+        // only take segments no task holds, and new ones arrive at the end.
         st.memory.drain(..views.len());
-        let snap = self.snapshot.load().with_segments(&st.all_segments());
-        self.publish(&st, snap);
         st.wal.remove_covered(max_pos)?;
-        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-        drop(st);
-        self.maintained.notify_all();
+        self.republish(st, &self.counters.checkpoints);
         Ok(true)
+    }
+
+    fn run_checkpoint(
+        &self,
+        views: &[SegmentView],
+        id: SegmentId,
+        drop_tombstones: bool,
+    ) -> Result<(Arc<Segment>, MetadataDelta)> {
+        let (Some(first), Some(last)) = (views.first(), views.last()) else {
+            return Err(Error::InvalidInput("empty checkpoint".into()));
+        };
+        let (min_pos, max_pos) = (first.segment.info.min_position, last.segment.info.max_position);
+        let seg = self.write_file_segment(id, views, drop_tombstones, min_pos, max_pos)?;
+        let mut delta = MetadataDelta::new();
+        for v in views {
+            delta.extend(v.segment.metadata.clone());
+        }
+        Ok((seg, delta))
     }
 
     /// Merges a run of memory segments if the memory policy asks for one.
     pub fn merge_memory(&self) -> Result<bool> {
-        let _flush = lock(&self.flush_lock);
+        let _memory = lock(&self.memory_merge_lock);
         let (views, id, drop_tombstones) = {
             let mut st = lock(&self.state);
             let inputs: Vec<MergeInput> = st
@@ -520,7 +559,7 @@ impl Index {
                 .iter()
                 .map(|m| MergeInput {
                     size_bytes: m.segment.size_bytes(),
-                    merging: false,
+                    merging: st.busy.contains(&m.segment.info.id),
                 })
                 .collect();
             let Some(run) = self.opts.memory_policy.find_merge(&inputs) else {
@@ -529,53 +568,32 @@ impl Index {
             let n_files = st.files.len();
             let snap = self.snapshot.load_full();
             let views = snap.segments[n_files + run.start..n_files + run.end].to_vec();
+            for v in &views {
+                st.busy.insert(v.segment.info.id);
+            }
             (views, st.next_id(), n_files == 0 && run.start == 0)
         };
-        let (Some(first), Some(last)) = (views.first(), views.last()) else {
-            return Ok(false);
-        };
-        let mut postings = Vec::with_capacity(
-            views
-                .iter()
-                .map(|v| v.segment.info.num_postings as usize)
-                .sum(),
-        );
-        merge_postings(&views, &mut postings)?;
-        let mut metadata = MetadataDelta::new();
-        for v in &views {
-            metadata.extend(v.segment.metadata.clone());
-        }
-        let info = SegmentInfo {
-            id,
-            min_position: first.segment.info.min_position,
-            max_position: last.segment.info.max_position,
-            num_postings: postings.len() as u64,
-        };
-        let merged = Arc::new(Segment::memory(
-            info,
-            merged_docs(&views, drop_tombstones),
-            metadata,
-            postings,
-        ));
+        let merged = merge_in_memory(&views, id, drop_tombstones);
         let mut st = lock(&self.state);
+        for v in &views {
+            st.busy.remove(&v.segment.info.id);
+        }
+        let merged = merged?;
+        let first = merged.info.min_position;
         let start = st
             .memory
             .iter()
-            .position(|m| m.segment.info.id == first.segment.info.id)
+            .position(|m| m.segment.info.min_position == first)
             .ok_or_else(|| Error::InvalidInput("merged memory segments vanished".into()))?;
         let created = st.memory[start].created;
         st.memory.splice(
             start..start + views.len(),
             [MemoryEntry {
-                segment: merged,
+                segment: Arc::new(merged),
                 created,
             }],
         );
-        let snap = self.snapshot.load().with_segments(&st.all_segments());
-        self.publish(&st, snap);
-        self.counters.memory_merges.fetch_add(1, Ordering::Relaxed);
-        drop(st);
-        self.maintained.notify_all();
+        self.republish(st, &self.counters.memory_merges);
         Ok(true)
     }
 
@@ -604,7 +622,7 @@ impl Index {
                 .iter()
                 .map(|s| MergeInput {
                     size_bytes: s.size_bytes(),
-                    merging: st.merging.contains(&s.info.id),
+                    merging: st.busy.contains(&s.info.id),
                 })
                 .collect();
             let Some(run) = choose(&inputs) else {
@@ -613,14 +631,14 @@ impl Index {
             let snap = self.snapshot.load_full();
             let views = snap.segments[run.clone()].to_vec();
             for v in &views {
-                st.merging.insert(v.segment.info.id);
+                st.busy.insert(v.segment.info.id);
             }
             (views, st.next_id(), run.start == 0)
         };
         let result = self.run_file_merge(&views, id, drop_tombstones);
         let mut st = lock(&self.state);
         for v in &views {
-            st.merging.remove(&v.segment.info.id);
+            st.busy.remove(&v.segment.info.id);
         }
         let merged = result?;
         let ids: HashSet<SegmentId> = views.iter().map(|v| v.segment.info.id).collect();
@@ -636,11 +654,7 @@ impl Index {
         for v in &views {
             v.segment.retire();
         }
-        let snap = self.snapshot.load().with_segments(&st.all_segments());
-        self.publish(&st, snap);
-        self.counters.file_merges.fetch_add(1, Ordering::Relaxed);
-        drop(st);
-        self.maintained.notify_all();
+        self.republish(st, &self.counters.file_merges);
         Ok(true)
     }
 
@@ -688,6 +702,32 @@ impl Index {
         st.manifest = manifest;
         Ok(())
     }
+}
+
+/// Merges memory segments into one memory segment.
+fn merge_in_memory(views: &[SegmentView], id: SegmentId, drop_tombstones: bool) -> Result<Segment> {
+    let (Some(first), Some(last)) = (views.first(), views.last()) else {
+        return Err(Error::InvalidInput("empty merge".into()));
+    };
+    let mut postings =
+        Vec::with_capacity(views.iter().map(|v| v.segment.info.num_postings as usize).sum());
+    merge_postings(views, &mut postings)?;
+    let mut metadata = MetadataDelta::new();
+    for v in views {
+        metadata.extend(v.segment.metadata.clone());
+    }
+    let info = SegmentInfo {
+        id,
+        min_position: first.segment.info.min_position,
+        max_position: last.segment.info.max_position,
+        num_postings: postings.len() as u64,
+    };
+    Ok(Segment::memory(
+        info,
+        merged_docs(views, drop_tombstones),
+        metadata,
+        postings,
+    ))
 }
 
 fn manifest_entry(seg: &Segment) -> ManifestSegment {

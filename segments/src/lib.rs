@@ -18,6 +18,7 @@ pub mod memory_segment;
 pub mod merge;
 pub mod merge_policy;
 mod mmap;
+pub mod prefix;
 pub mod search;
 pub mod segment;
 pub mod snapshot;

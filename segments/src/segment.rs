@@ -12,6 +12,7 @@ use roaring::RoaringBitmap;
 
 use crate::error::Result;
 use crate::file_segment::{FileCursor, FileSegment};
+use crate::prefix::PrefixTable;
 use crate::types::{MetadataDelta, PackedPosting, Position, SegmentId};
 
 /// Ids a segment decides about.
@@ -55,7 +56,7 @@ pub enum SegmentKind {
 /// Where a segment's postings live.
 #[derive(Debug)]
 pub(crate) enum Store {
-    Memory(Vec<PackedPosting>),
+    Memory(MemoryPostings),
     File(Box<FileSegment>),
 }
 
@@ -80,7 +81,7 @@ impl Segment {
             info,
             docs,
             metadata,
-            store: Store::Memory(postings),
+            store: Store::Memory(MemoryPostings::new(postings)),
         }
     }
 
@@ -103,7 +104,7 @@ impl Segment {
     /// Bytes this segment occupies (file size, or heap bytes of its postings).
     pub fn size_bytes(&self) -> u64 {
         match &self.store {
-            Store::Memory(p) => (p.len() * std::mem::size_of::<PackedPosting>()) as u64,
+            Store::Memory(p) => (p.postings.len() * std::mem::size_of::<PackedPosting>()) as u64,
             Store::File(f) => f.file_size(),
         }
     }
@@ -119,21 +120,8 @@ impl Segment {
     /// (sorted, deduplicated).
     pub fn collect_matches(&self, sorted_query: &[u32], found: &mut dyn FnMut(u32)) -> Result<()> {
         match &self.store {
-            Store::Memory(postings) => {
-                let mut rest = &postings[..];
-                for &hash in sorted_query {
-                    let lo = u64::from(hash) << 32;
-                    let start = rest.partition_point(|&p| p < lo);
-                    rest = &rest[start..];
-                    let end = rest.partition_point(|&p| (p >> 32) as u32 == hash);
-                    for &p in &rest[..end] {
-                        found(p as u32);
-                    }
-                    rest = &rest[end..];
-                    if rest.is_empty() {
-                        break;
-                    }
-                }
+            Store::Memory(m) => {
+                m.collect_matches(sorted_query, found);
                 Ok(())
             }
             Store::File(f) => f.collect_matches(sorted_query, found),
@@ -143,7 +131,7 @@ impl Segment {
     /// All postings in `(hash, id)` order.
     pub fn cursor(&self) -> PostingCursor<'_> {
         match &self.store {
-            Store::Memory(p) => PostingCursor::Memory(p.iter()),
+            Store::Memory(m) => PostingCursor::Memory(m.postings.iter()),
             Store::File(f) => PostingCursor::File(Box::new(f.cursor())),
         }
     }
@@ -152,6 +140,36 @@ impl Segment {
     pub(crate) fn retire(&self) {
         if let Store::File(f) = &self.store {
             f.delete_on_drop();
+        }
+    }
+}
+
+/// Postings of a memory segment, sorted, with a prefix table over their hashes
+/// (a bucket holds ~16 postings) so a lookup is one bucket plus a few probes.
+#[derive(Debug)]
+pub(crate) struct MemoryPostings {
+    postings: Vec<PackedPosting>,
+    prefix: PrefixTable,
+}
+
+impl MemoryPostings {
+    fn new(postings: Vec<PackedPosting>) -> Self {
+        let prefix = PrefixTable::build(postings.len() as u64, 16, |i| {
+            (postings[i as usize] >> 32) as u32
+        });
+        MemoryPostings { postings, prefix }
+    }
+
+    fn collect_matches(&self, sorted_query: &[u32], found: &mut dyn FnMut(u32)) {
+        let hash_at = |i: u64| (self.postings[i as usize] >> 32) as u32;
+        for &hash in sorted_query {
+            let start = self.prefix.lower_bound(hash, hash_at) as usize;
+            for &p in &self.postings[start..] {
+                if (p >> 32) as u32 != hash {
+                    break;
+                }
+                found(p as u32);
+            }
         }
     }
 }

@@ -154,6 +154,7 @@ fn wal_files_covered_by_a_checkpoint_are_deleted() {
             max_file_bytes: 512,
             fsync: true,
         },
+        max_memory_segments: 1000,
         ..IndexOptions::default()
     };
     let index = Index::create(dir.path(), Generation(1), opts.clone()).unwrap();

@@ -28,6 +28,7 @@ use crate::block::{self, BLOCK_LEN, DecodedBlock};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{le_u32, le_u64};
 use crate::mmap;
+use crate::prefix::PrefixTable;
 use crate::segment::{DocSets, SegmentInfo};
 use crate::types::{PackedPosting, Position, SegmentId, pack};
 
@@ -45,8 +46,7 @@ pub struct FileSegment {
     map: Mmap,
     footer: Footer,
     docs: DocSets,
-    shift: u32,
-    prefix: Vec<u32>,
+    prefix: PrefixTable,
     verified: Vec<AtomicU64>,
     delete_on_drop: AtomicBool,
     packer: BitPacker4x,
@@ -115,20 +115,10 @@ impl FileSegment {
             RoaringBitmap::deserialize_from(section(footer.deleted_offset, footer.deleted_len))
                 .map_err(|e| corrupt(footer.deleted_offset, &format!("deleted ids: {e}")))?;
 
-        let nb = footer.num_blocks;
-        let bits = (nb / BLOCKS_PER_BUCKET).max(1).ilog2().clamp(4, 24);
-        let shift = 32 - bits;
-        let mut prefix = Vec::with_capacity((1usize << bits) + 1);
-        let mut j = 0u64;
-        for p in 0..(1u64 << bits) {
-            let lo = p << shift;
-            while j < nb && u64::from(le_u32(&map, (footer.directory_offset + 4 * j) as usize)) < lo
-            {
-                j += 1;
-            }
-            prefix.push(j as u32);
-        }
-        prefix.push(nb as u32);
+        let dir_off = footer.directory_offset;
+        let prefix = PrefixTable::build(footer.num_blocks, BLOCKS_PER_BUCKET, |i| {
+            le_u32(&map, (dir_off + 4 * i) as usize)
+        });
 
         let verified = (0..footer.num_chunks().div_ceil(64))
             .map(|_| AtomicU64::new(0))
@@ -141,7 +131,6 @@ impl FileSegment {
             map,
             footer,
             docs: DocSets { defined, deleted },
-            shift,
             prefix,
             verified,
             delete_on_drop: AtomicBool::new(false),
@@ -172,7 +161,7 @@ impl FileSegment {
 
     /// Bytes of RAM this reader holds outside the page cache.
     pub fn heap_bytes(&self) -> u64 {
-        (self.prefix.len() * 4
+        (self.prefix.heap_bytes()
             + self.verified.len() * 8
             + self.docs.defined.serialized_size()
             + self.docs.deleted.serialized_size()) as u64
@@ -203,18 +192,7 @@ impl FileSegment {
     /// Index of the first block whose first hash is >= `hash`.
     #[inline]
     fn lower_bound(&self, hash: u32) -> u64 {
-        let bucket = (hash >> self.shift) as usize;
-        let mut lo = u64::from(self.prefix[bucket]);
-        let mut hi = u64::from(self.prefix[bucket + 1]);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.first_hash(mid) < hash {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        self.prefix.lower_bound(hash, |b| self.first_hash(b))
     }
 
     fn verify(&self, offset: u64, len: u64) -> Result<()> {
