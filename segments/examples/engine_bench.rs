@@ -143,7 +143,10 @@ fn search(a: &Args) {
                 f.verify_all().unwrap();
             }
         }
-        println!("warm: read and verified every segment in {:.1?}", t.elapsed());
+        println!(
+            "warm: read and verified every segment in {:.1?}",
+            t.elapsed()
+        );
     }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(42);
     let mut hist = Histogram::<u64>::new(3).unwrap();

@@ -540,7 +540,10 @@ impl Index {
         let (Some(first), Some(last)) = (views.first(), views.last()) else {
             return Err(Error::InvalidInput("empty checkpoint".into()));
         };
-        let (min_pos, max_pos) = (first.segment.info.min_position, last.segment.info.max_position);
+        let (min_pos, max_pos) = (
+            first.segment.info.min_position,
+            last.segment.info.max_position,
+        );
         let seg = self.write_file_segment(id, views, drop_tombstones, min_pos, max_pos)?;
         let mut delta = MetadataDelta::new();
         for v in views {
@@ -709,8 +712,12 @@ fn merge_in_memory(views: &[SegmentView], id: SegmentId, drop_tombstones: bool) 
     let (Some(first), Some(last)) = (views.first(), views.last()) else {
         return Err(Error::InvalidInput("empty merge".into()));
     };
-    let mut postings =
-        Vec::with_capacity(views.iter().map(|v| v.segment.info.num_postings as usize).sum());
+    let mut postings = Vec::with_capacity(
+        views
+            .iter()
+            .map(|v| v.segment.info.num_postings as usize)
+            .sum(),
+    );
     merge_postings(views, &mut postings)?;
     let mut metadata = MetadataDelta::new();
     for v in views {

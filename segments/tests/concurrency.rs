@@ -84,7 +84,12 @@ fn snapshots_taken_during_concurrent_maintenance_always_equal_the_model() {
             while !done.load(Ordering::Relaxed) {
                 let snap = index.snapshot();
                 let expect = &states[snap.position.0 as usize];
-                assert_eq!(&snap.dump().unwrap(), expect, "snapshot at {}", snap.position);
+                assert_eq!(
+                    &snap.dump().unwrap(),
+                    expect,
+                    "snapshot at {}",
+                    snap.position
+                );
                 assert_eq!(snap.num_docs, expect.len() as u64);
                 checked += 1;
             }
@@ -97,7 +102,10 @@ fn snapshots_taken_during_concurrent_maintenance_always_equal_the_model() {
     done.store(true, Ordering::Relaxed);
     let work: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let checked = reader.join().unwrap();
-    assert!(work.iter().all(|&n| n > 0), "every maintenance task must have run: {work:?}");
+    assert!(
+        work.iter().all(|&n| n > 0),
+        "every maintenance task must have run: {work:?}"
+    );
     assert!(checked > 10, "reader checked only {checked} snapshots");
     let last = &states[BATCHES as usize];
     assert_eq!(&index.snapshot().dump().unwrap(), last);

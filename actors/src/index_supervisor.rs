@@ -1,0 +1,236 @@
+//! IndexSupervisor: one per open index; owns its IndexWriter and SegmentMerger.
+//!
+//! Steps: spawns both children linked. When a child fails, the failure is
+//! counted (`fpnode_actor_restarts_total`) and the child is restarted after an
+//! exponential backoff, from durable state (the engine's WAL and manifest; a
+//! writer's unanswered requests are answered `Unavailable`, never acknowledged).
+//! More than `max_restarts` failures of one child within `window` escalate: the
+//! index is marked unhealthy (`503` on `/:index/_health` and writes) and the
+//! child is left stopped, while the process and other indexes keep running.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::handle::IndexHandle;
+use crate::index_writer::{IndexWriter, WriterArgs, WriterMsg};
+use crate::segment_merger::{MergerArgs, MergerMsg, SegmentMerger};
+
+#[derive(Debug, Clone)]
+pub struct SupervisionOptions {
+    pub max_restarts: usize,
+    pub window: Duration,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub merger_tick: Duration,
+}
+
+impl Default for SupervisionOptions {
+    fn default() -> Self {
+        SupervisionOptions {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            merger_tick: Duration::from_millis(100),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    Writer,
+    Merger,
+}
+
+impl Child {
+    fn name(self) -> &'static str {
+        match self {
+            Child::Writer => "index_writer",
+            Child::Merger => "segment_merger",
+        }
+    }
+}
+
+pub enum IndexSupMsg {
+    Restart(Child),
+    /// Test hook: make the child's next unit of work fail.
+    InjectFailure(Child),
+}
+
+pub struct IndexSupervisor;
+
+pub struct IndexSupArgs {
+    pub handle: Arc<IndexHandle>,
+    pub opts: SupervisionOptions,
+}
+
+pub struct IndexSupState {
+    handle: Arc<IndexHandle>,
+    opts: SupervisionOptions,
+    writer: Option<ActorRef<WriterMsg>>,
+    merger: Option<ActorRef<MergerMsg>>,
+    failures: [VecDeque<Instant>; 2],
+}
+
+impl Actor for IndexSupervisor {
+    type Msg = IndexSupMsg;
+    type State = IndexSupState;
+    type Arguments = IndexSupArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = IndexSupState {
+            handle: args.handle,
+            opts: args.opts,
+            writer: None,
+            merger: None,
+            failures: [VecDeque::new(), VecDeque::new()],
+        };
+        state.spawn(myself.get_cell(), Child::Writer).await?;
+        state.spawn(myself.get_cell(), Child::Merger).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IndexSupMsg::Restart(child) => {
+                if state.handle.is_healthy() {
+                    state.spawn(myself.get_cell(), child).await?;
+                }
+            }
+            IndexSupMsg::InjectFailure(Child::Writer) => {
+                if let Some(w) = &state.writer {
+                    w.cast(WriterMsg::InjectFailure)?;
+                }
+            }
+            IndexSupMsg::InjectFailure(Child::Merger) => {
+                if let Some(m) = &state.merger {
+                    m.cast(MergerMsg::InjectFailure)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            let Some(child) = state.which(&cell) else {
+                return Ok(());
+            };
+            tracing::error!(index = %state.handle.name, child = child.name(), error = %err, "child failed");
+            metrics::counter!("fpnode_actor_restarts_total", "actor" => child.name()).increment(1);
+            state.clear(child);
+            let now = Instant::now();
+            let window = state.opts.window;
+            let failures = &mut state.failures[child as usize];
+            failures.push_back(now);
+            while failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
+                failures.pop_front();
+            }
+            if failures.len() > state.opts.max_restarts {
+                tracing::error!(index = %state.handle.name, child = child.name(), "too many failures: marking index unhealthy");
+                state
+                    .handle
+                    .healthy
+                    .store(false, std::sync::atomic::Ordering::Release);
+                metrics::counter!("fpnode_index_escalations_total").increment(1);
+                return Ok(());
+            }
+            let n = failures.len().saturating_sub(1).min(16) as u32;
+            let backoff = state
+                .opts
+                .backoff
+                .saturating_mul(1 << n)
+                .min(state.opts.max_backoff);
+            myself.send_after(backoff, move || IndexSupMsg::Restart(child));
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.clear(Child::Writer);
+        Ok(())
+    }
+}
+
+impl IndexSupState {
+    async fn spawn(&mut self, me: ActorCell, child: Child) -> Result<(), ActorProcessingErr> {
+        let index = self.handle.index.clone();
+        match child {
+            Child::Writer => {
+                let (w, _) =
+                    Actor::spawn_linked(None, IndexWriter, WriterArgs { index }, me).await?;
+                *self
+                    .handle
+                    .writer
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+                self.writer = Some(w);
+            }
+            Child::Merger => {
+                let args = MergerArgs {
+                    index,
+                    tick: self.opts.merger_tick,
+                };
+                let (m, _) = Actor::spawn_linked(None, SegmentMerger, args, me).await?;
+                self.merger = Some(m);
+            }
+        }
+        Ok(())
+    }
+
+    fn which(&self, cell: &ActorCell) -> Option<Child> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.get_id() == cell.get_id())
+        {
+            Some(Child::Writer)
+        } else if self
+            .merger
+            .as_ref()
+            .is_some_and(|m| m.get_id() == cell.get_id())
+        {
+            Some(Child::Merger)
+        } else {
+            None
+        }
+    }
+
+    fn clear(&mut self, child: Child) {
+        match child {
+            Child::Writer => {
+                self.writer = None;
+                *self
+                    .handle
+                    .writer
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Child::Merger => self.merger = None,
+        }
+    }
+}

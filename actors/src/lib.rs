@@ -1,0 +1,30 @@
+#![allow(missing_debug_implementations)] // actor messages and states carry reply ports and actor refs
+//! fpnode's supervised actors (ractor on tokio).
+//!
+//! ```text
+//! NodeSupervisor
+//! └── IndexRegistry                 create / delete / look up indexes
+//!     └── IndexSupervisor(name)     restarts its children from durable state
+//!         ├── IndexWriter           group-commits writes (WAL fsync + apply)
+//!         └── SegmentMerger         checkpoints, memory merges, file merges
+//! SearchPool                        worker threads behind a bounded queue
+//! ```
+//!
+//! Blocking work (fsync, merges, searches) never runs on the async executor:
+//! writers and mergers hand it to `spawn_blocking`, searches run on the pool's
+//! own threads. Every hop that can be flooded is bounded: writes hold a permit
+//! from [`IndexHandle::write_permits`] until answered, the search queue has a
+//! fixed depth and sheds load.
+
+pub mod handle;
+pub mod index_supervisor;
+pub mod index_writer;
+pub mod node;
+pub mod registry;
+pub mod search_pool;
+pub mod segment_merger;
+
+pub use handle::{IndexHandle, WriteError, WriteRequest};
+pub use node::{Node, NodeOptions};
+pub use registry::{CreateIndex, CreateOutcome, RegistryError};
+pub use search_pool::{SearchError, SearchPool};

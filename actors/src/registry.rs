@@ -1,0 +1,329 @@
+//! IndexRegistry: creates, deletes, opens and looks up indexes.
+//!
+//! Layout under the data directory: `indexes/<name>/` holds one engine index;
+//! `lineage.json` records the last generation minted for every name ever
+//! created, so a delete followed by a create always gets a newer generation.
+//! On start every index directory is opened (engine recovery runs) and gets an
+//! IndexSupervisor. A delete first renames the directory out of the way (atomic),
+//! then removes it; searches still holding the old snapshot finish normally.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fpnode_segments::index::IndexOptions;
+use fpnode_segments::{Generation, Index};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::handle::IndexHandle;
+use crate::index_supervisor::{
+    Child, IndexSupArgs, IndexSupMsg, IndexSupervisor, SupervisionOptions,
+};
+
+const INDEXES_DIR: &str = "indexes";
+const LINEAGE_FILE: &str = "lineage.json";
+
+/// `PUT /:index` options.
+#[derive(Debug, Clone, Default)]
+pub struct CreateIndex {
+    pub expect_does_not_exist: bool,
+    pub generation: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOutcome {
+    pub version: u64,
+    pub ready: bool,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("IndexAlreadyExists")]
+    IndexAlreadyExists,
+    #[error("OlderIndexAlreadyExists")]
+    OlderIndexAlreadyExists,
+    #[error("NewerIndexAlreadyExists")]
+    NewerIndexAlreadyExists,
+    #[error("IndexNotFound")]
+    IndexNotFound,
+    #[error("InvalidIndexName")]
+    InvalidIndexName,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// `[A-Za-z0-9_-]{1,255}`, as fpindex accepts.
+pub fn valid_index_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub enum RegistryMsg {
+    Get(String, RpcReplyPort<Option<Arc<IndexHandle>>>),
+    List(RpcReplyPort<Vec<Arc<IndexHandle>>>),
+    Create(
+        String,
+        CreateIndex,
+        RpcReplyPort<Result<CreateOutcome, RegistryError>>,
+    ),
+    Delete(String, bool, RpcReplyPort<Result<bool, RegistryError>>),
+    /// Test hook: make a child of an index fail.
+    InjectFailure(String, Child),
+}
+
+pub struct IndexRegistry;
+
+#[derive(Clone)]
+pub struct RegistryArgs {
+    pub dir: PathBuf,
+    pub index: IndexOptions,
+    pub supervision: SupervisionOptions,
+    pub max_writes_in_flight: usize,
+}
+
+pub struct RegistryState {
+    args: RegistryArgs,
+    indexes: HashMap<String, (Arc<IndexHandle>, ActorRef<IndexSupMsg>)>,
+    lineage: BTreeMap<String, u64>,
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+impl Actor for IndexRegistry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let dir = args.dir.join(INDEXES_DIR);
+        std::fs::create_dir_all(&dir)?;
+        let lineage = load_lineage(&args.dir)?;
+        let mut state = RegistryState {
+            args,
+            indexes: HashMap::new(),
+            lineage,
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(".deleted-") {
+                std::fs::remove_dir_all(entry.path())?;
+            } else if valid_index_name(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let opts = state.args.index.clone();
+            let index = tokio::task::spawn_blocking(move || Index::open(&path, opts)).await??;
+            state.start(&myself, name, index).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Get(name, reply) => {
+                let _ = reply.send(state.indexes.get(&name).map(|(h, _)| h.clone()));
+            }
+            RegistryMsg::List(reply) => {
+                let _ = reply.send(state.indexes.values().map(|(h, _)| h.clone()).collect());
+            }
+            RegistryMsg::Create(name, req, reply) => {
+                let _ = reply.send(state.create(&myself, name, req).await);
+            }
+            RegistryMsg::Delete(name, expect_exists, reply) => {
+                let _ = reply.send(state.delete(name, expect_exists).await);
+            }
+            RegistryMsg::InjectFailure(name, child) => {
+                if let Some((_, sup)) = state.indexes.get(&name) {
+                    sup.cast(IndexSupMsg::InjectFailure(child))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An index supervisor stops when its index is deleted (expected); if one
+    /// fails, its index is marked unhealthy and the others keep running.
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            for (handle, sup) in state.indexes.values() {
+                if sup.get_id() == cell.get_id() {
+                    tracing::error!(index = %handle.name, error = %err, "index supervisor failed; index marked unhealthy");
+                    handle
+                        .healthy
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (_, (handle, sup)) in state.indexes.drain() {
+            sup.stop(None);
+            drop(handle);
+        }
+        Ok(())
+    }
+}
+
+impl RegistryState {
+    fn index_dir(&self, name: &str) -> PathBuf {
+        self.args.dir.join(INDEXES_DIR).join(name)
+    }
+
+    async fn start(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        index: Index,
+    ) -> Result<Arc<IndexHandle>, ActorProcessingErr> {
+        let handle = Arc::new(IndexHandle::new(
+            name.clone(),
+            Arc::new(index),
+            self.args.max_writes_in_flight,
+        ));
+        let args = IndexSupArgs {
+            handle: handle.clone(),
+            opts: self.args.supervision.clone(),
+        };
+        let (sup, _) = Actor::spawn_linked(None, IndexSupervisor, args, myself.get_cell()).await?;
+        let g = handle.generation.0;
+        let last = self.lineage.entry(name.clone()).or_insert(g);
+        *last = (*last).max(g);
+        self.indexes.insert(name, (handle.clone(), sup));
+        Ok(handle)
+    }
+
+    async fn create(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        req: CreateIndex,
+    ) -> Result<CreateOutcome, RegistryError> {
+        if !valid_index_name(&name) {
+            return Err(RegistryError::InvalidIndexName);
+        }
+        if let Some((h, _)) = self.indexes.get(&name) {
+            if req.expect_does_not_exist {
+                return Err(RegistryError::IndexAlreadyExists);
+            }
+            if let Some(g) = req.generation {
+                if g < h.generation.0 {
+                    return Err(RegistryError::OlderIndexAlreadyExists);
+                }
+                if g > h.generation.0 {
+                    return Err(RegistryError::NewerIndexAlreadyExists);
+                }
+            }
+            return Ok(CreateOutcome {
+                version: h.version().0,
+                ready: true,
+                generation: h.generation.0,
+            });
+        }
+        let last = self.lineage.get(&name).copied().unwrap_or(0);
+        let generation = match req.generation {
+            Some(g) if g <= last => return Err(RegistryError::OlderIndexAlreadyExists),
+            Some(g) => g,
+            None => last + 1,
+        };
+        let dir = self.index_dir(&name);
+        let opts = self.args.index.clone();
+        let index = tokio::task::spawn_blocking(move || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(storage)?;
+            }
+            std::fs::create_dir_all(&dir).map_err(storage)?;
+            Index::create(&dir, Generation(generation), opts).map_err(storage)
+        })
+        .await
+        .map_err(storage)??;
+        self.lineage.insert(name.clone(), generation);
+        store_lineage(&self.args.dir, &self.lineage).map_err(storage)?;
+        self.start(myself, name, index).await.map_err(storage)?;
+        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
+        Ok(CreateOutcome {
+            version: 0,
+            ready: true,
+            generation,
+        })
+    }
+
+    async fn delete(&mut self, name: String, expect_exists: bool) -> Result<bool, RegistryError> {
+        let Some((handle, sup)) = self.indexes.remove(&name) else {
+            return if expect_exists {
+                Err(RegistryError::IndexNotFound)
+            } else {
+                Ok(false)
+            };
+        };
+        handle
+            .deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        sup.stop(None);
+        let dir = self.index_dir(&name);
+        let trash = self
+            .args
+            .dir
+            .join(INDEXES_DIR)
+            .join(format!(".deleted-{name}-{}", handle.generation));
+        drop(handle);
+        tokio::task::spawn_blocking(move || {
+            std::fs::rename(&dir, &trash).map_err(storage)?;
+            std::fs::remove_dir_all(&trash).map_err(storage)
+        })
+        .await
+        .map_err(storage)??;
+        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
+        Ok(true)
+    }
+}
+
+fn load_lineage(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
+    match std::fs::read(dir.join(LINEAGE_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn store_lineage(dir: &Path, lineage: &BTreeMap<String, u64>) -> std::io::Result<()> {
+    let tmp = dir.join("lineage.json.tmp");
+    let bytes = serde_json::to_vec_pretty(lineage).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(LINEAGE_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}

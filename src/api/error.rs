@@ -1,0 +1,83 @@
+//! The API's errors: one name each, as fpindex names them, answered as
+//! `{"error": "<Name>"}` (MessagePack `{"e": "<Name>"}`) in the negotiated format.
+
+use axum::http::StatusCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("BadRequest")]
+    BadRequest,
+    #[error("InvalidIndexName")]
+    InvalidIndexName,
+    #[error("InvalidFingerprintId")]
+    InvalidFingerprintId,
+    #[error("TooManyChanges")]
+    TooManyChanges,
+    #[error("TooManyHashes")]
+    TooManyHashes,
+    #[error("QueryTooLong")]
+    QueryTooLong,
+    #[error("PayloadTooLarge")]
+    PayloadTooLarge,
+    #[error("IndexNotFound")]
+    IndexNotFound,
+    #[error("FingerprintNotFound")]
+    FingerprintNotFound,
+    #[error("NotFound")]
+    NotFound,
+    #[error("MethodNotAllowed")]
+    MethodNotAllowed,
+    #[error("VersionMismatch")]
+    VersionMismatch,
+    #[error("IndexAlreadyExists")]
+    IndexAlreadyExists,
+    #[error("OlderIndexAlreadyExists")]
+    OlderIndexAlreadyExists,
+    #[error("NewerIndexAlreadyExists")]
+    NewerIndexAlreadyExists,
+    #[error("UnsupportedMediaType")]
+    UnsupportedMediaType,
+    #[error("IndexNotReady")]
+    IndexNotReady,
+    #[error("SearchTimeout")]
+    SearchTimeout,
+    #[error("Unavailable")]
+    Unavailable,
+    #[error("Overloaded")]
+    Overloaded,
+    #[error("NotImplemented")]
+    NotImplemented,
+    #[error("InternalError")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadRequest | InvalidIndexName | InvalidFingerprintId | TooManyChanges
+            | TooManyHashes | QueryTooLong => StatusCode::BAD_REQUEST,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            IndexNotFound | FingerprintNotFound | NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            VersionMismatch
+            | IndexAlreadyExists
+            | OlderIndexAlreadyExists
+            | NewerIndexAlreadyExists => StatusCode::CONFLICT,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IndexNotReady | SearchTimeout | Unavailable | Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for errors that pass.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            ApiError::Overloaded | ApiError::Unavailable | ApiError::IndexNotReady => Some(1),
+            _ => None,
+        }
+    }
+}

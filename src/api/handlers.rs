@@ -1,0 +1,554 @@
+//! One handler per endpoint of DESIGN.md §7.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fpnode_actors::index_supervisor::Child;
+use fpnode_actors::node::NodeError;
+use fpnode_actors::registry::valid_index_name;
+use fpnode_actors::{
+    CreateIndex, IndexHandle, RegistryError, SearchError, WriteError, WriteRequest,
+};
+use fpnode_segments::{Change, MetadataDelta, SearchOptions};
+
+use super::codec::{self, Format, Out, field, full, user};
+use super::error::ApiError;
+use super::types::*;
+use super::{AppState, respond};
+
+const DEFAULT_TIMEOUT_MS: u64 = 500;
+const MAX_TIMEOUT_MS: u64 = 10_000;
+
+/// An error answered in the negotiated format (empty body for HEAD).
+pub struct Failure {
+    format: Format,
+    error: ApiError,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = Out::map([(field("error"), Out::Str(self.error.to_string()))]);
+        let mut res = respond(self.format, self.error.status(), Some(body));
+        if let Some(secs) = self.error.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+/// What every handler starts with: the formats and the body, read with a limit.
+struct Req {
+    format: Format,
+    req_format: std::result::Result<Format, ApiError>,
+    body: Bytes,
+}
+
+impl Req {
+    async fn read(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Req> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let guess = response_format(headers, declared.is_some_and(|n| n > 0));
+        if declared.is_some_and(|n| n > state.limits.max_body_bytes) {
+            return Err(Failure {
+                format: guess,
+                error: ApiError::PayloadTooLarge,
+            });
+        }
+        let body = axum::body::to_bytes(body, state.limits.max_body_bytes)
+            .await
+            .map_err(|_| Failure {
+                format: guess,
+                error: ApiError::PayloadTooLarge,
+            })?;
+        let has_body = !body.is_empty();
+        Ok(Req {
+            format: response_format(headers, has_body),
+            req_format: codec::request_format(headers, has_body),
+            body,
+        })
+    }
+
+    fn fail(&self, error: ApiError) -> Failure {
+        Failure {
+            format: self.format,
+            error,
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        if self.body.is_empty() {
+            return Err(self.fail(ApiError::BadRequest));
+        }
+        let f = self.req_format.map_err(|e| self.fail(e))?;
+        codec::decode(f, &self.body).map_err(|e| self.fail(e))
+    }
+
+    fn decode_or_default<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T> {
+        if self.body.is_empty() {
+            return Ok(T::default());
+        }
+        self.decode()
+    }
+
+    fn ok(&self, body: Out) -> Response {
+        respond(self.format, StatusCode::OK, Some(body))
+    }
+}
+
+fn response_format(headers: &HeaderMap, has_body: bool) -> Format {
+    codec::response_format(headers, has_body)
+}
+
+fn node_error(e: NodeError) -> ApiError {
+    match e {
+        NodeError::Unavailable => ApiError::Unavailable,
+        NodeError::Registry(r) => match r {
+            RegistryError::IndexAlreadyExists => ApiError::IndexAlreadyExists,
+            RegistryError::OlderIndexAlreadyExists => ApiError::OlderIndexAlreadyExists,
+            RegistryError::NewerIndexAlreadyExists => ApiError::NewerIndexAlreadyExists,
+            RegistryError::IndexNotFound => ApiError::IndexNotFound,
+            RegistryError::InvalidIndexName => ApiError::InvalidIndexName,
+            RegistryError::Storage(e) => {
+                tracing::error!(error = %e, "index storage error");
+                ApiError::Internal
+            }
+        },
+    }
+}
+
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::VersionMismatch { .. } => ApiError::VersionMismatch,
+        WriteError::Overloaded(why) => {
+            metrics::counter!("fpnode_shed_requests_total", "kind" => "write").increment(1);
+            tracing::debug!(%why, "write shed");
+            ApiError::Overloaded
+        }
+        WriteError::Unavailable(why) => {
+            tracing::warn!(%why, "write unavailable");
+            ApiError::Unavailable
+        }
+        WriteError::Invalid(_) => ApiError::BadRequest,
+    }
+}
+
+async fn lookup(state: &AppState, name: &str) -> std::result::Result<Arc<IndexHandle>, ApiError> {
+    if !valid_index_name(name) {
+        return Err(ApiError::InvalidIndexName);
+    }
+    state
+        .node
+        .get(name)
+        .await
+        .map_err(node_error)?
+        .ok_or(ApiError::IndexNotFound)
+}
+
+fn fingerprint_id(raw: &str) -> std::result::Result<u32, ApiError> {
+    match raw.parse::<u64>() {
+        Ok(id) if id > 0 && id <= u64::from(u32::MAX) => Ok(id as u32),
+        _ => Err(ApiError::InvalidFingerprintId),
+    }
+}
+
+fn check_id(id: u64) -> std::result::Result<u32, ApiError> {
+    if id == 0 || id > u64::from(u32::MAX) {
+        Err(ApiError::InvalidFingerprintId)
+    } else {
+        Ok(id as u32)
+    }
+}
+
+// --- system ---
+
+pub async fn health() -> &'static str {
+    "OK\n"
+}
+
+pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    if let Ok(indexes) = state.node.list().await {
+        for h in indexes {
+            let snap = h.index.snapshot();
+            let name = h.name.clone();
+            metrics::gauge!("fpindex_docs", "index" => name.clone()).set(snap.num_docs as f64);
+            metrics::gauge!("fpindex_version", "index" => name.clone()).set(snap.position.0 as f64);
+            let stats = h.index.stats();
+            metrics::gauge!("fpnode_segments", "index" => name.clone(), "kind" => "memory")
+                .set(stats.memory_segments as f64);
+            metrics::gauge!("fpnode_segments", "index" => name.clone(), "kind" => "file")
+                .set(stats.file_segments as f64);
+            metrics::gauge!("fpnode_segment_bytes", "index" => name.clone())
+                .set(stats.file_bytes as f64);
+            metrics::gauge!("fpnode_memory_postings", "index" => name.clone())
+                .set(stats.memory_postings as f64);
+            metrics::gauge!("fpnode_write_permits_available", "index" => name)
+                .set(h.write_permits.available_permits() as f64);
+        }
+    }
+    metrics::gauge!("fpnode_search_queue_depth").set(state.node.search.queue_depth() as f64);
+    let text = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn not_found(headers: HeaderMap) -> Failure {
+    Failure {
+        format: response_format(&headers, false),
+        error: ApiError::NotFound,
+    }
+}
+
+pub async fn method_not_allowed(headers: HeaderMap) -> Failure {
+    Failure {
+        format: response_format(&headers, false),
+        error: ApiError::MethodNotAllowed,
+    }
+}
+
+// --- index management ---
+
+pub async fn index_health(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let format = response_format(&headers, false);
+    match lookup(&state, &index).await {
+        Ok(h) if h.is_healthy() => "OK\n".into_response(),
+        Ok(_) => Failure {
+            format,
+            error: ApiError::IndexNotReady,
+        }
+        .into_response(),
+        Err(ApiError::IndexNotFound) => StatusCode::NOT_FOUND.into_response(),
+        Err(error) => Failure { format, error }.into_response(),
+    }
+}
+
+pub async fn get_index(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let snap = h.index.snapshot();
+    let (min_id, max_id) = snap.id_range();
+    let metadata = Out::map(
+        snap.metadata
+            .iter()
+            .map(|(k, v)| (user(k.clone()), Out::Str(v.clone()))),
+    );
+    Ok(r.ok(Out::map([
+        (field("version"), Out::UInt(snap.position.0)),
+        (field("metadata"), metadata),
+        (
+            field("stats"),
+            Out::map([
+                (full("min_doc_id"), Out::UInt(u64::from(min_id))),
+                (full("max_doc_id"), Out::UInt(u64::from(max_id))),
+                (full("num_segments"), Out::UInt(snap.num_segments() as u64)),
+                (full("num_docs"), Out::UInt(snap.num_docs)),
+            ]),
+        ),
+    ])))
+}
+
+pub async fn create_index(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    if !valid_index_name(&index) {
+        return Err(r.fail(ApiError::InvalidIndexName));
+    }
+    let req: CreateIndexRequest = r.decode_or_default()?;
+    let outcome = state
+        .node
+        .create(
+            &index,
+            CreateIndex {
+                expect_does_not_exist: req.expect_does_not_exist,
+                generation: req.generation,
+            },
+        )
+        .await
+        .map_err(|e| r.fail(node_error(e)))?;
+    Ok(r.ok(Out::map([
+        (field("version"), Out::UInt(outcome.version)),
+        (field("ready"), Out::Bool(outcome.ready)),
+        (field("generation"), Out::UInt(outcome.generation)),
+    ])))
+}
+
+pub async fn delete_index(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    if !valid_index_name(&index) {
+        return Err(r.fail(ApiError::InvalidIndexName));
+    }
+    let req: DeleteIndexRequest = r.decode_or_default()?;
+    let deleted = state
+        .node
+        .delete(&index, req.expect_exists)
+        .await
+        .map_err(|e| r.fail(node_error(e)))?;
+    Ok(r.ok(Out::map([(field("deleted"), Out::Bool(deleted))])))
+}
+
+pub async fn index_status(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let s = h.index.stats();
+    Ok(r.ok(Out::map([
+        (full("mode"), Out::Str("standalone".into())),
+        (full("generation"), Out::UInt(s.generation.0)),
+        (full("version"), Out::UInt(s.applied.0)),
+        (full("applied_version"), Out::UInt(s.applied.0)),
+        (full("durable_version"), Out::UInt(s.applied.0)),
+        (
+            full("checkpoint_version"),
+            Out::UInt(s.checkpoint_position.0),
+        ),
+        (full("healthy"), Out::Bool(h.is_healthy())),
+        (full("num_docs"), Out::UInt(s.num_docs)),
+        (full("memory_segments"), Out::UInt(s.memory_segments as u64)),
+        (full("file_segments"), Out::UInt(s.file_segments as u64)),
+        (full("memory_postings"), Out::UInt(s.memory_postings)),
+        (full("file_bytes"), Out::UInt(s.file_bytes)),
+    ])))
+}
+
+pub async fn index_snapshot(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    Err(r.fail(ApiError::NotImplemented))
+}
+
+// --- search and updates ---
+
+pub async fn search(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let req: SearchRequest = r.decode()?;
+    if req.query.len() > state.limits.max_query {
+        return Err(r.fail(ApiError::QueryTooLong));
+    }
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let timeout = match req.timeout {
+        None | Some(0) => DEFAULT_TIMEOUT_MS,
+        Some(t) => t.min(MAX_TIMEOUT_MS),
+    };
+    let opts = SearchOptions {
+        limit: req.limit.map(|l| l.min(1000) as usize),
+        min_score: req.min_score,
+        score_pct: req.score_pct,
+        deadline: Some(Instant::now() + Duration::from_millis(timeout)),
+    };
+    let started = Instant::now();
+    metrics::counter!("fpindex_searches_total").increment(1);
+    let hits = state
+        .node
+        .search
+        .search(h.index.snapshot(), req.query, opts)
+        .await
+        .map_err(|e| {
+            r.fail(match e {
+                SearchError::Overloaded => ApiError::Overloaded,
+                SearchError::Timeout => ApiError::SearchTimeout,
+                SearchError::Failed(_) => ApiError::Internal,
+            })
+        })?;
+    metrics::histogram!("fpindex_search_duration_seconds").record(started.elapsed().as_secs_f64());
+    if hits.is_empty() {
+        metrics::counter!("fpindex_search_misses_total").increment(1);
+    } else {
+        metrics::counter!("fpindex_search_hits_total").increment(1);
+    }
+    let results = hits
+        .into_iter()
+        .map(|hit| {
+            Out::map([
+                (field("id"), Out::UInt(u64::from(hit.id))),
+                (field("score"), Out::UInt(u64::from(hit.score))),
+            ])
+        })
+        .collect();
+    Ok(r.ok(Out::map([(field("results"), Out::List(results))])))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let req: UpdateRequest = r.decode()?;
+    if req.changes.len() > state.limits.max_changes {
+        return Err(r.fail(ApiError::TooManyChanges));
+    }
+    let mut changes = Vec::with_capacity(req.changes.len());
+    for c in req.changes {
+        changes.push(match c {
+            ChangeIn::Insert(i) => {
+                if i.hashes.len() > state.limits.max_hashes {
+                    return Err(r.fail(ApiError::TooManyHashes));
+                }
+                Change::Insert {
+                    id: check_id(i.id).map_err(|e| r.fail(e))?,
+                    hashes: i.hashes,
+                }
+            }
+            ChangeIn::Delete(d) => Change::Delete {
+                id: check_id(d.id).map_err(|e| r.fail(e))?,
+            },
+        });
+    }
+    let metadata: MetadataDelta = req
+        .metadata
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let version = h
+        .write(
+            WriteRequest {
+                changes,
+                metadata,
+                expected_version: req.expected_version,
+            },
+            state.write_wait,
+        )
+        .await
+        .map_err(|e| r.fail(write_error(e)))?;
+    Ok(r.ok(Out::map([(field("version"), Out::UInt(version.0))])))
+}
+
+// --- single fingerprints ---
+
+pub async fn get_fingerprint(
+    State(state): State<AppState>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
+    let info = h
+        .index
+        .snapshot()
+        .get(id)
+        .ok_or_else(|| r.fail(ApiError::FingerprintNotFound))?;
+    Ok(r.ok(Out::map([(field("version"), Out::UInt(info.version.0))])))
+}
+
+pub async fn put_fingerprint(
+    State(state): State<AppState>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
+    let req: PutFingerprintRequest = r.decode()?;
+    if req.hashes.len() > state.limits.max_hashes {
+        return Err(r.fail(ApiError::TooManyHashes));
+    }
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    let change = Change::Insert {
+        id,
+        hashes: req.hashes,
+    };
+    write_one(&state, &h, change).await.map_err(|e| r.fail(e))?;
+    Ok(r.ok(Out::empty()))
+}
+
+pub async fn delete_fingerprint(
+    State(state): State<AppState>,
+    Path((index, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let r = Req::read(&state, &headers, body).await?;
+    let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
+    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    write_one(&state, &h, Change::Delete { id })
+        .await
+        .map_err(|e| r.fail(e))?;
+    Ok(r.ok(Out::empty()))
+}
+
+async fn write_one(
+    state: &AppState,
+    h: &IndexHandle,
+    change: Change,
+) -> std::result::Result<(), ApiError> {
+    h.write(
+        WriteRequest {
+            changes: vec![change],
+            ..WriteRequest::default()
+        },
+        state.write_wait,
+    )
+    .await
+    .map(|_| ())
+    .map_err(write_error)
+}
+
+// --- test hooks ---
+
+pub async fn inject_failure(
+    State(state): State<AppState>,
+    Path((index, child)): Path<(String, String)>,
+) -> StatusCode {
+    let child = match child.as_str() {
+        "index_writer" => Child::Writer,
+        "segment_merger" => Child::Merger,
+        _ => return StatusCode::BAD_REQUEST,
+    };
+    state.node.inject_failure(&index, child).await;
+    StatusCode::ACCEPTED
+}

@@ -1,0 +1,125 @@
+//! The HTTP API, compatible with fpindex (see docs/api.md).
+//!
+//! `router(state)` builds the whole API; handlers live in `handlers`, the wire
+//! formats in `codec`, the error names in `error`. Every handler works out the
+//! response format first, so even a malformed request gets its error in the
+//! format the client asked for.
+
+pub mod codec;
+pub mod error;
+mod handlers;
+mod types;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fpnode_actors::Node;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use codec::Format;
+
+/// Limits that protect the node from oversized requests (docs/api.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_changes: usize,
+    pub max_hashes: usize,
+    pub max_query: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_changes: 100_000,
+            max_hashes: 100_000,
+            max_query: 100_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Node,
+    pub limits: Limits,
+    pub metrics: Option<PrometheusHandle>,
+    /// How long a write waits for a free slot before `503 Overloaded`.
+    pub write_wait: Duration,
+    /// Enables `POST /_debug/fail/{index}/{child}` (tests only).
+    pub fault_injection: bool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let mut r = Router::new()
+        .route("/_health", get(health))
+        .route("/_metrics", get(metrics_text))
+        .route("/{index}/_health", get(index_health))
+        .route("/{index}/_status", get(index_status))
+        .route("/{index}/_snapshot", get(index_snapshot))
+        .route("/{index}/_search", post(search))
+        .route("/{index}/_update", post(update))
+        .route(
+            "/{index}",
+            get(get_index).put(create_index).delete(delete_index),
+        )
+        .route(
+            "/{index}/{id}",
+            get(get_fingerprint)
+                .put(put_fingerprint)
+                .delete(delete_fingerprint),
+        );
+    if state.fault_injection {
+        r = r.route("/_debug/fail/{index}/{child}", post(inject_failure));
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track_metrics))
+        .with_state(state)
+}
+
+/// Counts requests and their latency by route template, not raw path.
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("fpnode_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("fpnode_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub(crate) fn respond(
+    format: Format,
+    status: axum::http::StatusCode,
+    body: Option<codec::Out>,
+) -> Response {
+    match body {
+        None => status.into_response(),
+        Some(out) => (
+            status,
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            out.encode(format),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,87 @@
+//! Command line: `fpnode` / `fpnode serve` with fpindex's flags plus ours. Every
+//! flag can also be set through an environment variable (`FPNODE_...`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fpnode",
+    version,
+    about = "Index node for audio-fingerprint search (fpindex-compatible)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Data directory: one subdirectory per index under `indexes/`.
+    #[arg(long, env = "FPNODE_DIR", default_value = "./data")]
+    pub dir: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, env = "FPNODE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, env = "FPNODE_PORT", default_value_t = 6081)]
+    pub port: u16,
+
+    /// Checkpoint memory segments to a file segment once they hold this many
+    /// postings (hash, id pairs; ~120 per fingerprint).
+    #[arg(long, env = "FPNODE_CHECKPOINT_THRESHOLD", default_value_t = 8_388_608)]
+    pub checkpoint_threshold: u64,
+
+    /// Checkpoint once the oldest unflushed change is this old, in milliseconds.
+    #[arg(long, env = "FPNODE_CHECKPOINT_AGE_MS", default_value_t = 60_000)]
+    pub checkpoint_age_ms: u64,
+
+    /// Threads that run searches (default: one per CPU).
+    #[arg(long, env = "FPNODE_SEARCH_THREADS")]
+    pub search_threads: Option<usize>,
+
+    /// Searches that may wait for a thread; more are refused with 503.
+    #[arg(long, env = "FPNODE_SEARCH_QUEUE", default_value_t = 256)]
+    pub search_queue: usize,
+
+    /// Writes per index that may be queued or in progress; more wait up to
+    /// --write-wait-ms, then get 503.
+    #[arg(long, env = "FPNODE_MAX_WRITES_IN_FLIGHT", default_value_t = 64)]
+    pub max_writes_in_flight: usize,
+
+    /// How long a write waits for a free slot, in milliseconds.
+    #[arg(long, env = "FPNODE_WRITE_WAIT_MS", default_value_t = 2_000)]
+    pub write_wait_ms: u64,
+
+    /// How long a write may wait for background merges before 503, in ms.
+    #[arg(long, env = "FPNODE_STALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub stall_timeout_ms: u64,
+
+    /// Largest request body, in bytes (larger: 413 PayloadTooLarge).
+    #[arg(long, env = "FPNODE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Ask the kernel to read every segment file into the page cache on open.
+    #[arg(long, env = "FPNODE_PRELOAD")]
+    pub preload: bool,
+
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `fpnode=debug`.
+    #[arg(long, env = "FPNODE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Enable test-only fault injection endpoints. Never in production.
+    #[arg(long, env = "FPNODE_ENABLE_FAULT_INJECTION", hide = true)]
+    pub enable_fault_injection: bool,
+}

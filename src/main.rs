@@ -1,0 +1,141 @@
+//! `fpnode`: the binary. Parses flags, starts the actor tree and serves the API
+//! until SIGTERM or SIGINT, then stops accepting, lets requests in flight finish
+//! and closes the indexes.
+
+mod api;
+mod cli;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fpnode_actors::index_supervisor::SupervisionOptions;
+use fpnode_actors::{Node, NodeOptions};
+use fpnode_segments::index::IndexOptions;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::api::{AppState, Limits};
+use crate::cli::{Cli, Command, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fpnode: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fpnode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("configuring metrics")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create data directory {}", args.dir.display()))?;
+    let probe = args.dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data directory {} is not writable", args.dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+
+    let index = IndexOptions {
+        checkpoint_threshold: args.checkpoint_threshold.max(1),
+        checkpoint_age: Duration::from_millis(args.checkpoint_age_ms),
+        stall_timeout: Duration::from_millis(args.stall_timeout_ms),
+        open: fpnode_segments::file_segment::OpenOptions {
+            preload: args.preload,
+        },
+        ..IndexOptions::default()
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let node = Box::pin(Node::start(NodeOptions {
+        dir: args.dir.clone(),
+        index,
+        supervision: SupervisionOptions::default(),
+        search_threads: args.search_threads.unwrap_or(cpus),
+        search_queue: args.search_queue,
+        max_writes_in_flight: args.max_writes_in_flight.max(1),
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot open the indexes in {}: {e}", args.dir.display()))?;
+
+    let state = AppState {
+        node: node.clone(),
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            ..Limits::default()
+        },
+        metrics: Some(metrics),
+        write_wait: Duration::from_millis(args.write_wait_ms),
+        fault_injection: args.enable_fault_injection,
+    };
+    tracing::info!(address = %local, dir = %args.dir.display(), "fpnode listening");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,214 @@
+//! Test harness: starts the real `fpnode` binary on a free port with a temporary
+//! data directory, waits until it answers, and kills it when dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    pub async fn start(extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut node = Node {
+            child: None,
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        node.spawn().await;
+        node
+    }
+
+    pub async fn spawn(&mut self) {
+        self.port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_fpnode"))
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(self.url("/_health")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fpnode did not become ready on port {}", self.port);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().unwrap()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JSON or MessagePack client for the API.
+#[derive(Clone)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+    pub msgpack: bool,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+}
+
+impl Api {
+    pub fn json(node: &Node) -> Api {
+        Api {
+            client: reqwest::Client::new(),
+            base: node.url(""),
+            msgpack: false,
+        }
+    }
+
+    pub fn msgpack(node: &Node) -> Api {
+        Api {
+            client: reqwest::Client::new(),
+            base: node.url(""),
+            msgpack: true,
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = if self.msgpack {
+                req.header("Content-Type", "application/vnd.msgpack")
+                    .body(rmp_serde::to_vec_named(&b).unwrap())
+            } else {
+                req.header("Content-Type", "application/json")
+                    .body(serde_json::to_vec(&b).unwrap())
+            };
+        } else if self.msgpack {
+            req = req.header("Accept", "application/vnd.msgpack");
+        }
+        // No answer (connection refused or cut: the node was killed) is status 0:
+        // never an acknowledgement.
+        let Ok(res) = req.send().await else {
+            return Answer {
+                status: 0,
+                body: Value::Null,
+                content_type: String::new(),
+                retry_after: None,
+            };
+        };
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let Ok(bytes) = res.bytes().await else {
+            return Answer {
+                status: 0,
+                body: Value::Null,
+                content_type,
+                retry_after,
+            };
+        };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else if content_type.contains("msgpack") {
+            rmp_serde::from_slice(&bytes).unwrap()
+        } else if content_type.contains("json") {
+            serde_json::from_slice(&bytes).unwrap()
+        } else {
+            Value::String(String::from_utf8_lossy(&bytes).to_string())
+        };
+        Answer {
+            status,
+            body,
+            content_type,
+            retry_after,
+        }
+    }
+
+    /// Field name as this format spells it.
+    pub fn k(&self, full: &'static str) -> String {
+        if self.msgpack {
+            full[..1].to_string()
+        } else {
+            full.to_string()
+        }
+    }
+}

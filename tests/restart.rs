@@ -1,0 +1,238 @@
+//! Restarts and faults: SIGTERM and SIGKILL keep every acknowledged write; an
+//! actor failure is restarted, counted, and loses nothing acknowledged; repeated
+//! failure marks the index unhealthy while the process keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Node};
+use serde_json::json;
+
+fn hashes(id: u64) -> Vec<u32> {
+    (0..20).map(|i| (id * 31 + i * 7919) as u32).collect()
+}
+
+async fn put_many(api: &Api, ids: std::ops::Range<u64>) -> Vec<u64> {
+    let mut acked = Vec::new();
+    for id in ids {
+        let r = api
+            .call(
+                "PUT",
+                &format!("/idx/{id}"),
+                Some(json!({ "hashes": hashes(id) })),
+            )
+            .await;
+        if r.status == 200 {
+            acked.push(id);
+        }
+    }
+    acked
+}
+
+async fn assert_present(api: &Api, ids: &[u64]) {
+    for &id in ids {
+        let r = api.call("GET", &format!("/idx/{id}"), None).await;
+        assert_eq!(r.status, 200, "acknowledged fingerprint {id} is missing");
+        let r = api
+            .call(
+                "POST",
+                "/idx/_search",
+                Some(json!({ "query": hashes(id), "limit": 1 })),
+            )
+            .await;
+        assert_eq!(
+            r.body["results"][0]["id"],
+            json!(id),
+            "search does not find {id}"
+        );
+    }
+}
+
+async fn metric(api: &Api, name: &str) -> f64 {
+    let text = api
+        .call("GET", "/_metrics", None)
+        .await
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn sigterm_exits_cleanly_and_sigkill_loses_no_acknowledged_write() {
+    let mut node = Node::start(&["--checkpoint-threshold", "200"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    let mut acked = put_many(&api, 1..40).await;
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    node.spawn().await;
+    let api = Api::json(&node);
+    assert_present(&api, &acked).await;
+
+    // Concurrent writers, then SIGKILL mid-stream.
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            put_many(&api, (1000 + w * 1000)..(1000 + w * 1000 + 400)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.kill();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(
+        acked.len() > 60,
+        "too few writes acknowledged before the kill: {}",
+        acked.len()
+    );
+    node.spawn().await;
+    let api = Api::json(&node);
+    assert_present(&api, &acked).await;
+    let r = api.call("GET", "/idx", None).await;
+    assert!(r.body["stats"]["num_docs"].as_u64().unwrap() >= acked.len() as u64);
+}
+
+#[tokio::test]
+async fn restart_with_many_file_segments_keeps_everything() {
+    // Tiny checkpoints: every few writes become a file segment.
+    let mut node =
+        Node::start(&["--checkpoint-threshold", "40", "--checkpoint-age-ms", "10"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    let acked = put_many(&api, 1..150).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = api.call("GET", "/idx/_status", None).await.body;
+    assert!(status["file_segments"].as_u64().unwrap() >= 2, "{status}");
+    node.kill();
+    node.spawn().await;
+    let api = Api::json(&node);
+    assert_present(&api, &acked).await;
+}
+
+async fn inject(api: &Api, child: &str) {
+    let r = api
+        .client
+        .post(format!("{}/_debug/fail/idx/{child}", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn a_failed_index_writer_is_restarted_counted_and_loses_nothing() {
+    let node = Node::start(&["--enable-fault-injection"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    let mut acked = put_many(&api, 1..20).await;
+    inject(&api, "index_writer").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The failing write is refused (never acknowledged)...
+    let r = api
+        .call("PUT", "/idx/500", Some(json!({ "hashes": hashes(500) })))
+        .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.retry_after.is_some());
+    // ...the writer comes back, and later writes succeed.
+    let mut ok = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = api
+            .call("PUT", "/idx/501", Some(json!({ "hashes": hashes(501) })))
+            .await;
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "writer did not come back");
+    acked.push(501);
+    acked.extend(put_many(&api, 20..40).await);
+    assert_present(&api, &acked).await;
+    assert!(metric(&api, "fpnode_actor_restarts_total{actor=\"index_writer\"}").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_failed_segment_merger_is_restarted_and_counted() {
+    let node = Node::start(&[
+        "--enable-fault-injection",
+        "--checkpoint-threshold",
+        "40",
+        "--checkpoint-age-ms",
+        "10",
+    ])
+    .await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    let mut acked = put_many(&api, 1..10).await;
+    inject(&api, "segment_merger").await;
+    let mut restarts = 0.0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        restarts = metric(
+            &api,
+            "fpnode_actor_restarts_total{actor=\"segment_merger\"}",
+        )
+        .await;
+        if restarts >= 1.0 {
+            break;
+        }
+    }
+    assert!(restarts >= 1.0);
+    acked.extend(put_many(&api, 10..60).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = api.call("GET", "/idx/_status", None).await.body;
+    assert!(
+        status["checkpoint_version"].as_u64().unwrap() > 0,
+        "merger did not resume: {status}"
+    );
+    assert_present(&api, &acked).await;
+}
+
+#[tokio::test]
+async fn repeated_failure_marks_the_index_unhealthy_and_the_process_keeps_serving() {
+    let mut node = Node::start(&["--enable-fault-injection"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    api.call("PUT", "/other", None).await;
+    let acked = put_many(&api, 1..5).await;
+    let mut unhealthy = false;
+    for _ in 0..12 {
+        inject(&api, "index_writer").await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        api.call("PUT", "/idx/900", Some(json!({ "hashes": [1] })))
+            .await;
+        // Wait out the restart backoff.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if api.call("GET", "/idx/_health", None).await.status == 503 {
+            unhealthy = true;
+            break;
+        }
+    }
+    assert!(unhealthy, "index never marked unhealthy");
+    assert!(node.is_running());
+    assert_eq!(api.call("GET", "/_health", None).await.status, 200);
+    assert_eq!(api.call("GET", "/other/_health", None).await.status, 200);
+    let r = api
+        .call("PUT", "/other/1", Some(json!({ "hashes": [1, 2] })))
+        .await;
+    assert_eq!(r.status, 200);
+    // Reads of the unhealthy index still answer from its data.
+    assert_present(&api, &acked).await;
+    let r = api
+        .call("PUT", "/idx/901", Some(json!({ "hashes": [1] })))
+        .await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (503, json!({ "error": "Unavailable" }))
+    );
+}
