@@ -212,7 +212,9 @@ async fn every_error_has_its_name_and_status() {
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
     let j = Some("application/json");
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, (u16, Value))> = vec![
+    /// method, path, content type, body, expected (status, body)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, (u16, Value));
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/e/_search",
