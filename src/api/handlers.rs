@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fpnode_actors::index_supervisor::Child;
@@ -43,11 +43,21 @@ impl IntoResponse for Failure {
 
 type Result<T, E = Failure> = std::result::Result<T, E>;
 
-/// What every handler starts with: the formats and the body, read with a limit.
-struct Req {
+/// What every handler starts with: the formats and the body, read with a limit
+/// (an extractor, so it must come last in a handler's arguments).
+pub struct Req {
     format: Format,
     req_format: std::result::Result<Format, ApiError>,
     body: Bytes,
+}
+
+impl FromRequest<AppState> for Req {
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        Req::read(state, &parts.headers, body).await
+    }
 }
 
 impl Req {
@@ -247,10 +257,8 @@ pub async fn index_health(
 pub async fn get_index(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let snap = h.index.snapshot();
     let (min_id, max_id) = snap.id_range();
@@ -277,10 +285,8 @@ pub async fn get_index(
 pub async fn create_index(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     if !valid_index_name(&index) {
         return Err(r.fail(ApiError::InvalidIndexName));
     }
@@ -306,10 +312,8 @@ pub async fn create_index(
 pub async fn delete_index(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     if !valid_index_name(&index) {
         return Err(r.fail(ApiError::InvalidIndexName));
     }
@@ -325,10 +329,8 @@ pub async fn delete_index(
 pub async fn index_status(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let s = h.index.stats();
     Ok(r.ok(Out::map([
@@ -353,10 +355,8 @@ pub async fn index_status(
 pub async fn index_snapshot(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     Err(r.fail(ApiError::NotImplemented))
 }
@@ -366,10 +366,8 @@ pub async fn index_snapshot(
 pub async fn search(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let req: SearchRequest = r.decode()?;
     if req.query.len() > state.limits.max_query {
         return Err(r.fail(ApiError::QueryTooLong));
@@ -420,10 +418,8 @@ pub async fn search(
 pub async fn update(
     State(state): State<AppState>,
     Path(index): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let req: UpdateRequest = r.decode()?;
     if req.changes.len() > state.limits.max_changes {
         return Err(r.fail(ApiError::TooManyChanges));
@@ -471,10 +467,8 @@ pub async fn update(
 pub async fn get_fingerprint(
     State(state): State<AppState>,
     Path((index, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
     let info = h
@@ -488,10 +482,8 @@ pub async fn get_fingerprint(
 pub async fn put_fingerprint(
     State(state): State<AppState>,
     Path((index, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
     let req: PutFingerprintRequest = r.decode()?;
     if req.hashes.len() > state.limits.max_hashes {
@@ -509,10 +501,8 @@ pub async fn put_fingerprint(
 pub async fn delete_fingerprint(
     State(state): State<AppState>,
     Path((index, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    r: Req,
 ) -> Result<Response> {
-    let r = Req::read(&state, &headers, body).await?;
     let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     write_one(&state, &h, Change::Delete { id })
