@@ -23,6 +23,51 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Build a new index offline from a stream of fingerprints (no node may be
+    /// serving the data directory). Much faster than loading through the API for
+    /// large corpora: every posting is written at most twice.
+    Import(ImportArgs),
+    /// Show what a data directory holds: indexes, versions, segments, sizes.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InputFormat {
+    /// One JSON object per line: {"id": 1, "hashes": [..]}
+    Ndjson,
+    /// Concatenated MessagePack maps: {"i": 1, "h": [..]} (full names accepted)
+    Msgpack,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// Data directory of the node.
+    #[arg(long, env = "FPNODE_DIR", default_value = "./data")]
+    pub dir: PathBuf,
+    /// Name of the index to create (must not exist).
+    #[arg(long)]
+    pub index: String,
+    /// Input file; `-` or absent reads standard input.
+    #[arg(long)]
+    pub input: Option<String>,
+    #[arg(long, value_enum, default_value = "msgpack")]
+    pub format: InputFormat,
+    /// Version the imported data gets (and the index starts at).
+    #[arg(long, default_value_t = 1)]
+    pub version: u64,
+    /// Postings per sorted run (8 bytes of RAM each).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub run_postings: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// Data directory of the node.
+    #[arg(long, env = "FPNODE_DIR", default_value = "./data")]
+    pub dir: PathBuf,
+    /// Also read and check every byte of every segment.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Args)]

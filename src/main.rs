@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod tools;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Import(args)) => return offline(tools::import(args)),
+        Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,6 +45,16 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fpnode: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn offline(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fpnode: {e:#}");

@@ -308,6 +308,22 @@ impl RegistryState {
     }
 }
 
+/// Directory of index `name` under a node's data directory.
+pub fn index_path(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join(INDEXES_DIR).join(name)
+}
+
+/// Reserves the next generation of `name` for an index built offline (`fpnode
+/// import`/`restore`) and records it, so the node and later creates agree.
+pub fn reserve_generation(data_dir: &Path, name: &str) -> std::io::Result<u64> {
+    std::fs::create_dir_all(data_dir)?;
+    let mut lineage = load_lineage(data_dir)?;
+    let g = lineage.get(name).copied().unwrap_or(0) + 1;
+    lineage.insert(name.to_string(), g);
+    store_lineage(data_dir, &lineage)?;
+    Ok(g)
+}
+
 fn load_lineage(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
     match std::fs::read(dir.join(LINEAGE_FILE)) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),

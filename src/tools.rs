@@ -1,0 +1,183 @@
+//! Offline commands: `fpnode import` (a stream of fingerprints into a new index
+//! through the bulk builder) and `fpnode inspect` (what a data directory holds).
+//! Both work on a data directory no node is serving: the index lock makes sure.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use fpnode_actors::registry::{index_path, reserve_generation, valid_index_name};
+use fpnode_segments::bulk::{BulkBuilder, BulkOptions};
+use fpnode_segments::index::{IndexOptions, WAL_DIR};
+use fpnode_segments::{Generation, Index, Position};
+use serde::Deserialize;
+
+use crate::cli::{ImportArgs, InputFormat, InspectArgs};
+
+/// One fingerprint of an import stream: `{"id": 1, "hashes": [...]}` in NDJSON,
+/// or a map with `i`/`h` (or the full names) in MessagePack.
+#[derive(Debug, Deserialize)]
+struct Record {
+    #[serde(alias = "i")]
+    id: u64,
+    #[serde(alias = "h")]
+    hashes: Vec<u32>,
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<()> {
+    if !valid_index_name(&args.index) {
+        bail!(
+            "invalid index name {:?}: use [A-Za-z0-9_-]{{1,255}}",
+            args.index
+        );
+    }
+    let dir = index_path(&args.dir, &args.index);
+    if dir.exists() {
+        bail!(
+            "index {} already exists in {}: delete it first",
+            args.index,
+            dir.display()
+        );
+    }
+    let input: Box<dyn Read> = match args.input.as_deref() {
+        None | Some("-") => Box::new(std::io::stdin().lock()),
+        Some(path) => Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?,
+        ),
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let generation = reserve_generation(&args.dir, &args.index)
+        .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
+    let tmp = args
+        .dir
+        .join("indexes")
+        .join(format!(".import-{}", args.index));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let opts = BulkOptions {
+        run_postings: args.run_postings,
+    };
+    let mut builder = BulkBuilder::new(&tmp, Generation(generation), Position(args.version), opts)?;
+    let started = Instant::now();
+    let mut n: u64 = 0;
+    let mut add = |r: Record, n: &mut u64| -> anyhow::Result<()> {
+        let id = u32::try_from(r.id)
+            .ok()
+            .filter(|&id| id != 0)
+            .with_context(|| format!("record {}: invalid fingerprint id {}", *n + 1, r.id))?;
+        builder.add(id, &r.hashes)?;
+        *n += 1;
+        if (*n).is_multiple_of(1_000_000) {
+            eprintln!("  {n} fingerprints read in {:.0?}", started.elapsed());
+        }
+        Ok(())
+    };
+    match args.format {
+        InputFormat::Ndjson => {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).context("reading input")? == 0 {
+                    break;
+                }
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: Record = serde_json::from_str(&line)
+                    .with_context(|| format!("record {}: not a fingerprint", n + 1))?;
+                add(r, &mut n)?;
+            }
+        }
+        InputFormat::Msgpack => loop {
+            if reader.fill_buf().context("reading input")?.is_empty() {
+                break;
+            }
+            let r: Record = rmp_serde::decode::from_read(&mut reader)
+                .with_context(|| format!("record {}: not a fingerprint", n + 1))?;
+            add(r, &mut n)?;
+        },
+    }
+    let report = builder.finish()?;
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot move the index into {}", dir.display()))?;
+    println!(
+        "imported {} fingerprints ({} postings) into index {} generation {} version {} in {:.1} s: {} bytes, {:.3} bytes/posting, {} temporary runs",
+        report.fingerprints,
+        report.postings,
+        args.index,
+        generation,
+        args.version,
+        report.elapsed.as_secs_f64(),
+        report.segment_bytes,
+        report.segment_bytes as f64 / report.postings.max(1) as f64,
+        report.runs
+    );
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let root = args.dir.join("indexes");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .with_context(|| format!("no indexes in {}", args.dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| valid_index_name(n))
+        .collect();
+    names.sort();
+    for name in names {
+        let dir = root.join(&name);
+        let index = Index::open(&dir, IndexOptions::default())
+            .with_context(|| format!("cannot open index {name}"))?;
+        let s = index.stats();
+        println!("index {name}");
+        println!("  generation        {}", s.generation);
+        println!("  version           {}", s.applied);
+        println!("  checkpoint        {}", s.checkpoint_position);
+        println!("  fingerprints      {}", s.num_docs);
+        println!(
+            "  memory segments   {} ({} postings, replayed from the WAL)",
+            s.memory_segments, s.memory_postings
+        );
+        println!("  WAL bytes         {}", dir_bytes(&dir.join(WAL_DIR)));
+        println!(
+            "  file segments     {} ({} bytes)",
+            s.file_segments, s.file_bytes
+        );
+        let snap = index.snapshot();
+        for v in &snap.segments {
+            let seg = &v.segment;
+            if let Some(f) = seg.as_file() {
+                if args.verify {
+                    f.verify_all()
+                        .with_context(|| format!("verifying {}", f.path().display()))?;
+                }
+                println!(
+                    "    {}  versions {}..={}  {} postings  {} bytes  {:.3} B/posting  {} ids  {} tombstones{}",
+                    seg.info.id,
+                    seg.info.min_position,
+                    seg.info.max_position,
+                    seg.info.num_postings,
+                    seg.size_bytes(),
+                    seg.size_bytes() as f64 / seg.info.num_postings.max(1) as f64,
+                    seg.docs.defined.len(),
+                    seg.docs.deleted.len(),
+                    if args.verify { "  verified" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
