@@ -31,6 +31,8 @@ pub enum WriteError {
     Unavailable(String),
     #[error("invalid write: {0}")]
     Invalid(String),
+    #[error("index was deleted")]
+    IndexDeleted,
 }
 
 #[derive(Debug)]
@@ -71,6 +73,19 @@ impl IndexHandle {
     /// applied. Waits at most `permit_wait` for a write slot, so a flood gets
     /// `Overloaded` instead of an unbounded queue.
     pub async fn write(
+        &self,
+        request: WriteRequest,
+        permit_wait: Duration,
+    ) -> Result<Position, WriteError> {
+        let result = self.write_inner(request, permit_wait).await;
+        // A write racing a delete of its index: the index is gone, say so.
+        if result.is_err() && self.deleted.load(Ordering::Acquire) {
+            return Err(WriteError::IndexDeleted);
+        }
+        result
+    }
+
+    async fn write_inner(
         &self,
         request: WriteRequest,
         permit_wait: Duration,

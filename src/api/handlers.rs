@@ -148,6 +148,7 @@ fn write_error(e: WriteError) -> ApiError {
             ApiError::Unavailable
         }
         WriteError::Invalid(_) => ApiError::BadRequest,
+        WriteError::IndexDeleted => ApiError::IndexNotFound,
     }
 }
 
@@ -218,6 +219,14 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// `413 PayloadTooLarge` in the format the client asked for.
+pub fn too_large(headers: &HeaderMap) -> Failure {
+    Failure {
+        format: response_format(headers, true),
+        error: ApiError::PayloadTooLarge,
+    }
 }
 
 pub async fn not_found(headers: HeaderMap) -> Failure {

@@ -86,8 +86,27 @@ pub fn router(state: AppState) -> Router {
     }
     r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn(track_metrics))
         .with_state(state)
+}
+
+/// Reads every request body (up to the limit) before routing, whether or not the
+/// handler needs it: a body left unread makes the server close the connection,
+/// which a client reusing it sees as a failed request.
+async fn read_body(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, state.limits.max_body_bytes).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(_) => handlers::too_large(&parts.headers).into_response(),
+    }
 }
 
 /// Counts requests and their latency by route template, not raw path.

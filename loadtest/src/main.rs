@@ -1,0 +1,306 @@
+//! `fpnode-loadtest`: generates corpora and drives a node over HTTP, reporting
+//! throughput, latency percentiles and recall, so speed is never bought with
+//! wrong answers. (The scenario files, reports and charts of issue #5 build on
+//! these commands.)
+
+mod corpus;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde_json::{Value, json};
+
+use corpus::Corpus;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fpnode-loadtest",
+    about = "Load generator and measurement client for fpnode"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Corpus seed.
+    #[arg(long, global = true, default_value_t = 1)]
+    seed: u64,
+    /// Hashes per fingerprint.
+    #[arg(long, global = true, default_value_t = 120)]
+    hashes: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write fingerprints 1..=N to stdout for `fpnode import`.
+    Gen {
+        #[arg(long)]
+        fingerprints: u32,
+        #[arg(long, default_value = "msgpack")]
+        format: String,
+    },
+    /// Load fingerprints 1..=N through `_update` (MessagePack).
+    Load {
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+        #[arg(long, default_value = "main")]
+        index: String,
+        #[arg(long)]
+        fingerprints: u32,
+        #[arg(long, default_value_t = 1000)]
+        batch: u32,
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+    },
+    /// Closed-loop search with C clients; queries are stored fingerprints with noise.
+    Search {
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+        #[arg(long, default_value = "main")]
+        index: String,
+        /// Corpus size (queries pick ids in 1..=N).
+        #[arg(long)]
+        fingerprints: u32,
+        #[arg(long, default_value_t = 10_000)]
+        queries: usize,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 0.3)]
+        noise: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let corpus = Corpus {
+        seed: cli.seed,
+        hashes: cli.hashes,
+    };
+    match cli.cmd {
+        Cmd::Gen {
+            fingerprints,
+            format,
+        } => generate(corpus, fingerprints, &format),
+        Cmd::Load {
+            url,
+            index,
+            fingerprints,
+            batch,
+            clients,
+        } => load(corpus, &url, &index, fingerprints, batch, clients).await,
+        Cmd::Search {
+            url,
+            index,
+            fingerprints,
+            queries,
+            clients,
+            noise,
+        } => search(corpus, &url, &index, fingerprints, queries, clients, noise).await,
+    }
+}
+
+fn generate(corpus: Corpus, n: u32, format: &str) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    for id in 1..=n {
+        let h = corpus.fingerprint(id);
+        match format {
+            "msgpack" => rmp_serde::encode::write_named(&mut out, &json!({ "i": id, "h": h }))?,
+            "ndjson" => writeln!(out, "{}", json!({ "id": id, "hashes": h }))?,
+            _ => bail!("unknown format {format}: msgpack or ndjson"),
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `_update` body with MessagePack's one-letter keys, encoded without building
+/// a `Value` tree (the client must not be the bottleneck it measures).
+#[derive(serde::Serialize)]
+struct Update {
+    c: Vec<InsertChange>,
+}
+
+#[derive(serde::Serialize)]
+struct InsertChange {
+    i: Insert,
+}
+
+#[derive(serde::Serialize)]
+struct Insert {
+    i: u32,
+    h: Vec<u32>,
+}
+
+#[derive(serde::Serialize)]
+struct Query {
+    q: Vec<u32>,
+}
+
+async fn post_msgpack<T: serde::Serialize>(
+    client: &reqwest::Client,
+    url: &str,
+    body: &T,
+) -> anyhow::Result<(u16, Value)> {
+    let res = client
+        .post(url)
+        .header("Content-Type", "application/vnd.msgpack")
+        .body(rmp_serde::to_vec_named(body)?)
+        .send()
+        .await?;
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await?;
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        rmp_serde::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok((status, v))
+}
+
+async fn load(
+    corpus: Corpus,
+    url: &str,
+    index: &str,
+    n: u32,
+    batch: u32,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    client
+        .put(format!("{url}/{index}"))
+        .send()
+        .await
+        .context("creating the index")?;
+    let next = Arc::new(AtomicU64::new(1));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (client, next, errors) = (client.clone(), next.clone(), errors.clone());
+        let target = format!("{url}/{index}/_update");
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            loop {
+                let first = next.fetch_add(u64::from(batch), Ordering::Relaxed) as u32;
+                if first > n {
+                    break;
+                }
+                let last = (first + batch - 1).min(n);
+                let body = Update {
+                    c: (first..=last)
+                        .map(|id| InsertChange {
+                            i: Insert {
+                                i: id,
+                                h: corpus.fingerprint(id),
+                            },
+                        })
+                        .collect(),
+                };
+                loop {
+                    let t = Instant::now();
+                    match post_msgpack(&client, &target, &body).await {
+                        Ok((200, _)) => {
+                            let _ = hist.record(t.elapsed().as_micros() as u64);
+                            break;
+                        }
+                        Ok((503, _)) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => {
+                            eprintln!("update {first}..={last} failed: {other:?}");
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+                if last % 100_000 < batch {
+                    eprintln!("  {last} loaded, {:.0?}", started.elapsed());
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await?)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "load: {n} fingerprints x {} hashes in batches of {batch} with {clients} clients: {secs:.1} s = {:.0} fp/s; batch latency p50 {:.1} ms p99 {:.1} ms; 503 retries or errors {}",
+        corpus.hashes,
+        f64::from(n) / secs,
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn search(
+    corpus: Corpus,
+    url: &str,
+    index: &str,
+    n: u32,
+    queries: usize,
+    clients: usize,
+    noise: f64,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let target = format!("{url}/{index}/_search");
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let (client, target, done) = (client.clone(), target.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(1000 + c as u64);
+            let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let (mut correct, mut errors) = (0u64, 0u64);
+            while done.fetch_add(1, Ordering::Relaxed) < queries as u64 {
+                let id = rng.gen_range(1..=n);
+                let q = corpus.noisy_query(id, noise, &mut rng);
+                let t = Instant::now();
+                match post_msgpack(&client, &target, &Query { q }).await {
+                    Ok((200, v)) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                        if v["r"][0]["i"].as_u64() == Some(u64::from(id)) {
+                            correct += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (hist, correct, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (mut correct, mut errors) = (0, 0);
+    for t in tasks {
+        let (h, c, e) = t.await?;
+        hist.add(h)?;
+        correct += c;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "search: {} queries (noise {:.0}%) with {clients} clients over {n} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; errors {errors}",
+        hist.len(),
+        noise * 100.0,
+        hist.len() as f64 / secs,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        hist.max() as f64 / 1000.0,
+        100.0 * correct as f64 / hist.len().max(1) as f64
+    );
+    Ok(())
+}
