@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use fpnode_actors::registry::{index_path, reserve_generation, valid_index_name};
+use fpnode_actors::registry::{
+    current_generation_dir, index_path, reserve_generation, valid_index_name,
+};
 use fpnode_segments::bulk::{BulkBuilder, BulkOptions};
 use fpnode_segments::index::{IndexOptions, WAL_DIR};
 use fpnode_segments::{Generation, Index, Position};
@@ -32,12 +34,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
             args.index
         );
     }
-    let dir = index_path(&args.dir, &args.index);
-    if dir.exists() {
+    let existing = args.dir.join("indexes").join(&args.index);
+    if existing.exists() {
         bail!(
             "index {} already exists in {}: delete it first",
             args.index,
-            dir.display()
+            existing.display()
         );
     }
     let input: Box<dyn Read> = match args.input.as_deref() {
@@ -101,6 +103,11 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         },
     }
     let report = builder.finish()?;
+    let dir = index_path(&args.dir, &args.index, generation);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("cannot move the index into {}", dir.display()))?;
     println!(
@@ -128,7 +135,9 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         .collect();
     names.sort();
     for name in names {
-        let dir = root.join(&name);
+        let Some(dir) = current_generation_dir(&args.dir, &name)? else {
+            continue;
+        };
         let index = Index::open(&dir, IndexOptions::default())
             .with_context(|| format!("cannot open index {name}"))?;
         let s = index.stats();

@@ -59,7 +59,9 @@ async fn corrupt_index_data_stops_startup_and_names_the_file() {
     )
     .await;
     node.terminate();
-    let manifest = node.data_dir().join("indexes/idx/MANIFEST");
+    let manifest = node
+        .data_dir()
+        .join("indexes/idx/00000000000000000001/MANIFEST");
     let mut bytes = std::fs::read(&manifest).unwrap();
     bytes[20] ^= 0x55;
     std::fs::write(&manifest, bytes).unwrap();

@@ -65,6 +65,11 @@ impl IndexHandle {
         self.healthy.load(Ordering::Acquire) && !self.deleted.load(Ordering::Acquire)
     }
 
+    /// True once the index was deleted (a request may still hold its handle).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
     pub fn version(&self) -> Position {
         self.index.position()
     }

@@ -1,11 +1,17 @@
 //! IndexRegistry: creates, deletes, opens and looks up indexes.
 //!
-//! Layout under the data directory: `indexes/<name>/` holds one engine index;
-//! `lineage.json` records the last generation minted for every name ever
-//! created, so a delete followed by a create always gets a newer generation.
-//! On start every index directory is opened (engine recovery runs) and gets an
-//! IndexSupervisor. A delete first renames the directory out of the way (atomic),
-//! then removes it; searches still holding the old snapshot finish normally.
+//! Layout under the data directory: `indexes/<name>/<generation>/` holds one
+//! engine index (generation as 20 digits); `lineage.json` records the last
+//! generation minted for every name ever created, so a delete followed by a
+//! create always gets a newer generation. On start the newest generation of
+//! every name is opened (engine recovery runs) and gets an IndexSupervisor;
+//! older or unfinished generation directories are removed.
+//!
+//! A delete renames `indexes/<name>` out of the way (atomic), then removes it;
+//! searches still holding the old snapshot finish normally. Because every
+//! generation has its own directory, a task of the deleted index that is still
+//! running (a checkpoint, say) can never write into a newer index of the same
+//! name: its paths no longer exist, so it fails harmlessly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -117,7 +123,7 @@ impl Actor for IndexRegistry {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".deleted-") {
+            if name.starts_with(".deleted-") || name.starts_with(".import-") {
                 std::fs::remove_dir_all(entry.path())?;
             } else if valid_index_name(&name) {
                 names.push(name);
@@ -125,7 +131,9 @@ impl Actor for IndexRegistry {
         }
         names.sort();
         for name in names {
-            let path = dir.join(&name);
+            let Some(path) = current_generation_dir(&state.args.dir, &name)? else {
+                continue;
+            };
             let opts = state.args.index.clone();
             let index = tokio::task::spawn_blocking(move || Index::open(&path, opts)).await??;
             state.start(&myself, name, index).await?;
@@ -196,10 +204,6 @@ impl Actor for IndexRegistry {
 }
 
 impl RegistryState {
-    fn index_dir(&self, name: &str) -> PathBuf {
-        self.args.dir.join(INDEXES_DIR).join(name)
-    }
-
     async fn start(
         &mut self,
         myself: &ActorRef<RegistryMsg>,
@@ -256,11 +260,14 @@ impl RegistryState {
             Some(g) => g,
             None => last + 1,
         };
-        let dir = self.index_dir(&name);
+        let dir = index_path(&self.args.dir, &name, generation);
         let opts = self.args.index.clone();
         let index = tokio::task::spawn_blocking(move || {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(storage)?;
+            if let Some(parent) = dir.parent()
+                && parent.exists()
+            {
+                // Left by a crash between creating and deleting: no live index.
+                std::fs::remove_dir_all(parent).map_err(storage)?;
             }
             std::fs::create_dir_all(&dir).map_err(storage)?;
             Index::create(&dir, Generation(generation), opts).map_err(storage)
@@ -290,7 +297,7 @@ impl RegistryState {
             .deleted
             .store(true, std::sync::atomic::Ordering::Release);
         sup.stop(None);
-        let dir = self.index_dir(&name);
+        let dir = self.args.dir.join(INDEXES_DIR).join(&name);
         let trash = self
             .args
             .dir
@@ -308,9 +315,35 @@ impl RegistryState {
     }
 }
 
-/// Directory of index `name` under a node's data directory.
-pub fn index_path(data_dir: &Path, name: &str) -> PathBuf {
-    data_dir.join(INDEXES_DIR).join(name)
+/// Directory of generation `generation` of index `name` under a data directory.
+pub fn index_path(data_dir: &Path, name: &str, generation: u64) -> PathBuf {
+    data_dir
+        .join(INDEXES_DIR)
+        .join(name)
+        .join(format!("{generation:020}"))
+}
+
+/// The directory of the newest complete generation of `name` (one with a
+/// manifest); older and unfinished generation directories are removed.
+pub fn current_generation_dir(data_dir: &Path, name: &str) -> std::io::Result<Option<PathBuf>> {
+    let root = data_dir.join(INDEXES_DIR).join(name);
+    let mut gens: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&root)? {
+        let entry = entry?;
+        if let Ok(g) = entry.file_name().to_string_lossy().parse::<u64>() {
+            gens.push((g, entry.path()));
+        }
+    }
+    gens.sort();
+    let mut current = None;
+    while let Some((_, path)) = gens.pop() {
+        if current.is_none() && path.join(fpnode_segments::manifest::FILE_NAME).exists() {
+            current = Some(path);
+        } else {
+            std::fs::remove_dir_all(&path)?;
+        }
+    }
+    Ok(current)
 }
 
 /// Reserves the next generation of `name` for an index built offline (`fpnode

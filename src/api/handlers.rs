@@ -252,6 +252,7 @@ pub async fn index_health(
 ) -> Response {
     let format = response_format(&headers, false);
     match lookup(&state, &index).await {
+        Ok(h) if h.is_deleted() => StatusCode::NOT_FOUND.into_response(),
         Ok(h) if h.is_healthy() => "OK\n".into_response(),
         Ok(_) => Failure {
             format,
