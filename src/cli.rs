@@ -29,6 +29,22 @@ pub enum Command {
     Import(ImportArgs),
     /// Show what a data directory holds: indexes, versions, segments, sizes.
     Inspect(InspectArgs),
+    /// Create an index from an archive made by `GET /:index/_snapshot` (no node
+    /// may be serving the data directory).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Data directory of the node.
+    #[arg(long, env = "FPNODE_DIR", default_value = "./data")]
+    pub dir: PathBuf,
+    /// Name of the index to create (must not exist).
+    #[arg(long)]
+    pub index: String,
+    /// Archive file; `-` or absent reads standard input.
+    #[arg(long)]
+    pub input: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

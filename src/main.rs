@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         None => cli.serve,
         Some(Command::Import(args)) => return offline(tools::import(args)),
         Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
+        Some(Command::Restore(args)) => return offline(tools::restore(args)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use fpnode_actors::registry::{
-    current_generation_dir, index_path, reserve_generation, valid_index_name,
+    current_generation_dir, index_path, record_generation, reserve_generation, valid_index_name,
 };
 use fpnode_segments::bulk::{BulkBuilder, BulkOptions};
 use fpnode_segments::index::{IndexOptions, WAL_DIR};
 use fpnode_segments::{Generation, Index, Position};
 use serde::Deserialize;
 
-use crate::cli::{ImportArgs, InputFormat, InspectArgs};
+use crate::cli::{ImportArgs, InputFormat, InspectArgs, RestoreArgs};
 
 /// One fingerprint of an import stream: `{"id": 1, "hashes": [...]}` in NDJSON,
 /// or a map with `i`/`h` (or the full names) in MessagePack.
@@ -121,6 +121,65 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         report.segment_bytes,
         report.segment_bytes as f64 / report.postings.max(1) as f64,
         report.runs
+    );
+    Ok(())
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    if !valid_index_name(&args.index) {
+        bail!(
+            "invalid index name {:?}: use [A-Za-z0-9_-]{{1,255}}",
+            args.index
+        );
+    }
+    let existing = args.dir.join("indexes").join(&args.index);
+    if existing.exists() {
+        bail!(
+            "index {} already exists in {}: delete it first",
+            args.index,
+            existing.display()
+        );
+    }
+    let input: Box<dyn Read> = match args.input.as_deref() {
+        None | Some("-") => Box::new(std::io::stdin().lock()),
+        Some(path) => Box::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?,
+        ),
+    };
+    let tmp = args
+        .dir
+        .join("indexes")
+        .join(format!(".restore-{}", args.index));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let started = Instant::now();
+    let header =
+        match fpnode_segments::archive::restore(BufReader::with_capacity(1 << 20, input), &tmp) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e).context("restoring the archive");
+            }
+        };
+    let generation = header.generation.0;
+    record_generation(&args.dir, &args.index, generation)
+        .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
+    let dir = index_path(&args.dir, &args.index, generation);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot move the index into {}", dir.display()))?;
+    println!(
+        "restored index {} generation {} version {} ({} segments) in {:.1} s",
+        args.index,
+        generation,
+        header.version,
+        header.segments.len(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

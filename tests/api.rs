@@ -309,10 +309,10 @@ async fn every_error_has_its_name_and_status() {
         ("PUT", "/e/5", j, b"{}".to_vec(), expect(400, "BadRequest")),
         (
             "GET",
-            "/e/_snapshot",
+            "/missing/_snapshot",
             None,
             vec![],
-            expect(501, "NotImplemented"),
+            expect(404, "IndexNotFound"),
         ),
         ("POST", "/e", None, vec![], expect(405, "MethodNotAllowed")),
         ("GET", "/a/b/c", None, vec![], expect(404, "NotFound")),

@@ -138,3 +138,70 @@ async fn imported_ndjson_and_msgpack_indexes_are_served_and_inspected() {
         json!(2)
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_restores_into_an_identical_index_elsewhere() {
+    let source = common::Node::start(&[]).await;
+    let api = common::Api::json(&source);
+    api.call("PUT", "/src", None).await;
+    for b in 0..5u32 {
+        let changes: Vec<serde_json::Value> = (1..=400u32)
+            .map(|i| json!({ "insert": { "id": b * 400 + i, "hashes": hashes(b * 400 + i) } }))
+            .collect();
+        let body = json!({ "changes": changes, "metadata": { "batch": b.to_string() } });
+        assert_eq!(
+            api.call("POST", "/src/_update", Some(body)).await.status,
+            200
+        );
+    }
+    api.call("DELETE", "/src/7", None).await;
+    let res = reqwest::get(source.url("/src/_snapshot")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let archive = res.bytes().await.unwrap().to_vec();
+    assert_eq!(&archive[..8], b"FPNODSNP");
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // A damaged archive is refused and leaves nothing behind.
+    let mut damaged = archive.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x01;
+    let out = fpnode(&["restore", "--dir", d, "--index", "copy"], &damaged);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fpnode(
+        &["restore", "--dir", d, "--index", "copy"],
+        &archive[..archive.len() - 10],
+    );
+    assert!(!out.status.success());
+    let out = fpnode(&["restore", "--dir", d, "--index", "copy"], &archive);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut node = common::Node::start(&[]).await;
+    node.kill();
+    node.dir = dir.path().to_path_buf();
+    node.spawn().await;
+    let copy = common::Api::json(&node);
+    let a = api.call("GET", "/src", None).await.body;
+    let b = copy.call("GET", "/copy", None).await.body;
+    assert_eq!(a["version"], b["version"]);
+    assert_eq!(a["metadata"], b["metadata"]);
+    assert_eq!(a["stats"]["num_docs"], b["stats"]["num_docs"]);
+    assert_eq!(b["stats"]["num_docs"], json!(1999));
+    for id in [1u32, 7, 400, 1999, 2000] {
+        let q = json!({ "query": hashes(id) });
+        assert_eq!(
+            api.call("POST", "/src/_search", Some(q.clone())).await.body,
+            copy.call("POST", "/copy/_search", Some(q)).await.body,
+            "search for {id}"
+        );
+    }
+}

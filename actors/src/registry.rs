@@ -357,6 +357,16 @@ pub fn reserve_generation(data_dir: &Path, name: &str) -> std::io::Result<u64> {
     Ok(g)
 }
 
+/// Records that `name` has (at least) generation `generation`, for an index
+/// restored with the generation of its source.
+pub fn record_generation(data_dir: &Path, name: &str, generation: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let mut lineage = load_lineage(data_dir)?;
+    let g = lineage.entry(name.to_string()).or_insert(generation);
+    *g = (*g).max(generation);
+    store_lineage(data_dir, &lineage)
+}
+
 fn load_lineage(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
     match std::fs::read(dir.join(LINEAGE_FILE)) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),

@@ -283,6 +283,7 @@ impl Index {
             position: applied,
             checkpoint_position: state.manifest.checkpoint_position,
             metadata: Arc::new(state.metadata.clone()),
+            checkpoint_metadata: Arc::new(state.manifest.metadata.clone()),
             ..Snapshot::default()
         };
         let snapshot = base.with_segments(&state.all_segments());
@@ -342,6 +343,7 @@ impl Index {
             position: st.applied,
             checkpoint_position: st.manifest.checkpoint_position,
             metadata: Arc::new(st.metadata.clone()),
+            checkpoint_metadata: Arc::new(st.manifest.metadata.clone()),
             generation: st.manifest.generation,
             ..snapshot
         };

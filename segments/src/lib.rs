@@ -7,6 +7,7 @@
 //! [`merge_policy`] < [`wal`] + [`manifest`] < [`index`]; [`bulk`] builds final
 //! segments offline. See docs/architecture.md and docs/segment-format.md.
 
+pub mod archive;
 pub mod block;
 pub mod bulk;
 pub mod error;

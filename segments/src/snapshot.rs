@@ -48,6 +48,8 @@ pub struct Snapshot {
     /// Every batch up to here is in file segments (the WAL before it is gone).
     pub checkpoint_position: Position,
     pub metadata: Arc<Metadata>,
+    /// Metadata as of `checkpoint_position` (what the file segments hold).
+    pub checkpoint_metadata: Arc<Metadata>,
     /// Oldest first.
     pub segments: Vec<SegmentView>,
     pub num_docs: u64,

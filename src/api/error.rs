@@ -45,8 +45,6 @@ pub enum ApiError {
     Unavailable,
     #[error("Overloaded")]
     Overloaded,
-    #[error("NotImplemented")]
-    NotImplemented,
     #[error("InternalError")]
     Internal,
 }
@@ -68,7 +66,6 @@ impl ApiError {
             IndexNotReady | SearchTimeout | Unavailable | Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
