@@ -111,7 +111,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_writes_in_flight: args.max_writes_in_flight.max(1),
     }))
     .await
-    .map_err(|e| anyhow::anyhow!("cannot open the indexes in {}: {e}", args.dir.display()))?;
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the indexes in {}: {}",
+            args.dir.display(),
+            startup_cause(&e.to_string())
+        )
+    })?;
 
     let state = AppState {
         node: node.clone(),
@@ -131,6 +137,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// The cause of a failed actor start, without ractor's nested "Actor panicked
+/// during startup" wrappers (nothing panicked: `pre_start` returned an error).
+fn startup_cause(message: &str) -> &str {
+    let prefix = "Actor panicked during startup '";
+    message
+        .rsplit(prefix)
+        .next()
+        .unwrap_or(message)
+        .trim_end_matches('\'')
 }
 
 async fn shutdown_signal() {

@@ -68,8 +68,9 @@ async fn corrupt_index_data_stops_startup_and_names_the_file() {
     let out = run_to_exit(&["--dir", node.data_dir().to_str().unwrap(), "--port", "0"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
     assert!(
-        err.contains("indexes/idx/MANIFEST") && err.contains("corrupt"),
+        err.contains("indexes/idx/00000000000000000001/MANIFEST") && err.contains("corrupt"),
         "{err}"
     );
 }
