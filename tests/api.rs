@@ -350,3 +350,51 @@ async fn every_error_has_its_name_and_status() {
         (400, json!({ "error": "TooManyChanges" }))
     );
 }
+
+#[tokio::test]
+async fn a_search_past_its_timeout_answers_search_timeout() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/t", None).await;
+    // 20 batches of 1000 fingerprints sharing hashes 1..=30: a query of those
+    // hashes scores 600,000 postings across many segments, far over 1 ms.
+    for b in 0..20u32 {
+        let changes: Vec<Value> = (1..=1000u32)
+            .map(|i| json!({ "insert": { "id": b * 1000 + i, "hashes": (1..=30).collect::<Vec<u32>>() } }))
+            .collect();
+        api.call("POST", "/t/_update", Some(json!({ "changes": changes })))
+            .await;
+    }
+    let q: Vec<u32> = (1..=30).collect();
+    let r = api
+        .call(
+            "POST",
+            "/t/_search",
+            Some(json!({ "query": q, "timeout": 1 })),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body),
+        (503, json!({ "error": "SearchTimeout" }))
+    );
+    let r = api
+        .call(
+            "POST",
+            "/t/_search",
+            Some(json!({ "query": q, "timeout": 10000, "limit": 3 })),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["results"].as_array().unwrap().len(), 3);
+    let text = api
+        .call("GET", "/_metrics", None)
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("fpnode_wal_fsync_seconds_count"),
+        "no WAL fsync metric"
+    );
+}

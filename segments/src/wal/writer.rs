@@ -129,6 +129,8 @@ impl WalWriter {
         }
         result?;
         self.last_sync_duration = started.elapsed();
+        metrics::histogram!("fpnode_wal_fsync_seconds")
+            .record(self.last_sync_duration.as_secs_f64());
         self.syncs += 1;
         self.durable = self.last_appended;
         Ok(self.durable)
