@@ -23,6 +23,7 @@ pub mod node;
 pub mod registry;
 pub mod search_pool;
 pub mod segment_merger;
+pub mod stream;
 
 pub use handle::{IndexHandle, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};
