@@ -43,6 +43,7 @@ async fn a_stream_whose_settings_would_lose_data_is_refused_with_the_reason() {
         max_age: Duration::from_secs(3600),
         max_messages_per_subject: 1,
         allow_atomic_publish: true,
+        allow_message_ttl: true,
         duplicate_window: Duration::from_secs(60),
         ..Config::default()
     })
@@ -166,4 +167,120 @@ async fn nats_msg_id_inside_an_atomic_batch_is_refused_and_nothing_is_stored() {
         .state
         .clone();
     assert_eq!(info.messages, 0);
+}
+
+fn outbound(
+    subject: String,
+    payload: bytes::Bytes,
+    headers: &[(&str, &str)],
+) -> async_nats::jetstream::message::OutboundMessage {
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    async_nats::jetstream::message::OutboundMessage::new(subject.into(), payload, Some(h))
+}
+
+/// The idempotency mechanism docs/replication.md plans for `_update` batches: a
+/// marker message that expects its subject to be empty makes a retry of the
+/// same request fail whole, and the error names the first attempt's sequence.
+#[tokio::test]
+async fn a_request_marker_makes_a_retried_batch_fail_whole() {
+    let server = nats::NatsServer::start();
+    let js = connect(&server).await;
+    ensure_stream(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let marker = || {
+        outbound(
+            "fpindex.main._req.abc".into(),
+            bytes::Bytes::from_static(b"\x80"),
+            &[
+                ("Nats-Expected-Last-Subject-Sequence", "0"),
+                ("Nats-TTL", "120s"),
+            ],
+        )
+    };
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let mut batch = js.batch_publish().build();
+        batch
+            .add(
+                fingerprint_subject("fpindex", "main", 1),
+                FingerprintPayload::insert(vec![1]).encode(),
+            )
+            .await
+            .unwrap();
+        results.push(batch.commit_message(marker()).await.map(|a| a.sequence));
+    }
+    assert_eq!(results[0].as_ref().unwrap(), &2);
+    let err = results[1].as_ref().unwrap_err().to_string();
+    assert!(err.contains("wrong last sequence: 2"), "{err}");
+    let state = js
+        .get_stream("fpindex")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .clone();
+    assert_eq!((state.messages, state.last_sequence), (2, 2));
+}
+
+/// `expected_version` maps to `Nats-Expected-Last-Subject-Sequence` with a
+/// subject filter covering the index, inside an atomic batch.
+#[tokio::test]
+async fn expected_version_is_checked_against_the_whole_index_inside_a_batch() {
+    let server = nats::NatsServer::start();
+    let js = connect(&server).await;
+    ensure_stream(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let put = |id: u32| {
+        (
+            fingerprint_subject("fpindex", "main", id),
+            FingerprintPayload::insert(vec![id]).encode(),
+        )
+    };
+    for id in [1, 2] {
+        let (s, p) = put(id);
+        js.publish(s, p).await.unwrap().await.unwrap();
+    }
+    // Another index's writes do not move this index's version.
+    js.publish(
+        fingerprint_subject("fpindex", "other", 1),
+        FingerprintPayload::delete().encode(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let attempt = |expected: &'static str| {
+        let js = js.clone();
+        async move {
+            let (s, p) = put(7);
+            let mut batch = js.batch_publish().build();
+            batch
+                .add_message(outbound(
+                    s,
+                    p,
+                    &[
+                        ("Nats-Expected-Last-Subject-Sequence", expected),
+                        (
+                            "Nats-Expected-Last-Subject-Sequence-Subject",
+                            "fpindex.main.>",
+                        ),
+                    ],
+                ))
+                .await?;
+            let (s, p) = put(8);
+            batch.commit(s, p).await.map(|a| a.sequence)
+        }
+    };
+    assert!(
+        attempt("1").await.is_err(),
+        "a stale expected version must be refused"
+    );
+    assert_eq!(attempt("2").await.unwrap(), 5);
 }

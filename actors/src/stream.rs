@@ -137,6 +137,7 @@ impl StreamSettings {
             num_replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             allow_atomic_publish: true,
+            allow_message_ttl: true,
             allow_direct: true,
             description: Some("fpnode fingerprint index: latest state of every fingerprint".into()),
             ..Config::default()
@@ -192,6 +193,11 @@ impl StreamSettings {
         }
         if !existing.allow_atomic_publish {
             p.push("allow_atomic is off: _update batches could be half applied".into());
+        }
+        if !existing.allow_message_ttl {
+            p.push(
+                "allow_msg_ttl is off: request markers could not expire and would pile up".into(),
+            );
         }
         if existing.duplicate_window.is_zero() {
             p.push("duplicate_window is 0: retried writes could be applied twice".into());
