@@ -236,3 +236,54 @@ async fn repeated_failure_marks_the_index_unhealthy_and_the_process_keeps_servin
         (503, json!({ "error": "Unavailable" }))
     );
 }
+
+/// Every actor kind above the writer and merger: a failed IndexSupervisor is
+/// restarted by the registry (its writer and merger with it), a failed
+/// IndexRegistry by the NodeSupervisor (adopting the open indexes); writes keep
+/// working afterwards and nothing acknowledged is lost.
+#[tokio::test]
+async fn failed_index_supervisors_and_registries_are_restarted_and_lose_nothing() {
+    let node = Node::start(&["--enable-fault-injection"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    let mut acked = put_many(&api, 1..20).await;
+    for (child, metric_name) in [
+        (
+            "index_supervisor",
+            "fpnode_actor_restarts_total{actor=\"index_supervisor\"}",
+        ),
+        (
+            "index_registry",
+            "fpnode_actor_restarts_total{actor=\"index_registry\"}",
+        ),
+    ] {
+        inject(&api, child).await;
+        let mut ok = false;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let id = 1000 + acked.len() as u64;
+            let r = api
+                .call(
+                    "PUT",
+                    &format!("/idx/{id}"),
+                    Some(json!({ "hashes": hashes(id) })),
+                )
+                .await;
+            if r.status == 200 && metric(&api, metric_name).await >= 1.0 {
+                acked.push(id);
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "writes did not come back after {child} failed");
+        acked.extend(
+            put_many(
+                &api,
+                (acked.len() as u64 + 2000)..(acked.len() as u64 + 2010),
+            )
+            .await,
+        );
+        assert_eq!(api.call("GET", "/idx/_health", None).await.status, 200);
+    }
+    assert_present(&api, &acked).await;
+}

@@ -8,14 +8,14 @@
 //! index is marked unhealthy (`503` on `/:index/_health` and writes) and the
 //! child is left stopped, while the process and other indexes keep running.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::handle::IndexHandle;
 use crate::index_writer::{IndexWriter, WriterArgs, WriterMsg};
+use crate::restart::RestartTracker;
 use crate::segment_merger::{MergerArgs, MergerMsg, SegmentMerger};
 
 #[derive(Debug, Clone)]
@@ -39,18 +39,36 @@ impl Default for SupervisionOptions {
     }
 }
 
+/// The actors a fault can be injected into (tests only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Child {
     Writer,
     Merger,
+    /// The IndexSupervisor itself.
+    Supervisor,
+    /// The IndexRegistry.
+    Registry,
 }
 
 impl Child {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Child::Writer => "index_writer",
             Child::Merger => "segment_merger",
+            Child::Supervisor => "index_supervisor",
+            Child::Registry => "index_registry",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<Child> {
+        [
+            Child::Writer,
+            Child::Merger,
+            Child::Supervisor,
+            Child::Registry,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
     }
 }
 
@@ -72,7 +90,7 @@ pub struct IndexSupState {
     opts: SupervisionOptions,
     writer: Option<ActorRef<WriterMsg>>,
     merger: Option<ActorRef<MergerMsg>>,
-    failures: [VecDeque<Instant>; 2],
+    failures: [RestartTracker; 2],
 }
 
 impl Actor for IndexSupervisor {
@@ -86,11 +104,14 @@ impl Actor for IndexSupervisor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = IndexSupState {
+            failures: [
+                RestartTracker::new(&args.opts),
+                RestartTracker::new(&args.opts),
+            ],
             handle: args.handle,
             opts: args.opts,
             writer: None,
             merger: None,
-            failures: [VecDeque::new(), VecDeque::new()],
         };
         state.spawn(myself.get_cell(), Child::Writer).await?;
         state.spawn(myself.get_cell(), Child::Merger).await?;
@@ -119,6 +140,10 @@ impl Actor for IndexSupervisor {
                     m.cast(MergerMsg::InjectFailure)?;
                 }
             }
+            IndexSupMsg::InjectFailure(Child::Supervisor) => {
+                return Err("injected failure".into());
+            }
+            IndexSupMsg::InjectFailure(Child::Registry) => {}
         }
         Ok(())
     }
@@ -136,17 +161,8 @@ impl Actor for IndexSupervisor {
             tracing::error!(index = %state.handle.name, child = child.name(), error = %err, "child failed");
             metrics::counter!("fpnode_actor_restarts_total", "actor" => child.name()).increment(1);
             state.clear(child);
-            let now = Instant::now();
-            let window = state.opts.window;
-            let failures = &mut state.failures[child as usize];
-            failures.push_back(now);
-            while failures
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > window)
-            {
-                failures.pop_front();
-            }
-            if failures.len() > state.opts.max_restarts {
+            let tracker = &mut state.failures[usize::from(child == Child::Merger)];
+            let Some(backoff) = tracker.failed() else {
                 tracing::error!(index = %state.handle.name, child = child.name(), "too many failures: marking index unhealthy");
                 state
                     .handle
@@ -154,13 +170,7 @@ impl Actor for IndexSupervisor {
                     .store(false, std::sync::atomic::Ordering::Release);
                 metrics::counter!("fpnode_index_escalations_total").increment(1);
                 return Ok(());
-            }
-            let n = failures.len().saturating_sub(1).min(16) as u32;
-            let backoff = state
-                .opts
-                .backoff
-                .saturating_mul(1 << n)
-                .min(state.opts.max_backoff);
+            };
             myself.send_after(backoff, move || IndexSupMsg::Restart(child));
         }
         Ok(())
@@ -190,6 +200,7 @@ impl IndexSupState {
                     .unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
                 self.writer = Some(w);
             }
+            Child::Supervisor | Child::Registry => {}
             Child::Merger => {
                 let args = MergerArgs {
                     index,
@@ -231,6 +242,7 @@ impl IndexSupState {
                     .unwrap_or_else(|e| e.into_inner()) = None;
             }
             Child::Merger => self.merger = None,
+            Child::Supervisor | Child::Registry => {}
         }
     }
 }

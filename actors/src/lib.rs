@@ -21,6 +21,7 @@ pub mod index_supervisor;
 pub mod index_writer;
 pub mod node;
 pub mod registry;
+pub mod restart;
 pub mod search_pool;
 pub mod segment_merger;
 pub mod stream;

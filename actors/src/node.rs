@@ -139,6 +139,7 @@ impl Node {
                 index: opts.index.clone(),
                 supervision: opts.supervision.clone(),
                 max_writes_in_flight: opts.max_writes_in_flight,
+                open: Default::default(),
             },
             slot: slot.clone(),
         };

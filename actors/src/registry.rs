@@ -13,6 +13,7 @@
 //! running (a checkpoint, say) can never write into a newer index of the same
 //! name: its paths no longer exist, so it fails harmlessly.
 
+use crate::restart::RestartTracker;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub fn valid_index_name(name: &str) -> bool {
 }
 
 pub enum RegistryMsg {
+    /// Restart the IndexSupervisor of an index after it failed.
+    RestartIndex(String),
     Get(String, RpcReplyPort<Option<Arc<IndexHandle>>>),
     List(RpcReplyPort<Vec<Arc<IndexHandle>>>),
     Create(
@@ -83,18 +86,29 @@ pub enum RegistryMsg {
 
 pub struct IndexRegistry;
 
+/// Indexes open in this process. Outlives a registry restart, so the next
+/// registry adopts them instead of reopening them from disk (the old engine
+/// objects may still be in use and hold the index lock).
+pub type OpenIndexes = Arc<std::sync::Mutex<HashMap<String, Arc<IndexHandle>>>>;
+
 #[derive(Clone)]
 pub struct RegistryArgs {
     pub dir: PathBuf,
     pub index: IndexOptions,
     pub supervision: SupervisionOptions,
     pub max_writes_in_flight: usize,
+    pub open: OpenIndexes,
 }
 
 pub struct RegistryState {
     args: RegistryArgs,
     indexes: HashMap<String, (Arc<IndexHandle>, ActorRef<IndexSupMsg>)>,
+    restarts: HashMap<String, RestartTracker>,
     lineage: BTreeMap<String, u64>,
+}
+
+fn open_map(open: &OpenIndexes) -> std::sync::MutexGuard<'_, HashMap<String, Arc<IndexHandle>>> {
+    open.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> RegistryError {
@@ -117,8 +131,14 @@ impl Actor for IndexRegistry {
         let mut state = RegistryState {
             args,
             indexes: HashMap::new(),
+            restarts: HashMap::new(),
             lineage,
         };
+        // Indexes a previous incarnation of the registry had open: adopt them.
+        let adopted: Vec<Arc<IndexHandle>> = open_map(&state.args.open).values().cloned().collect();
+        for handle in adopted {
+            state.supervise(&myself, handle).await?;
+        }
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
@@ -131,6 +151,9 @@ impl Actor for IndexRegistry {
         }
         names.sort();
         for name in names {
+            if state.indexes.contains_key(&name) {
+                continue;
+            }
             let Some(path) = current_generation_dir(&state.args.dir, &name)? else {
                 continue;
             };
@@ -148,6 +171,14 @@ impl Actor for IndexRegistry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RegistryMsg::RestartIndex(name) => {
+                let handle = open_map(&state.args.open).get(&name).cloned();
+                if let Some(handle) = handle
+                    && !handle.is_deleted()
+                {
+                    state.supervise(&myself, handle).await?;
+                }
+            }
             RegistryMsg::Get(name, reply) => {
                 let _ = reply.send(state.indexes.get(&name).map(|(h, _)| h.clone()));
             }
@@ -160,6 +191,9 @@ impl Actor for IndexRegistry {
             RegistryMsg::Delete(name, expect_exists, reply) => {
                 let _ = reply.send(state.delete(name, expect_exists).await);
             }
+            RegistryMsg::InjectFailure(_, Child::Registry) => {
+                return Err("injected failure".into());
+            }
             RegistryMsg::InjectFailure(name, child) => {
                 if let Some((_, sup)) = state.indexes.get(&name) {
                     sup.cast(IndexSupMsg::InjectFailure(child))?;
@@ -169,21 +203,47 @@ impl Actor for IndexRegistry {
         Ok(())
     }
 
-    /// An index supervisor stops when its index is deleted (expected); if one
-    /// fails, its index is marked unhealthy and the others keep running.
+    /// An index supervisor stops when its index is deleted (expected). If one
+    /// fails, it is restarted with backoff (its writer and merger died with it;
+    /// the engine's state is durable); repeated failure marks the index
+    /// unhealthy. The other indexes keep running either way.
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = event {
-            for (handle, sup) in state.indexes.values() {
-                if sup.get_id() == cell.get_id() {
-                    tracing::error!(index = %handle.name, error = %err, "index supervisor failed; index marked unhealthy");
+            let Some(name) = state
+                .indexes
+                .iter()
+                .find(|(_, (_, sup))| sup.get_id() == cell.get_id())
+                .map(|(name, _)| name.clone())
+            else {
+                return Ok(());
+            };
+            let Some((handle, _)) = state.indexes.remove(&name) else {
+                return Ok(());
+            };
+            tracing::error!(index = %name, error = %err, "index supervisor failed");
+            metrics::counter!("fpnode_actor_restarts_total", "actor" => "index_supervisor")
+                .increment(1);
+            *handle.writer.write().unwrap_or_else(|e| e.into_inner()) = None;
+            let opts = state.args.supervision.clone();
+            let tracker = state
+                .restarts
+                .entry(name.clone())
+                .or_insert_with(|| RestartTracker::new(&opts));
+            match tracker.failed() {
+                Some(backoff) => {
+                    myself.send_after(backoff, move || RegistryMsg::RestartIndex(name));
+                }
+                None => {
+                    tracing::error!(index = %name, "too many failures: marking index unhealthy");
                     handle
                         .healthy
                         .store(false, std::sync::atomic::Ordering::Release);
+                    metrics::counter!("fpnode_index_escalations_total").increment(1);
                 }
             }
         }
@@ -215,16 +275,27 @@ impl RegistryState {
             Arc::new(index),
             self.args.max_writes_in_flight,
         ));
+        open_map(&self.args.open).insert(name, handle.clone());
+        self.supervise(myself, handle.clone()).await?;
+        Ok(handle)
+    }
+
+    /// Spawns the IndexSupervisor of an open index.
+    async fn supervise(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        handle: Arc<IndexHandle>,
+    ) -> Result<(), ActorProcessingErr> {
         let args = IndexSupArgs {
             handle: handle.clone(),
             opts: self.args.supervision.clone(),
         };
         let (sup, _) = Actor::spawn_linked(None, IndexSupervisor, args, myself.get_cell()).await?;
         let g = handle.generation.0;
-        let last = self.lineage.entry(name.clone()).or_insert(g);
+        let last = self.lineage.entry(handle.name.clone()).or_insert(g);
         *last = (*last).max(g);
-        self.indexes.insert(name, (handle.clone(), sup));
-        Ok(handle)
+        self.indexes.insert(handle.name.clone(), (handle, sup));
+        Ok(())
     }
 
     async fn create(

@@ -611,10 +611,8 @@ pub async fn inject_failure(
     State(state): State<AppState>,
     Path((index, child)): Path<(String, String)>,
 ) -> StatusCode {
-    let child = match child.as_str() {
-        "index_writer" => Child::Writer,
-        "segment_merger" => Child::Merger,
-        _ => return StatusCode::BAD_REQUEST,
+    let Some(child) = Child::from_name(&child) else {
+        return StatusCode::BAD_REQUEST;
     };
     state.node.inject_failure(&index, child).await;
     StatusCode::ACCEPTED
