@@ -3,7 +3,7 @@
 //! Both work on a data directory no node is serving: the index lock makes sure.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -27,38 +27,54 @@ struct Record {
     hashes: Vec<u32>,
 }
 
-pub fn import(args: ImportArgs) -> anyhow::Result<()> {
-    if !valid_index_name(&args.index) {
-        bail!(
-            "invalid index name {:?}: use [A-Za-z0-9_-]{{1,255}}",
-            args.index
-        );
+/// Checks that `index` is a valid name not present in `data_dir`, opens the
+/// input (a file, or stdin for `-`/none) and prepares an empty temporary
+/// directory `indexes/.<kind>-<index>` to build the index in.
+fn prepare(
+    data_dir: &Path,
+    index: &str,
+    input: Option<&str>,
+    kind: &str,
+) -> anyhow::Result<(BufReader<Box<dyn Read>>, PathBuf)> {
+    if !valid_index_name(index) {
+        bail!("invalid index name {index:?}: use [A-Za-z0-9_-]{{1,255}}");
     }
-    let existing = args.dir.join("indexes").join(&args.index);
+    let existing = data_dir.join("indexes").join(index);
     if existing.exists() {
         bail!(
-            "index {} already exists in {}: delete it first",
-            args.index,
+            "index {index} already exists in {}: delete it first",
             existing.display()
         );
     }
-    let input: Box<dyn Read> = match args.input.as_deref() {
+    let input: Box<dyn Read> = match input {
         None | Some("-") => Box::new(std::io::stdin().lock()),
         Some(path) => Box::new(
             std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?,
         ),
     };
-    let mut reader = BufReader::with_capacity(1 << 20, input);
-    let generation = reserve_generation(&args.dir, &args.index)
-        .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
-    let tmp = args
-        .dir
-        .join("indexes")
-        .join(format!(".import-{}", args.index));
+    let tmp = data_dir.join("indexes").join(format!(".{kind}-{index}"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    Ok((BufReader::with_capacity(1 << 20, input), tmp))
+}
+
+/// Moves an index built in `tmp` into place as generation `generation`.
+fn install(data_dir: &Path, index: &str, generation: u64, tmp: &Path) -> anyhow::Result<()> {
+    let dir = index_path(data_dir, index, generation);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::rename(tmp, &dir)
+        .with_context(|| format!("cannot move the index into {}", dir.display()))
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let (mut reader, tmp) = prepare(&args.dir, &args.index, args.input.as_deref(), "import")?;
+    let generation = reserve_generation(&args.dir, &args.index)
+        .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
     let opts = BulkOptions {
         run_postings: args.run_postings,
     };
@@ -103,13 +119,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         },
     }
     let report = builder.finish()?;
-    let dir = index_path(&args.dir, &args.index, generation);
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move the index into {}", dir.display()))?;
+    install(&args.dir, &args.index, generation, &tmp)?;
     println!(
         "imported {} fingerprints ({} postings) into index {} generation {} version {} in {:.1} s: {} bytes, {:.3} bytes/posting, {} temporary runs",
         report.fingerprints,
@@ -126,53 +136,19 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    if !valid_index_name(&args.index) {
-        bail!(
-            "invalid index name {:?}: use [A-Za-z0-9_-]{{1,255}}",
-            args.index
-        );
-    }
-    let existing = args.dir.join("indexes").join(&args.index);
-    if existing.exists() {
-        bail!(
-            "index {} already exists in {}: delete it first",
-            args.index,
-            existing.display()
-        );
-    }
-    let input: Box<dyn Read> = match args.input.as_deref() {
-        None | Some("-") => Box::new(std::io::stdin().lock()),
-        Some(path) => Box::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?,
-        ),
-    };
-    let tmp = args
-        .dir
-        .join("indexes")
-        .join(format!(".restore-{}", args.index));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let (input, tmp) = prepare(&args.dir, &args.index, args.input.as_deref(), "restore")?;
     let started = Instant::now();
-    let header =
-        match fpnode_segments::archive::restore(BufReader::with_capacity(1 << 20, input), &tmp) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e).context("restoring the archive");
-            }
-        };
+    let header = match fpnode_segments::archive::restore(input, &tmp) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e).context("restoring the archive");
+        }
+    };
     let generation = header.generation.0;
     record_generation(&args.dir, &args.index, generation)
         .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
-    let dir = index_path(&args.dir, &args.index, generation);
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("cannot move the index into {}", dir.display()))?;
+    install(&args.dir, &args.index, generation, &tmp)?;
     println!(
         "restored index {} generation {} version {} ({} segments) in {:.1} s",
         args.index,
