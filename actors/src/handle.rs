@@ -48,7 +48,7 @@ pub struct IndexHandle {
 }
 
 impl IndexHandle {
-    pub(crate) fn new(name: String, index: Arc<Index>, max_writes_in_flight: usize) -> Self {
+    pub fn new(name: String, index: Arc<Index>, max_writes_in_flight: usize) -> Self {
         IndexHandle {
             name,
             generation: index.generation(),
@@ -63,6 +63,14 @@ impl IndexHandle {
     /// False once the supervisor gave up restarting a failing child.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire) && !self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The index's current writer, if it is running.
+    pub fn writer(&self) -> Option<ActorRef<WriterMsg>> {
+        self.writer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True once the index was deleted (a request may still hold its handle).

@@ -22,7 +22,11 @@ use crate::handle::{WriteError, WriteRequest};
 pub type WriteReply = RpcReplyPort<Result<Position, WriteError>>;
 
 pub enum WriterMsg {
+    /// A client write: the writer numbers it (standalone versions).
     Write(WriteRequest, WriteReply),
+    /// A batch already numbered by the stream (replica mode: position = the
+    /// stream sequence of its last message). Applying is idempotent.
+    Apply(Batch, WriteReply),
     Flush,
     /// Test hook: fail the next flush as an I/O error would.
     InjectFailure,
@@ -34,9 +38,15 @@ pub struct WriterArgs {
     pub index: Arc<Index>,
 }
 
+/// A queued unit of work.
+enum Pending {
+    Request(WriteRequest),
+    Numbered(Batch),
+}
+
 pub struct WriterState {
     index: Arc<Index>,
-    pending: Vec<(WriteRequest, WriteReply)>,
+    pending: Vec<(Pending, WriteReply)>,
     flush_scheduled: bool,
     fail_next: bool,
 }
@@ -67,13 +77,9 @@ impl Actor for IndexWriter {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WriterMsg::Write(request, reply) => {
-                state.pending.push((request, reply));
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    myself.cast(WriterMsg::Flush)?;
-                }
-                Ok(())
+                state.queue(&myself, Pending::Request(request), reply)
             }
+            WriterMsg::Apply(batch, reply) => state.queue(&myself, Pending::Numbered(batch), reply),
             WriterMsg::Flush => state.flush().await,
             WriterMsg::InjectFailure => {
                 state.fail_next = true;
@@ -84,13 +90,36 @@ impl Actor for IndexWriter {
 }
 
 impl WriterState {
+    fn queue(
+        &mut self,
+        myself: &ActorRef<WriterMsg>,
+        work: Pending,
+        reply: WriteReply,
+    ) -> Result<(), ActorProcessingErr> {
+        self.pending.push((work, reply));
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            myself.cast(WriterMsg::Flush)?;
+        }
+        Ok(())
+    }
+
     /// Numbers the pending requests into batches; answers the ones whose
     /// `expected_version` does not hold.
     fn plan(&mut self) -> (Vec<Batch>, Vec<(Position, WriteReply)>) {
         let mut version = self.index.position().0;
         let mut batches = Vec::new();
         let mut replies = Vec::new();
-        for (request, reply) in self.pending.drain(..) {
+        for (work, reply) in self.pending.drain(..) {
+            let request = match work {
+                Pending::Numbered(batch) => {
+                    version = version.max(batch.position.0);
+                    replies.push((batch.position, reply));
+                    batches.push(batch);
+                    continue;
+                }
+                Pending::Request(request) => request,
+            };
             if let Some(expected) = request.expected_version
                 && expected != version
             {

@@ -25,6 +25,7 @@ pub mod restart;
 pub mod search_pool;
 pub mod segment_merger;
 pub mod stream;
+pub mod stream_subscriber;
 
 pub use handle::{IndexHandle, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};
