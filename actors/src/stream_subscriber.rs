@@ -151,21 +151,21 @@ impl SubscriberState {
             let message = message.map_err(|e| e.to_string())?;
             let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
             last = last.max(seq);
-            match parse_subject(&prefix, &message.subject) {
-                Some(Subject::Fingerprint { id, .. }) => {
-                    match FingerprintPayload::decode(&message.payload) {
-                        Ok(FingerprintPayload { h: Some(hashes) }) => {
-                            changes.push(Change::Insert { id, hashes })
-                        }
-                        Ok(FingerprintPayload { h: None }) => changes.push(Change::Delete { id }),
-                        Err(e) => {
-                            tracing::error!(subject = %message.subject, seq, error = %e, "skipping a message that is not a fingerprint state");
-                            metrics::counter!("fpnode_stream_bad_messages_total").increment(1);
-                        }
-                    }
+            // Only fingerprint subjects carry changes; the `_index` lifecycle
+            // subject is the registry's business (replica lifecycle: issue #4).
+            let Some(Subject::Fingerprint { id, .. }) = parse_subject(&prefix, &message.subject)
+            else {
+                continue;
+            };
+            match FingerprintPayload::decode(&message.payload) {
+                Ok(FingerprintPayload { h: Some(hashes) }) => {
+                    changes.push(Change::Insert { id, hashes })
                 }
-                // Lifecycle messages are handled by the registry (not yet).
-                _ => {}
+                Ok(FingerprintPayload { h: None }) => changes.push(Change::Delete { id }),
+                Err(e) => {
+                    tracing::error!(subject = %message.subject, seq, error = %e, "skipping a message that is not a fingerprint state");
+                    metrics::counter!("fpnode_stream_bad_messages_total").increment(1);
+                }
             }
         }
         if last == 0 {
