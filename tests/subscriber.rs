@@ -126,3 +126,55 @@ async fn a_replica_follows_the_stream_and_resumes_from_its_position() {
     assert_eq!(index.snapshot().dump().unwrap(), model);
     sup.stop(None);
 }
+
+/// A writer failure in the middle of a replay (batches in flight) must not let
+/// a later batch skip the failed one: the index still ends equal to the stream.
+#[tokio::test]
+async fn a_writer_failure_during_replay_loses_no_message() {
+    use fpnode_actors::index_supervisor::{Child, IndexSupMsg};
+    let server = nats::NatsServer::start();
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let settings = StreamSettings::default();
+    ensure_stream(&js, &settings).await.unwrap();
+    let mut model = BTreeMap::new();
+    let last = publish(&js, 1, 1500, &mut model).await;
+    let dir = tempfile::tempdir().unwrap();
+    let index =
+        Arc::new(Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap());
+    let handle = Arc::new(IndexHandle::new("main".into(), index.clone(), 16));
+    let (sup, _) = Actor::spawn(
+        None,
+        IndexSupervisor,
+        IndexSupArgs {
+            handle: handle.clone(),
+            opts: SupervisionOptions::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let first_writer = handle.writer().unwrap().get_id();
+    // The writer's first flush fails, with the next batch already in flight.
+    sup.cast(IndexSupMsg::InjectFailure(Child::Writer)).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_sub, _) = Actor::spawn(
+        None,
+        StreamSubscriber,
+        SubscriberArgs {
+            js: js.clone(),
+            settings,
+            handle: handle.clone(),
+            max_batch: 50,
+            wait: Duration::from_millis(100),
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(&index, last).await;
+    assert_ne!(
+        handle.writer().unwrap().get_id(),
+        first_writer,
+        "the injected failure never happened"
+    );
+    assert_eq!(index.snapshot().dump().unwrap(), model);
+    sup.stop(None);
+}

@@ -33,6 +33,10 @@ pub enum WriteError {
     Invalid(String),
     #[error("index was deleted")]
     IndexDeleted,
+    /// A numbered batch does not follow the index's position: applying it
+    /// would skip whatever lies between (replica mode).
+    #[error("batch follows position {got}, index is at {expected}")]
+    Gap { expected: u64, got: u64 },
 }
 
 #[derive(Debug)]

@@ -25,8 +25,10 @@ pub enum WriterMsg {
     /// A client write: the writer numbers it (standalone versions).
     Write(WriteRequest, WriteReply),
     /// A batch already numbered by the stream (replica mode: position = the
-    /// stream sequence of its last message). Applying is idempotent.
-    Apply(Batch, WriteReply),
+    /// stream sequence of its last message), following position `after`.
+    /// Applied only if `after` is where the index is (no gap); a batch at or
+    /// before the index's position is already applied and answered as such.
+    Apply(Batch, Position, WriteReply),
     Flush,
     /// Test hook: fail the next flush as an I/O error would.
     InjectFailure,
@@ -41,7 +43,7 @@ pub struct WriterArgs {
 /// A queued unit of work.
 enum Pending {
     Request(WriteRequest),
-    Numbered(Batch),
+    Numbered(Batch, Position),
 }
 
 pub struct WriterState {
@@ -79,7 +81,9 @@ impl Actor for IndexWriter {
             WriterMsg::Write(request, reply) => {
                 state.queue(&myself, Pending::Request(request), reply)
             }
-            WriterMsg::Apply(batch, reply) => state.queue(&myself, Pending::Numbered(batch), reply),
+            WriterMsg::Apply(batch, after, reply) => {
+                state.queue(&myself, Pending::Numbered(batch, after), reply)
+            }
             WriterMsg::Flush => state.flush().await,
             WriterMsg::InjectFailure => {
                 state.fail_next = true;
@@ -112,10 +116,19 @@ impl WriterState {
         let mut replies = Vec::new();
         for (work, reply) in self.pending.drain(..) {
             let request = match work {
-                Pending::Numbered(batch) => {
-                    version = version.max(batch.position.0);
-                    replies.push((batch.position, reply));
-                    batches.push(batch);
+                Pending::Numbered(batch, after) => {
+                    if batch.position.0 <= version {
+                        let _ = reply.send(Ok(batch.position));
+                    } else if after.0 != version {
+                        let _ = reply.send(Err(WriteError::Gap {
+                            expected: version,
+                            got: after.0,
+                        }));
+                    } else {
+                        version = batch.position.0;
+                        replies.push((batch.position, reply));
+                        batches.push(batch);
+                    }
                     continue;
                 }
                 Pending::Request(request) => request,

@@ -1,17 +1,22 @@
 //! StreamSubscriber (replica mode): follows one index's fingerprint subjects in
 //! the stream and hands them to the IndexWriter as numbered batches.
 //!
-//! Steps: on `Poll`, make sure a pull consumer exists, starting at the index's
-//! applied position + 1 (an ephemeral consumer without acks: correctness never
-//! depends on server-side state); fetch up to `max_batch` messages (waiting up
-//! to `wait`); turn them into one batch whose position is the stream sequence of
-//! its last message; send it to the writer and wait for it to be applied (the
-//! one batch in flight is the subscriber's credit: memory stays bounded however
-//! far behind it is); poll again.
+//! Steps: on `Poll`, take a credit (at most `CREDITS` batches in flight, so
+//! memory stays bounded however far behind it is), make sure a pull consumer
+//! exists, starting at the index's applied position + 1 (an ephemeral consumer
+//! without acks: correctness never depends on server-side state); fetch up to
+//! `max_batch` messages (waiting up to `wait`); turn them into one batch whose
+//! position is the stream sequence of its last message and which follows the
+//! previous batch's position; send it to the writer and poll again at once, so
+//! the next fetch overlaps this apply. The credit comes back when the writer
+//! answers.
 //!
-//! Failure: NATS errors drop the consumer and retry after a backoff with jitter,
-//! resuming from the applied position; a message that is not a fingerprint
-//! state is counted and skipped (the position still advances past it).
+//! Failure: the writer applies a batch only if it follows the index's position
+//! exactly, so a failed batch can never be skipped by a later one. Any failure
+//! (NATS error, writer restarting, gap) waits for the batches in flight, drops
+//! the consumer and retries after a backoff with jitter from the applied
+//! position. A message that is not a fingerprint state is counted and skipped
+//! (the position still advances past it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +25,21 @@ use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, 
 use fpnode_segments::{Batch, Change, Position};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Semaphore;
 
 use crate::handle::IndexHandle;
 use crate::index_writer::WriterMsg;
 use crate::stream::{FingerprintPayload, StreamSettings, Subject, parse_subject};
 
+/// Batches in flight between fetch and apply.
+const CREDITS: u32 = 2;
+
 pub enum SubscriberMsg {
-    Poll,
+    /// Fetch the next batch. Carries the epoch it was sent in: a reset starts a
+    /// new epoch, and polls of an older one are ignored (one poll chain only).
+    Poll(u64),
+    /// A batch handed to the writer failed: resynchronise from the index.
+    Failed(String),
 }
 
 pub struct StreamSubscriber;
@@ -42,7 +55,12 @@ pub struct SubscriberArgs {
 pub struct SubscriberState {
     args: SubscriberArgs,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
+    /// Stream sequence of the last message fetched: what the next batch follows.
+    after: u64,
+    credits: Arc<Semaphore>,
+    /// Consecutive failures, for the backoff.
     failures: u32,
+    epoch: u64,
 }
 
 impl Actor for StreamSubscriber {
@@ -55,11 +73,14 @@ impl Actor for StreamSubscriber {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.cast(SubscriberMsg::Poll)?;
+        myself.cast(SubscriberMsg::Poll(0))?;
         Ok(SubscriberState {
             args,
             consumer: None,
+            after: 0,
+            credits: Arc::new(Semaphore::new(CREDITS as usize)),
             failures: 0,
+            epoch: 0,
         })
     }
 
@@ -70,20 +91,17 @@ impl Actor for StreamSubscriber {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SubscriberMsg::Poll => match state.poll().await {
-                Ok(()) => {
-                    state.failures = 0;
-                    myself.cast(SubscriberMsg::Poll)?;
-                }
-                Err(why) => {
-                    state.consumer = None;
-                    state.failures += 1;
-                    let backoff = backoff(state.failures);
-                    tracing::warn!(index = %state.args.handle.name, %why, ?backoff, "stream subscriber retrying");
-                    metrics::counter!("fpnode_stream_errors_total").increment(1);
-                    myself.send_after(backoff, || SubscriberMsg::Poll);
-                }
+            SubscriberMsg::Poll(epoch) if epoch != state.epoch => {}
+            SubscriberMsg::Poll(epoch) => match state.poll(&myself).await {
+                Ok(()) => myself.cast(SubscriberMsg::Poll(epoch))?,
+                Err(why) => state.reset(&myself, &why).await,
             },
+            // Several batches may fail for one cause: reset once per consumer.
+            SubscriberMsg::Failed(why) => {
+                if state.consumer.is_some() {
+                    state.reset(&myself, &why).await;
+                }
+            }
         }
         Ok(())
     }
@@ -102,9 +120,25 @@ fn backoff(failures: u32) -> Duration {
 }
 
 impl SubscriberState {
+    /// Waits for the batches in flight, drops the consumer, and polls again
+    /// after a backoff from the index's applied position.
+    async fn reset(&mut self, myself: &ActorRef<SubscriberMsg>, why: &str) {
+        if let Ok(all) = self.credits.acquire_many(CREDITS).await {
+            drop(all);
+        }
+        self.consumer = None;
+        self.failures += 1;
+        let backoff = backoff(self.failures);
+        tracing::warn!(index = %self.args.handle.name, %why, ?backoff, "stream subscriber resynchronising");
+        metrics::counter!("fpnode_stream_errors_total").increment(1);
+        self.epoch += 1;
+        let epoch = self.epoch;
+        myself.send_after(backoff, move || SubscriberMsg::Poll(epoch));
+    }
+
     async fn consumer(&mut self) -> Result<&jetstream::consumer::Consumer<pull::Config>, String> {
         if self.consumer.is_none() {
-            let start = self.args.handle.version().0 + 1;
+            self.after = self.args.handle.version().0;
             let stream = self
                 .args
                 .js
@@ -114,7 +148,7 @@ impl SubscriberState {
             let consumer = stream
                 .create_consumer(pull::Config {
                     deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
+                        start_sequence: self.after + 1,
                     },
                     ack_policy: AckPolicy::None,
                     filter_subject: format!(
@@ -133,8 +167,14 @@ impl SubscriberState {
             .ok_or_else(|| "no consumer".to_string())
     }
 
-    /// Fetches one batch and waits until the writer applied it.
-    async fn poll(&mut self) -> Result<(), String> {
+    /// Fetches one batch and hands it to the writer without waiting for it.
+    async fn poll(&mut self, myself: &ActorRef<SubscriberMsg>) -> Result<(), String> {
+        let permit = self
+            .credits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
         let (max_batch, wait) = (self.args.max_batch, self.args.wait);
         let prefix = self.args.settings.prefix.clone();
         let consumer = self.consumer().await?;
@@ -176,12 +216,34 @@ impl SubscriberState {
             .handle
             .writer()
             .ok_or_else(|| "index writer is restarting".to_string())?;
-        let batch = Batch::new(Position(last), changes);
-        let applied = ractor::call!(writer, WriterMsg::Apply, batch)
-            .map_err(|e| e.to_string())?
+        let after = Position(self.after);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer
+            .cast(WriterMsg::Apply(
+                Batch::new(Position(last), changes),
+                after,
+                tx.into(),
+            ))
             .map_err(|e| e.to_string())?;
-        metrics::gauge!("fpnode_stream_applied_sequence", "index" => self.args.handle.name.clone())
-            .set(applied.0 as f64);
+        self.after = last;
+        self.failures = 0;
+        let (me, name) = (myself.clone(), self.args.handle.name.clone());
+        tokio::spawn(async move {
+            let outcome = rx.await;
+            drop(permit);
+            match outcome {
+                Ok(Ok(applied)) => {
+                    metrics::gauge!("fpnode_stream_applied_sequence", "index" => name)
+                        .set(applied.0 as f64);
+                }
+                Ok(Err(e)) => {
+                    let _ = me.cast(SubscriberMsg::Failed(e.to_string()));
+                }
+                Err(_) => {
+                    let _ = me.cast(SubscriberMsg::Failed("index writer stopped".into()));
+                }
+            }
+        });
         Ok(())
     }
 }

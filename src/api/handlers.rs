@@ -149,6 +149,7 @@ fn write_error(e: WriteError) -> ApiError {
         }
         WriteError::Invalid(_) => ApiError::BadRequest,
         WriteError::IndexDeleted => ApiError::IndexNotFound,
+        WriteError::Gap { .. } => ApiError::Unavailable,
     }
 }
 
