@@ -3,7 +3,7 @@
 //! an empty replica (IndexSupervisor + StreamSubscriber) catches up.
 //!
 //! ```text
-//! cargo run --release --example replay_bench -- 1000000 /tmp/replay
+//! cargo run --release --example replay_bench -- 1000000 /tmp/replay [max_batch]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,6 +41,7 @@ async fn main() {
     let n: u32 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let dir =
         std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| "/tmp/replay".into()));
+    let max_batch: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1000);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("nats")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -130,7 +131,7 @@ async fn main() {
             js: js.clone(),
             settings,
             handle,
-            max_batch: 1000,
+            max_batch,
             wait: Duration::from_millis(500),
         },
     )
@@ -141,7 +142,7 @@ async fn main() {
     }
     let replay = t.elapsed();
     println!(
-        "replay: {n} fingerprints applied in {:.1} s = {:.0} fp/s; {} docs",
+        "replay (fetches of {max_batch}): {n} fingerprints applied in {:.1} s = {:.0} fp/s; {} docs",
         replay.as_secs_f64(),
         f64::from(n) / replay.as_secs_f64(),
         index.snapshot().num_docs
