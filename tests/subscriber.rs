@@ -74,6 +74,25 @@ async fn wait_for(index: &Index, position: u64) {
     }
 }
 
+/// An empty replica of index `main` in `dir`: engine, handle and the
+/// IndexSupervisor that runs its writer.
+async fn replica(
+    dir: &std::path::Path,
+) -> (
+    Arc<Index>,
+    Arc<IndexHandle>,
+    ractor::ActorRef<fpnode_actors::index_supervisor::IndexSupMsg>,
+) {
+    let index = Arc::new(Index::create(dir, Generation(1), IndexOptions::default()).unwrap());
+    let handle = Arc::new(IndexHandle::new("main".into(), index.clone(), 16));
+    let args = IndexSupArgs {
+        handle: handle.clone(),
+        opts: SupervisionOptions::default(),
+    };
+    let (sup, _) = Actor::spawn(None, IndexSupervisor, args).await.unwrap();
+    (index, handle, sup)
+}
+
 #[tokio::test]
 async fn a_replica_follows_the_stream_and_resumes_from_its_position() {
     let server = nats::NatsServer::start();
@@ -84,19 +103,7 @@ async fn a_replica_follows_the_stream_and_resumes_from_its_position() {
     let last = publish(&js, 1, 700, &mut model).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let index =
-        Arc::new(Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap());
-    let handle = Arc::new(IndexHandle::new("main".into(), index.clone(), 16));
-    let (sup, _) = Actor::spawn(
-        None,
-        IndexSupervisor,
-        IndexSupArgs {
-            handle: handle.clone(),
-            opts: SupervisionOptions::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let (index, handle, sup) = replica(dir.path()).await;
     let sub_args = || SubscriberArgs {
         js: js.clone(),
         settings: settings.clone(),
@@ -139,19 +146,7 @@ async fn a_writer_failure_during_replay_loses_no_message() {
     let mut model = BTreeMap::new();
     let last = publish(&js, 1, 1500, &mut model).await;
     let dir = tempfile::tempdir().unwrap();
-    let index =
-        Arc::new(Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap());
-    let handle = Arc::new(IndexHandle::new("main".into(), index.clone(), 16));
-    let (sup, _) = Actor::spawn(
-        None,
-        IndexSupervisor,
-        IndexSupArgs {
-            handle: handle.clone(),
-            opts: SupervisionOptions::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let (index, handle, sup) = replica(dir.path()).await;
     let first_writer = handle.writer().unwrap().get_id();
     // The writer's first flush fails, with the next batch already in flight.
     sup.cast(IndexSupMsg::InjectFailure(Child::Writer)).unwrap();
