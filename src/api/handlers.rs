@@ -54,30 +54,21 @@ pub struct Req {
 impl FromRequest<AppState> for Req {
     type Rejection = Failure;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        Req::read(state, &parts.headers, body).await
+        Req::read(&parts.headers, body).await
     }
 }
 
 impl Req {
-    async fn read(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Req> {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let guess = response_format(headers, declared.is_some_and(|n| n > 0));
-        if declared.is_some_and(|n| n > state.limits.max_body_bytes) {
-            return Err(Failure {
-                format: guess,
-                error: ApiError::PayloadTooLarge,
-            });
-        }
-        let body = axum::body::to_bytes(body, state.limits.max_body_bytes)
+    /// The body was already read (and held to the size limit) by the
+    /// `read_body` middleware; this only collects the buffered bytes.
+    async fn read(headers: &HeaderMap, body: Body) -> Result<Req> {
+        let body = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(|_| Failure {
-                format: guess,
-                error: ApiError::PayloadTooLarge,
+                format: response_format(headers, true),
+                error: ApiError::BadRequest,
             })?;
         let has_body = !body.is_empty();
         Ok(Req {

@@ -91,16 +91,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads every request body (up to the limit) before routing, whether or not the
-/// handler needs it: a body left unread makes the server close the connection,
-/// which a client reusing it sees as a failed request.
+/// Reads every request body before routing, whether or not the handler needs
+/// it (a body left unread makes the server close the connection, which a client
+/// reusing it sees as a failed request), and enforces the body size limit for
+/// every route: at once from `Content-Length`, else while reading.
 async fn read_body(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, state.limits.max_body_bytes).await {
+    let limit = state.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return handlers::too_large(&parts.headers).into_response();
+    }
+    match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
