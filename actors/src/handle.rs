@@ -77,6 +77,14 @@ impl IndexHandle {
             .clone()
     }
 
+    /// Escalation: `actor` failed too often, so writes stop (`503`) while reads
+    /// keep answering from the index's data. Logged and counted.
+    pub(crate) fn mark_unhealthy(&self, actor: &str) {
+        tracing::error!(index = %self.name, actor, "too many failures: marking index unhealthy");
+        self.healthy.store(false, Ordering::Release);
+        metrics::counter!("fpnode_index_escalations_total").increment(1);
+    }
+
     /// True once the index was deleted (a request may still hold its handle).
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)

@@ -163,12 +163,7 @@ impl Actor for IndexSupervisor {
             state.clear(child);
             let tracker = &mut state.failures[usize::from(child == Child::Merger)];
             let Some(backoff) = tracker.failed() else {
-                tracing::error!(index = %state.handle.name, child = child.name(), "too many failures: marking index unhealthy");
-                state
-                    .handle
-                    .healthy
-                    .store(false, std::sync::atomic::Ordering::Release);
-                metrics::counter!("fpnode_index_escalations_total").increment(1);
+                state.handle.mark_unhealthy(child.name());
                 return Ok(());
             };
             myself.send_after(backoff, move || IndexSupMsg::Restart(child));

@@ -238,13 +238,7 @@ impl Actor for IndexRegistry {
                 Some(backoff) => {
                     myself.send_after(backoff, move || RegistryMsg::RestartIndex(name));
                 }
-                None => {
-                    tracing::error!(index = %name, "too many failures: marking index unhealthy");
-                    handle
-                        .healthy
-                        .store(false, std::sync::atomic::Ordering::Release);
-                    metrics::counter!("fpnode_index_escalations_total").increment(1);
-                }
+                None => handle.mark_unhealthy(Child::Supervisor.name()),
             }
         }
         Ok(())
