@@ -20,6 +20,16 @@ async fn connect(server: &nats::NatsServer) -> jetstream::Context {
     jetstream::new(async_nats::connect(server.url()).await.unwrap())
 }
 
+/// A fresh server with fpnode's stream created (keep the server alive).
+async fn with_stream() -> (nats::NatsServer, jetstream::Context) {
+    let server = nats::NatsServer::start();
+    let js = connect(&server).await;
+    ensure_stream(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    (server, js)
+}
+
 #[tokio::test]
 async fn fpnode_creates_its_stream_with_safe_settings_and_accepts_it_again() {
     let server = nats::NatsServer::start();
@@ -60,10 +70,7 @@ async fn a_stream_whose_settings_would_lose_data_is_refused_with_the_reason() {
 
 #[tokio::test]
 async fn atomic_batches_land_whole_and_the_stream_keeps_the_latest_state_of_each_fingerprint() {
-    let server = nats::NatsServer::start();
-    let js = connect(&server).await;
-    let settings = StreamSettings::default();
-    ensure_stream(&js, &settings).await.unwrap();
+    let (_server, js) = with_stream().await;
     let subject = |id| fingerprint_subject("fpindex", "main", id);
     let mut batch = js.batch_publish().build();
     batch
@@ -100,11 +107,7 @@ async fn atomic_batches_land_whole_and_the_stream_keeps_the_latest_state_of_each
 
 #[tokio::test]
 async fn nats_msg_id_deduplicates_a_retried_write() {
-    let server = nats::NatsServer::start();
-    let js = connect(&server).await;
-    ensure_stream(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (_server, js) = with_stream().await;
     let subject = fingerprint_subject("fpindex", "main", 5);
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "request-1");
@@ -133,11 +136,7 @@ async fn nats_msg_id_deduplicates_a_retried_write() {
 async fn nats_msg_id_inside_an_atomic_batch_is_refused_and_nothing_is_stored() {
     use async_nats::jetstream::message::OutboundMessage;
     use jetstream_extra::batch_publish::BatchPublishErrorKind;
-    let server = nats::NatsServer::start();
-    let js = connect(&server).await;
-    ensure_stream(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (_server, js) = with_stream().await;
     let msg = |id: u32, msg_id: &str| {
         let mut h = HeaderMap::new();
         h.insert("Nats-Msg-Id", msg_id);
@@ -186,11 +185,7 @@ fn outbound(
 /// same request fail whole, and the error names the first attempt's sequence.
 #[tokio::test]
 async fn a_request_marker_makes_a_retried_batch_fail_whole() {
-    let server = nats::NatsServer::start();
-    let js = connect(&server).await;
-    ensure_stream(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (_server, js) = with_stream().await;
     let marker = || {
         outbound(
             "fpindex.main._req.abc".into(),
@@ -232,11 +227,7 @@ async fn a_request_marker_makes_a_retried_batch_fail_whole() {
 /// subject filter covering the index, inside an atomic batch.
 #[tokio::test]
 async fn expected_version_is_checked_against_the_whole_index_inside_a_batch() {
-    let server = nats::NatsServer::start();
-    let js = connect(&server).await;
-    ensure_stream(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (_server, js) = with_stream().await;
     let put = |id: u32| {
         (
             fingerprint_subject("fpindex", "main", id),
