@@ -119,6 +119,7 @@ async fn main() {
         IndexSupArgs {
             handle: handle.clone(),
             opts: SupervisionOptions::default(),
+            replication: None,
         },
     )
     .await

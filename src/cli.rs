@@ -47,6 +47,12 @@ pub struct RestoreArgs {
     pub input: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Standalone,
+    Replica,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum InputFormat {
     /// One JSON object per line: {"id": 1, "hashes": [..]}
@@ -137,6 +143,40 @@ pub struct ServeArgs {
     /// Ask the kernel to read every segment file into the page cache on open.
     #[arg(long, env = "FPNODE_PRELOAD")]
     pub preload: bool,
+
+    /// `standalone` (local writes, no NATS) or `replica` (follows the NATS
+    /// JetStream stream; writes are published to it).
+    #[arg(long, env = "FPNODE_MODE", value_enum, default_value = "standalone")]
+    pub mode: Mode,
+
+    /// NATS server(s) of the stream, comma separated (replica mode).
+    #[arg(long, env = "FPNODE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Name of the JetStream stream (created if missing).
+    #[arg(long, env = "FPNODE_STREAM", default_value = "fpindex")]
+    pub stream: String,
+
+    /// First token of every subject of the stream.
+    #[arg(long, env = "FPNODE_STREAM_PREFIX", default_value = "fpindex")]
+    pub stream_prefix: String,
+
+    /// Replicas of the stream when fpnode creates it (3 in production).
+    #[arg(long, env = "FPNODE_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+
+    /// How long a write waits for the stream's acknowledgement before 503, in ms.
+    #[arg(long, env = "FPNODE_PUBLISH_TIMEOUT_MS", default_value_t = 2_000)]
+    pub publish_timeout_ms: u64,
+
+    /// How long a write waits for this node to apply it after the stream
+    /// acknowledged it (read-your-writes), in ms.
+    #[arg(long, env = "FPNODE_APPLY_WAIT_MS", default_value_t = 10_000)]
+    pub apply_wait_ms: u64,
+
+    /// Messages a replica fetches from the stream at once.
+    #[arg(long, env = "FPNODE_FETCH_MAX", default_value_t = 4_000)]
+    pub fetch_max: usize,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `fpnode=debug`.
     #[arg(long, env = "FPNODE_LOG", default_value = "info")]

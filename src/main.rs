@@ -8,17 +8,20 @@ mod tools;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use fpnode_actors::index_supervisor::SupervisionOptions;
+use fpnode_actors::replication::{Replication, ReplicationOptions};
+use fpnode_actors::stream::{StreamError, StreamSettings, ensure_stream};
 use fpnode_actors::{Node, NodeOptions};
 use fpnode_segments::index::IndexOptions;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::api::{AppState, Limits};
-use crate::cli::{Cli, Command, ServeArgs};
+use crate::cli::{Cli, Command, Mode, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -101,6 +104,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         ..IndexOptions::default()
     };
+    let replication = match args.mode {
+        Mode::Standalone => None,
+        Mode::Replica => Some(connect_stream(&args).await?),
+    };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let node = Box::pin(Node::start(NodeOptions {
         dir: args.dir.clone(),
@@ -109,6 +116,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         search_threads: args.search_threads.unwrap_or(cpus),
         search_queue: args.search_queue,
         max_writes_in_flight: args.max_writes_in_flight.max(1),
+        replication: replication.clone(),
     }))
     .await
     .map_err(|e| {
@@ -128,8 +136,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Some(metrics),
         write_wait: Duration::from_millis(args.write_wait_ms),
         fault_injection: args.enable_fault_injection,
+        replication,
     };
-    tracing::info!(address = %local, dir = %args.dir.display(), "fpnode listening");
+    tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -137,6 +146,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// Replica mode: connects to NATS and checks (or creates) the stream. A stream
+/// whose settings would lose data stops the start with the reasons; an
+/// unreachable server does not: the node serves its local data and follows the
+/// stream once the server is back.
+async fn connect_stream(args: &ServeArgs) -> anyhow::Result<Arc<Replication>> {
+    let opts = ReplicationOptions {
+        url: args.nats_url.clone(),
+        settings: StreamSettings {
+            name: args.stream.clone(),
+            prefix: args.stream_prefix.clone(),
+            replicas: args.stream_replicas.max(1),
+            ..StreamSettings::default()
+        },
+        fetch_max: args.fetch_max.max(1),
+        publish_timeout: Duration::from_millis(args.publish_timeout_ms.max(1)),
+        apply_wait: Duration::from_millis(args.apply_wait_ms),
+        ..ReplicationOptions::default()
+    };
+    let replication = Replication::connect(opts)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        ensure_stream(&replication.js, replication.settings()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e @ StreamError::Unsafe { .. })) => return Err(e.into()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, url = %args.nats_url, "stream not reachable: serving local data until it is")
+        }
+        Err(_) => {
+            tracing::warn!(url = %args.nats_url, "NATS not reachable: serving local data until it is")
+        }
+    }
+    Ok(replication)
 }
 
 /// The cause of a failed actor start, without ractor's nested "Actor panicked

@@ -54,6 +54,7 @@ async fn a_stream_whose_settings_would_lose_data_is_refused_with_the_reason() {
         max_messages_per_subject: 1,
         allow_atomic_publish: true,
         allow_message_ttl: true,
+        allow_direct: true,
         duplicate_window: Duration::from_secs(60),
         ..Config::default()
     })
@@ -274,4 +275,93 @@ async fn expected_version_is_checked_against_the_whole_index_inside_a_batch() {
         "a stale expected version must be refused"
     );
     assert_eq!(attempt("2").await.unwrap(), 5);
+}
+
+/// Deleting an index purges its older messages: JetStream's purge with a
+/// subject filter and a sequence removes the filter's messages below that
+/// sequence and keeps the one at it (the delete record).
+#[tokio::test]
+async fn a_filtered_purge_below_a_sequence_keeps_that_sequence() {
+    let (_server, js) = with_stream().await;
+    for id in [1, 2] {
+        js.publish(
+            fingerprint_subject("fpindex", "main", id),
+            FingerprintPayload::insert(vec![id]).encode(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    js.publish(
+        fingerprint_subject("fpindex", "other", 1),
+        FingerprintPayload::insert(vec![1]).encode(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let record = js
+        .publish(
+            "fpindex.main._index",
+            bytes::Bytes::from_static(b"\x81\xa1g\x01"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(record, 4);
+    let stream = js.get_stream("fpindex").await.unwrap();
+    let purged = stream
+        .purge()
+        .filter("fpindex.main.>")
+        .sequence(record)
+        .await
+        .unwrap();
+    assert_eq!(purged.purged, 2);
+    let kept = stream
+        .direct_get_last_for_subject("fpindex.main._index")
+        .await
+        .unwrap();
+    assert_eq!(kept.sequence, 4);
+    assert!(
+        stream
+            .direct_get_last_for_subject("fpindex.other.00000001")
+            .await
+            .is_ok()
+    );
+}
+
+/// Measured on 2.12.8: a filtered purge "below sequence 1" removes the
+/// message at sequence 1 too (0 and 1 mean "no sequence limit"), so fpnode
+/// never purges below a sequence <= 1 (there is nothing below it anyway).
+#[tokio::test]
+async fn a_filtered_purge_below_sequence_one_removes_everything() {
+    let (_server, js) = with_stream().await;
+    let record = js
+        .publish(
+            "fpindex.main._index",
+            bytes::Bytes::from_static(b"\x81\xa1g\x01"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(record, 1);
+    let stream = js.get_stream("fpindex").await.unwrap();
+    let purged = stream
+        .purge()
+        .filter("fpindex.main.>")
+        .sequence(record)
+        .await
+        .unwrap();
+    assert_eq!(purged.purged, 1);
+    assert!(
+        stream
+            .direct_get_last_for_subject("fpindex.main._index")
+            .await
+            .is_err()
+    );
 }

@@ -88,6 +88,7 @@ async fn replica(
     let args = IndexSupArgs {
         handle: handle.clone(),
         opts: SupervisionOptions::default(),
+        replication: None,
     };
     let (sup, _) = Actor::spawn(None, IndexSupervisor, args).await.unwrap();
     (index, handle, sup)

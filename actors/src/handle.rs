@@ -2,9 +2,9 @@
 //! reads, straight from the published snapshot), the current writer actor, the
 //! write permits and the health flag the supervisor sets.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use fpnode_segments::{Change, Generation, Index, MetadataDelta, Position};
 use ractor::{ActorRef, RpcReplyPort};
@@ -39,6 +39,59 @@ pub enum WriteError {
     Gap { expected: u64, got: u64 },
 }
 
+/// How a replica's index follows the stream (replica mode only).
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    /// Bootstrapping: not caught up with the stream as of when it started.
+    pub(crate) loading: AtomicBool,
+    /// Messages of this index in the stream after the last one fetched.
+    pub(crate) pending: AtomicU64,
+    /// Why the index stopped following the stream, if it did (integrity).
+    pub(crate) diverged: Mutex<Option<String>>,
+    /// When the subscriber last fetched from the stream successfully.
+    pub(crate) last_fetch: Mutex<Option<Instant>>,
+    /// Woken whenever the subscriber applied a batch.
+    pub(crate) applied: tokio::sync::Notify,
+}
+
+impl ReplicaStatus {
+    pub fn loading(&self) -> bool {
+        self.loading.load(Ordering::Acquire)
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    pub fn diverged(&self) -> Option<String> {
+        self.diverged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Time since the last successful fetch.
+    pub fn since_last_fetch(&self) -> Option<Duration> {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Stops the index following the stream, for good: logged, counted, shown
+    /// in `_status`. Reads keep answering from the data applied so far.
+    pub(crate) fn diverge(&self, index: &str, why: String) {
+        tracing::error!(index, reason = %why, "index stopped following the stream: it would diverge");
+        metrics::gauge!("fpnode_stream_diverged", "index" => index.to_string()).set(1.0);
+        *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    pub(crate) fn fetched(&self, pending: u64) {
+        self.pending.store(pending, Ordering::Release);
+        *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+}
+
 #[derive(Debug)]
 pub struct IndexHandle {
     pub name: String,
@@ -49,6 +102,8 @@ pub struct IndexHandle {
     pub write_permits: Arc<Semaphore>,
     pub(crate) healthy: AtomicBool,
     pub(crate) deleted: AtomicBool,
+    /// Replica mode: how the index follows the stream.
+    pub replica: Option<ReplicaStatus>,
 }
 
 impl IndexHandle {
@@ -61,6 +116,45 @@ impl IndexHandle {
             write_permits: Arc::new(Semaphore::new(max_writes_in_flight)),
             healthy: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
+            replica: None,
+        }
+    }
+
+    /// A replica's index; `loading` while it bootstraps from the stream.
+    pub fn new_replica(
+        name: String,
+        index: Arc<Index>,
+        max_writes_in_flight: usize,
+        loading: bool,
+    ) -> Self {
+        let mut handle = IndexHandle::new(name, index, max_writes_in_flight);
+        handle.replica = Some(ReplicaStatus {
+            loading: AtomicBool::new(loading),
+            ..ReplicaStatus::default()
+        });
+        handle
+    }
+
+    /// True while a replica bootstraps (searches and `_health` answer `503 LOADING`).
+    pub fn is_loading(&self) -> bool {
+        self.replica.as_ref().is_some_and(ReplicaStatus::loading)
+    }
+
+    /// Replica mode, read-your-writes: waits until the index applied `version`
+    /// (true), or `timeout` passed, or the index was deleted (false).
+    pub async fn wait_applied(&self, version: u64, timeout: Duration) -> bool {
+        let Some(replica) = &self.replica else {
+            return self.version().0 >= version;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = replica.applied.notified();
+            if self.version().0 >= version {
+                return true;
+            }
+            if self.is_deleted() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.version().0 >= version;
+            }
         }
     }
 

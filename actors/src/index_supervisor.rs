@@ -1,6 +1,7 @@
 //! IndexSupervisor: one per open index; owns its IndexWriter and SegmentMerger.
 //!
-//! Steps: spawns both children linked. When a child fails, the failure is
+//! Steps: spawns its children linked (in replica mode also the index's
+//! StreamSubscriber). When a child fails, the failure is
 //! counted (`fpnode_actor_restarts_total`) and the child is restarted after an
 //! exponential backoff, from durable state (the engine's WAL and manifest; a
 //! writer's unanswered requests are answered `Unavailable`, never acknowledged).
@@ -15,8 +16,10 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::handle::IndexHandle;
 use crate::index_writer::{IndexWriter, WriterArgs, WriterMsg};
+use crate::replication::Replication;
 use crate::restart::RestartTracker;
 use crate::segment_merger::{MergerArgs, MergerMsg, SegmentMerger};
+use crate::stream_subscriber::{StreamSubscriber, SubscriberArgs, SubscriberMsg};
 
 #[derive(Debug, Clone)]
 pub struct SupervisionOptions {
@@ -44,6 +47,8 @@ impl Default for SupervisionOptions {
 pub enum Child {
     Writer,
     Merger,
+    /// Replica mode: the index's StreamSubscriber.
+    Subscriber,
     /// The IndexSupervisor itself.
     Supervisor,
     /// The IndexRegistry.
@@ -55,6 +60,7 @@ impl Child {
         match self {
             Child::Writer => "index_writer",
             Child::Merger => "segment_merger",
+            Child::Subscriber => "stream_subscriber",
             Child::Supervisor => "index_supervisor",
             Child::Registry => "index_registry",
         }
@@ -64,6 +70,7 @@ impl Child {
         [
             Child::Writer,
             Child::Merger,
+            Child::Subscriber,
             Child::Supervisor,
             Child::Registry,
         ]
@@ -83,14 +90,17 @@ pub struct IndexSupervisor;
 pub struct IndexSupArgs {
     pub handle: Arc<IndexHandle>,
     pub opts: SupervisionOptions,
+    pub replication: Option<Arc<Replication>>,
 }
 
 pub struct IndexSupState {
     handle: Arc<IndexHandle>,
     opts: SupervisionOptions,
+    replication: Option<Arc<Replication>>,
     writer: Option<ActorRef<WriterMsg>>,
     merger: Option<ActorRef<MergerMsg>>,
-    failures: [RestartTracker; 2],
+    subscriber: Option<ActorRef<SubscriberMsg>>,
+    failures: [RestartTracker; 3],
 }
 
 impl Actor for IndexSupervisor {
@@ -107,14 +117,18 @@ impl Actor for IndexSupervisor {
             failures: [
                 RestartTracker::new(&args.opts),
                 RestartTracker::new(&args.opts),
+                RestartTracker::new(&args.opts),
             ],
             handle: args.handle,
             opts: args.opts,
+            replication: args.replication,
             writer: None,
             merger: None,
+            subscriber: None,
         };
         state.spawn(myself.get_cell(), Child::Writer).await?;
         state.spawn(myself.get_cell(), Child::Merger).await?;
+        state.spawn(myself.get_cell(), Child::Subscriber).await?;
         Ok(state)
     }
 
@@ -140,6 +154,11 @@ impl Actor for IndexSupervisor {
                     m.cast(MergerMsg::InjectFailure)?;
                 }
             }
+            IndexSupMsg::InjectFailure(Child::Subscriber) => {
+                if let Some(s) = &state.subscriber {
+                    s.cast(SubscriberMsg::InjectFailure)?;
+                }
+            }
             IndexSupMsg::InjectFailure(Child::Supervisor) => {
                 return Err("injected failure".into());
             }
@@ -161,7 +180,12 @@ impl Actor for IndexSupervisor {
             tracing::error!(index = %state.handle.name, child = child.name(), error = %err, "child failed");
             metrics::counter!("fpnode_actor_restarts_total", "actor" => child.name()).increment(1);
             state.clear(child);
-            let tracker = &mut state.failures[usize::from(child == Child::Merger)];
+            let slot = match child {
+                Child::Merger => 1,
+                Child::Subscriber => 2,
+                _ => 0,
+            };
+            let tracker = &mut state.failures[slot];
             let Some(backoff) = tracker.failed() else {
                 state.handle.mark_unhealthy(child.name());
                 return Ok(());
@@ -177,6 +201,9 @@ impl Actor for IndexSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.clear(Child::Writer);
+        if let Some(s) = state.subscriber.take() {
+            s.stop(None);
+        }
         Ok(())
     }
 }
@@ -196,6 +223,20 @@ impl IndexSupState {
                 self.writer = Some(w);
             }
             Child::Supervisor | Child::Registry => {}
+            Child::Subscriber => {
+                let Some(r) = &self.replication else {
+                    return Ok(());
+                };
+                let args = SubscriberArgs {
+                    js: r.js.clone(),
+                    settings: r.settings().clone(),
+                    handle: self.handle.clone(),
+                    max_batch: r.opts.fetch_max,
+                    wait: r.opts.fetch_wait,
+                };
+                let (s, _) = Actor::spawn_linked(None, StreamSubscriber, args, me).await?;
+                self.subscriber = Some(s);
+            }
             Child::Merger => {
                 let args = MergerArgs {
                     index,
@@ -221,6 +262,12 @@ impl IndexSupState {
             .is_some_and(|m| m.get_id() == cell.get_id())
         {
             Some(Child::Merger)
+        } else if self
+            .subscriber
+            .as_ref()
+            .is_some_and(|s| s.get_id() == cell.get_id())
+        {
+            Some(Child::Subscriber)
         } else {
             None
         }
@@ -237,6 +284,7 @@ impl IndexSupState {
                     .unwrap_or_else(|e| e.into_inner()) = None;
             }
             Child::Merger => self.merger = None,
+            Child::Subscriber => self.subscriber = None,
             Child::Supervisor | Child::Registry => {}
         }
     }

@@ -4,9 +4,11 @@
 //! ```text
 //! NodeSupervisor
 //! └── IndexRegistry                 create / delete / look up indexes
+//!     ├── LifecycleWatcher          (replica) index records from the stream
 //!     └── IndexSupervisor(name)     restarts its children from durable state
 //!         ├── IndexWriter           group-commits writes (WAL fsync + apply)
-//!         └── SegmentMerger         checkpoints, memory merges, file merges
+//!         ├── SegmentMerger         checkpoints, memory merges, file merges
+//!         └── StreamSubscriber      (replica) applies the index's stream
 //! SearchPool                        worker threads behind a bounded queue
 //! ```
 //!
@@ -19,8 +21,10 @@
 pub mod handle;
 pub mod index_supervisor;
 pub mod index_writer;
+pub mod lifecycle;
 pub mod node;
 pub mod registry;
+pub mod replication;
 pub mod restart;
 pub mod search_pool;
 pub mod segment_merger;

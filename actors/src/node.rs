@@ -26,6 +26,8 @@ pub struct NodeOptions {
     pub search_threads: usize,
     pub search_queue: usize,
     pub max_writes_in_flight: usize,
+    /// Replica mode: the stream every index follows.
+    pub replication: Option<Arc<crate::replication::Replication>>,
 }
 
 /// The running node: where requests go.
@@ -140,6 +142,7 @@ impl Node {
                 supervision: opts.supervision.clone(),
                 max_writes_in_flight: opts.max_writes_in_flight,
                 open: Default::default(),
+                replication: opts.replication.clone(),
             },
             slot: slot.clone(),
         };

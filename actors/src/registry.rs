@@ -12,14 +12,24 @@
 //! generation has its own directory, a task of the deleted index that is still
 //! running (a checkpoint, say) can never write into a newer index of the same
 //! name: its paths no longer exist, so it fails harmlessly.
+//!
+//! Replica mode: indexes are created and dropped by the stream, not by
+//! requests. A LifecycleWatcher (linked child) hands over every index's
+//! lifecycle record; the registry makes local state match: a record of a
+//! generation this node does not hold replaces the local index (dropped first,
+//! so two generations never mix) with a new one starting at the record's
+//! sequence, and a delete record drops it.
 
+use crate::lifecycle::{LifecycleWatcher, WatcherArgs, WatcherMsg};
+use crate::replication::Replication;
 use crate::restart::RestartTracker;
-use std::collections::{BTreeMap, HashMap};
+use crate::stream::IndexRecord;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fpnode_segments::index::IndexOptions;
-use fpnode_segments::{Generation, Index};
+use fpnode_segments::{Generation, Index, Position};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::handle::IndexHandle;
@@ -82,6 +92,12 @@ pub enum RegistryMsg {
     Delete(String, bool, RpcReplyPort<Result<bool, RegistryError>>),
     /// Test hook: make a child of an index fail.
     InjectFailure(String, Child),
+    /// Replica mode: the latest lifecycle record of an index, and its sequence.
+    Record(String, IndexRecord, u64),
+    /// Replica mode: every index the stream has a record of was handed over.
+    Reconciled(BTreeSet<String>),
+    /// Replica mode: start the LifecycleWatcher again after it failed.
+    RestartWatcher,
 }
 
 pub struct IndexRegistry;
@@ -98,6 +114,8 @@ pub struct RegistryArgs {
     pub supervision: SupervisionOptions,
     pub max_writes_in_flight: usize,
     pub open: OpenIndexes,
+    /// Replica mode: the stream the indexes follow.
+    pub replication: Option<Arc<Replication>>,
 }
 
 pub struct RegistryState {
@@ -105,6 +123,8 @@ pub struct RegistryState {
     indexes: HashMap<String, (Arc<IndexHandle>, ActorRef<IndexSupMsg>)>,
     restarts: HashMap<String, RestartTracker>,
     lineage: BTreeMap<String, u64>,
+    watcher: Option<ActorRef<WatcherMsg>>,
+    watcher_restarts: RestartTracker,
 }
 
 fn open_map(open: &OpenIndexes) -> std::sync::MutexGuard<'_, HashMap<String, Arc<IndexHandle>>> {
@@ -129,10 +149,12 @@ impl Actor for IndexRegistry {
         std::fs::create_dir_all(&dir)?;
         let lineage = load_lineage(&args.dir)?;
         let mut state = RegistryState {
+            watcher_restarts: RestartTracker::new(&args.supervision),
             args,
             indexes: HashMap::new(),
             restarts: HashMap::new(),
             lineage,
+            watcher: None,
         };
         // Indexes a previous incarnation of the registry had open: adopt them.
         let adopted: Vec<Arc<IndexHandle>> = open_map(&state.args.open).values().cloned().collect();
@@ -159,8 +181,9 @@ impl Actor for IndexRegistry {
             };
             let opts = state.args.index.clone();
             let index = tokio::task::spawn_blocking(move || Index::open(&path, opts)).await??;
-            state.start(&myself, name, index).await?;
+            state.start(&myself, name, index, false).await?;
         }
+        state.start_watcher(&myself).await?;
         Ok(state)
     }
 
@@ -199,6 +222,11 @@ impl Actor for IndexRegistry {
                     sup.cast(IndexSupMsg::InjectFailure(child))?;
                 }
             }
+            RegistryMsg::Record(name, record, seq) => {
+                state.apply_record(&myself, name, record, seq).await?;
+            }
+            RegistryMsg::Reconciled(names) => state.reconciled(&names),
+            RegistryMsg::RestartWatcher => state.start_watcher(&myself).await?,
         }
         Ok(())
     }
@@ -214,6 +242,23 @@ impl Actor for IndexRegistry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(cell, err) = event {
+            if state
+                .watcher
+                .as_ref()
+                .is_some_and(|w| w.get_id() == cell.get_id())
+            {
+                tracing::error!(error = %err, "lifecycle watcher failed");
+                metrics::counter!("fpnode_actor_restarts_total", "actor" => "lifecycle_watcher")
+                    .increment(1);
+                state.watcher = None;
+                // It holds no state of its own: keep restarting it, slower and slower.
+                let backoff = state
+                    .watcher_restarts
+                    .failed()
+                    .unwrap_or(state.args.supervision.max_backoff);
+                myself.send_after(backoff, || RegistryMsg::RestartWatcher);
+                return Ok(());
+            }
             let Some(name) = state
                 .indexes
                 .iter()
@@ -263,12 +308,13 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         name: String,
         index: Index,
+        loading: bool,
     ) -> Result<Arc<IndexHandle>, ActorProcessingErr> {
-        let handle = Arc::new(IndexHandle::new(
-            name.clone(),
-            Arc::new(index),
-            self.args.max_writes_in_flight,
-        ));
+        let (index, permits) = (Arc::new(index), self.args.max_writes_in_flight);
+        let handle = Arc::new(match self.args.replication {
+            Some(_) => IndexHandle::new_replica(name.clone(), index, permits, loading),
+            None => IndexHandle::new(name.clone(), index, permits),
+        });
         open_map(&self.args.open).insert(name, handle.clone());
         self.supervise(myself, handle.clone()).await?;
         Ok(handle)
@@ -283,6 +329,7 @@ impl RegistryState {
         let args = IndexSupArgs {
             handle: handle.clone(),
             opts: self.args.supervision.clone(),
+            replication: self.args.replication.clone(),
         };
         let (sup, _) = Actor::spawn_linked(None, IndexSupervisor, args, myself.get_cell()).await?;
         let g = handle.generation.0;
@@ -341,13 +388,111 @@ impl RegistryState {
         .map_err(storage)??;
         self.lineage.insert(name.clone(), generation);
         store_lineage(&self.args.dir, &self.lineage).map_err(storage)?;
-        self.start(myself, name, index).await.map_err(storage)?;
+        self.start(myself, name, index, false)
+            .await
+            .map_err(storage)?;
         metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
         Ok(CreateOutcome {
             version: 0,
             ready: true,
             generation,
         })
+    }
+
+    async fn start_watcher(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(replication) = self.args.replication.clone() else {
+            return Ok(());
+        };
+        let args = WatcherArgs {
+            replication,
+            registry: myself.clone(),
+        };
+        let (w, _) = Actor::spawn_linked(None, LifecycleWatcher, args, myself.get_cell()).await?;
+        self.watcher = Some(w);
+        Ok(())
+    }
+
+    /// Makes the local index `name` match its latest lifecycle record.
+    async fn apply_record(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        record: IndexRecord,
+        seq: u64,
+    ) -> Result<(), ActorProcessingErr> {
+        if !valid_index_name(&name) {
+            return Ok(());
+        }
+        let local = self.indexes.get(&name).map(|(h, _)| h.clone());
+        if let Some(h) = &local
+            && h.generation.0 > record.g
+        {
+            if let Some(replica) = &h.replica {
+                replica.diverge(
+                    &name,
+                    format!(
+                        "the stream's record names generation {}, older than this node's {}: the stream lost data",
+                        record.g, h.generation
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        let current = local
+            .as_ref()
+            .is_some_and(|h| h.generation.0 == record.g && !record.d);
+        if current {
+            return Ok(());
+        }
+        if local.is_some() {
+            tracing::info!(index = %name, generation = record.g, deleted = record.d, "generation ended in the stream: dropping the local index");
+            self.delete(name.clone(), false).await?;
+        }
+        let last = self.lineage.entry(name.clone()).or_insert(record.g);
+        *last = (*last).max(record.g);
+        if record.d {
+            store_lineage(&self.args.dir, &self.lineage)?;
+            return Ok(());
+        }
+        let dir = index_path(&self.args.dir, &name, record.g);
+        let opts = self.args.index.clone();
+        let generation = Generation(record.g);
+        let index = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = dir.parent()
+                && parent.exists()
+            {
+                std::fs::remove_dir_all(parent)?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            Ok::<_, ActorProcessingErr>(Index::create_at(&dir, generation, Position(seq), opts)?)
+        })
+        .await??;
+        store_lineage(&self.args.dir, &self.lineage)?;
+        tracing::info!(index = %name, generation = record.g, start = seq, "following a new generation");
+        self.start(myself, name, index, true).await?;
+        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
+        Ok(())
+    }
+
+    /// Local indexes the stream has no record of: the stream lost them (or is
+    /// not the stream this node followed). They stop following; reads go on.
+    fn reconciled(&mut self, names: &BTreeSet<String>) {
+        for (name, (handle, _)) in &self.indexes {
+            if !names.contains(name)
+                && let Some(replica) = &handle.replica
+            {
+                replica.diverge(
+                    name,
+                    format!(
+                        "the stream has no record of index {name} (generation {}): the stream lost data or is not the one this node followed",
+                        handle.generation
+                    ),
+                );
+            }
+        }
     }
 
     async fn delete(&mut self, name: String, expect_exists: bool) -> Result<bool, RegistryError> {

@@ -23,12 +23,45 @@ use crate::registry::valid_index_name;
 pub const DEFAULT_STREAM: &str = "fpindex";
 pub const DEFAULT_PREFIX: &str = "fpindex";
 const INDEX_TOKEN: &str = "_index";
+const METADATA_TOKEN: &str = "_m";
+/// Request markers live under a token that is not a valid index name, so they
+/// are outside every index's subjects (and never move an index's version).
+const MARKER_TOKEN: &str = "~req";
 
 /// Where an index's data lives in the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     Fingerprint { index: String, id: u32 },
     Index { index: String },
+    Metadata { index: String, key: String },
+}
+
+/// `<prefix>.<index>._m.k<key as hex>`: one subject per metadata key, so the
+/// stream keeps the latest value of each key.
+pub fn metadata_subject(prefix: &str, index: &str, key: &str) -> String {
+    let mut s = format!("{prefix}.{index}.{METADATA_TOKEN}.k");
+    for b in key.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// `<prefix>.~req.<hash>.<chunk>`: the request marker of chunk `chunk` of the
+/// write whose idempotency key hashes to `hash`.
+pub fn marker_subject(prefix: &str, hash: &str, chunk: usize) -> String {
+    format!("{prefix}.{MARKER_TOKEN}.{hash}.{chunk}")
+}
+
+fn decode_hex_key(token: &str) -> Option<String> {
+    let hex = token.strip_prefix('k')?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
 }
 
 pub fn fingerprint_subject(prefix: &str, index: &str, id: u32) -> String {
@@ -54,6 +87,15 @@ pub fn parse_subject(prefix: &str, subject: &str) -> Option<Subject> {
     if token == INDEX_TOKEN {
         return Some(Subject::Index {
             index: index.to_string(),
+        });
+    }
+    if let Some(key) = token
+        .strip_prefix(METADATA_TOKEN)
+        .and_then(|t| t.strip_prefix('.'))
+    {
+        return Some(Subject::Metadata {
+            index: index.to_string(),
+            key: decode_hex_key(key)?,
         });
     }
     if token.len() != 8
@@ -91,13 +133,40 @@ impl FingerprintPayload {
     }
 
     pub fn encode(&self) -> Bytes {
-        // Encoding a map of a vector of u32 cannot fail.
-        Bytes::from(rmp_serde::to_vec_named(self).unwrap_or_else(|_| vec![0x80]))
+        encode_payload(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, PayloadError> {
-        rmp_serde::from_slice(bytes).map_err(|e| PayloadError(e.to_string()))
+        decode_payload(bytes)
     }
+}
+
+/// A metadata message: `{"v": "value"}` sets the key, `{}` removes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<String>,
+}
+
+/// The index's lifecycle record on `<prefix>.<index>._index`: `{"g": 3}` says
+/// generation 3 exists and its data is every message of the index after this
+/// record's sequence; `{"g": 3, "d": true}` says generation 3 was deleted. The
+/// subject keeps only the latest record, so the last generation is never
+/// forgotten and a later create always mints a newer one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRecord {
+    pub g: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub d: bool,
+}
+
+/// Encodes a payload struct as a MessagePack map (cannot fail for these types).
+pub fn encode_payload<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(value).unwrap_or_else(|_| vec![0x80]))
+}
+
+pub fn decode_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
+    rmp_serde::from_slice(bytes).map_err(|e| PayloadError(e.to_string()))
 }
 
 /// How fpnode wants its stream.
@@ -199,6 +268,9 @@ impl StreamSettings {
                 "allow_msg_ttl is off: request markers could not expire and would pile up".into(),
             );
         }
+        if !existing.allow_direct {
+            p.push("allow_direct is off: nodes read index records with direct gets".into());
+        }
         if existing.duplicate_window.is_zero() {
             p.push("duplicate_window is 0: retried writes could be applied twice".into());
         }
@@ -233,6 +305,21 @@ mod tests {
             fingerprint_subject("fpindex", "main", 1),
             "fpindex.main.00000001"
         );
+        for key in ["", "name", "a.b c/é", "_index"] {
+            let s = metadata_subject("fpindex", "main", key);
+            assert_eq!(
+                parse_subject("fpindex", &s),
+                Some(Subject::Metadata {
+                    index: "main".into(),
+                    key: key.into()
+                }),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            parse_subject("fpindex", &marker_subject("fpindex", "ab12", 0)),
+            None
+        );
     }
 
     #[test]
@@ -247,6 +334,10 @@ mod tests {
             "fpindex.main.00000000",
             "fpindex.bad.name.00000001",
             "fpindex..00000001",
+            "fpindex.main._m.6",
+            "fpindex.main._m.k6",
+            "fpindex.main._m.kzz",
+            "fpindex.main._m",
         ] {
             assert_eq!(parse_subject("fpindex", s), None, "{s}");
         }

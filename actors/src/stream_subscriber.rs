@@ -17,19 +17,39 @@
 //! the consumer and retries after a backoff with jitter from the applied
 //! position. A message that is not a fingerprint state is counted and skipped
 //! (the position still advances past it).
+//!
+//! Generations: the index's data is every message of its subjects after its
+//! create record. A lifecycle record (`_index`) seen while following means the
+//! generation ended (deleted, or deleted and re-created): the subscriber applies
+//! what came before it and stops; the IndexRegistry, told by the
+//! LifecycleWatcher, drops the index and builds the next generation. So no
+//! replica ever mixes two generations.
+//!
+//! Integrity: if the stream's last sequence is below the index's position, or
+//! a fetched message is not after the last one, the stream lost messages this
+//! index applied (or was recreated): the subscriber stops applying for good and
+//! says why (`_status`, log, `fpnode_stream_diverged`).
+//!
+//! Bootstrap: while the index is loading, it becomes ready once everything the
+//! stream held when the subscriber started is applied (a message at or past
+//! that sequence, or nothing pending).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::DeliverPolicy, consumer::pull};
-use fpnode_segments::{Batch, Change, Position};
+use fpnode_segments::{Batch, Change, MetadataDelta, Position};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
 use crate::handle::IndexHandle;
 use crate::index_writer::WriterMsg;
-use crate::stream::{FingerprintPayload, StreamSettings, Subject, parse_subject};
+use crate::replication::backoff;
+use crate::stream::{
+    FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload, index_filter,
+    parse_subject,
+};
 
 /// Batches in flight between fetch and apply.
 const CREDITS: u32 = 2;
@@ -40,6 +60,8 @@ pub enum SubscriberMsg {
     Poll(u64),
     /// A batch handed to the writer failed: resynchronise from the index.
     Failed(String),
+    /// Test hook: fail as a crash would.
+    InjectFailure,
 }
 
 pub struct StreamSubscriber;
@@ -55,12 +77,18 @@ pub struct SubscriberArgs {
 pub struct SubscriberState {
     args: SubscriberArgs,
     consumer: Option<jetstream::consumer::Consumer<pull::Config>>,
+    /// The consumer's messages, pulled continuously (bounded by `max_batch`).
+    messages: Option<pull::Stream>,
     /// Stream sequence of the last message fetched: what the next batch follows.
     after: u64,
     credits: Arc<Semaphore>,
     /// Consecutive failures, for the backoff.
     failures: u32,
     epoch: u64,
+    /// Stopped for good: the generation ended or the stream diverged.
+    parked: bool,
+    /// While loading: the stream's last sequence when the subscriber started.
+    target: Option<u64>,
 }
 
 impl Actor for StreamSubscriber {
@@ -77,10 +105,13 @@ impl Actor for StreamSubscriber {
         Ok(SubscriberState {
             args,
             consumer: None,
+            messages: None,
             after: 0,
             credits: Arc::new(Semaphore::new(CREDITS as usize)),
             failures: 0,
             epoch: 0,
+            parked: false,
+            target: None,
         })
     }
 
@@ -91,11 +122,13 @@ impl Actor for StreamSubscriber {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SubscriberMsg::Poll(epoch) if epoch != state.epoch => {}
+            SubscriberMsg::Poll(epoch) if epoch != state.epoch || state.parked => {}
             SubscriberMsg::Poll(epoch) => match state.poll(&myself).await {
+                Ok(()) if state.parked => {}
                 Ok(()) => myself.cast(SubscriberMsg::Poll(epoch))?,
                 Err(why) => state.reset(&myself, &why).await,
             },
+            SubscriberMsg::InjectFailure => return Err("injected failure".into()),
             // Several batches may fail for one cause: reset once per consumer.
             SubscriberMsg::Failed(why) => {
                 if state.consumer.is_some() {
@@ -107,18 +140,6 @@ impl Actor for StreamSubscriber {
     }
 }
 
-/// 100 ms doubling to 5 s, with up to 50% jitter so replicas do not retry in step.
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1 << failures.min(6))
-        .min(Duration::from_secs(5));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
-
 impl SubscriberState {
     /// Waits for the batches in flight, drops the consumer, and polls again
     /// after a backoff from the index's applied position.
@@ -127,6 +148,7 @@ impl SubscriberState {
             drop(all);
         }
         self.consumer = None;
+        self.messages = None;
         self.failures += 1;
         let backoff = backoff(self.failures);
         tracing::warn!(index = %self.args.handle.name, %why, ?backoff, "stream subscriber resynchronising");
@@ -136,81 +158,202 @@ impl SubscriberState {
         myself.send_after(backoff, move || SubscriberMsg::Poll(epoch));
     }
 
-    async fn consumer(&mut self) -> Result<&jetstream::consumer::Consumer<pull::Config>, String> {
+    /// Stops following for good, with the reason shown in `_status`.
+    fn diverge(&mut self, why: String) {
+        self.parked = true;
+        self.consumer = None;
+        self.messages = None;
+        match &self.args.handle.replica {
+            Some(replica) => replica.diverge(&self.args.handle.name, why),
+            None => {
+                tracing::error!(index = %self.args.handle.name, reason = %why, "index stopped following the stream")
+            }
+        }
+    }
+
+    fn loading(&self) -> bool {
+        self.args.handle.is_loading()
+    }
+
+    async fn consumer(
+        &mut self,
+    ) -> Result<Option<&jetstream::consumer::Consumer<pull::Config>>, String> {
         if self.consumer.is_none() {
             self.after = self.args.handle.version().0;
-            let stream = self
+            let mut stream = self
                 .args
                 .js
                 .get_stream(&self.args.settings.name)
                 .await
                 .map_err(|e| e.to_string())?;
-            let consumer = stream
+            let last = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .last_sequence;
+            if last < self.after {
+                self.diverge(format!(
+                    "the stream's last sequence is {last}, below this index's applied version {}: the stream lost acknowledged messages or was recreated",
+                    self.after
+                ));
+                return Ok(None);
+            }
+            if self.loading() && self.target.is_none() {
+                self.target = Some(last);
+            }
+            let mut consumer = stream
                 .create_consumer(pull::Config {
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: self.after + 1,
                     },
                     ack_policy: AckPolicy::None,
-                    filter_subject: format!(
-                        "{}.{}.*",
-                        self.args.settings.prefix, self.args.handle.name
+                    filter_subject: index_filter(
+                        &self.args.settings.prefix,
+                        &self.args.handle.name,
                     ),
                     inactive_threshold: Duration::from_secs(30),
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| e.to_string())?;
+            let pending = consumer
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .num_pending;
+            if let Some(replica) = &self.args.handle.replica {
+                replica.fetched(pending);
+            }
+            if pending == 0 {
+                self.loaded().await;
+            }
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.args.max_batch)
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
             self.consumer = Some(consumer);
+            self.messages = Some(messages);
         }
-        self.consumer
-            .as_ref()
-            .ok_or_else(|| "no consumer".to_string())
+        Ok(self.consumer.as_ref())
+    }
+
+    /// Everything the stream held at start is applied: the index is ready.
+    async fn loaded(&mut self) {
+        if !self.loading() {
+            return;
+        }
+        // Batches still in flight must land first.
+        if let Ok(all) = self.credits.acquire_many(CREDITS).await {
+            drop(all);
+        }
+        if let Some(replica) = &self.args.handle.replica
+            && self.args.handle.version().0 >= self.after
+        {
+            replica
+                .loading
+                .store(false, std::sync::atomic::Ordering::Release);
+            tracing::info!(index = %self.args.handle.name, version = self.after, "caught up with the stream");
+        }
     }
 
     /// Fetches one batch and hands it to the writer without waiting for it.
     async fn poll(&mut self, myself: &ActorRef<SubscriberMsg>) -> Result<(), String> {
+        let (max_batch, wait) = (self.args.max_batch, self.args.wait);
+        let prefix = self.args.settings.prefix.clone();
+        if self.consumer().await?.is_none() {
+            return Ok(());
+        }
         let permit = self
             .credits
             .clone()
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        let (max_batch, wait) = (self.args.max_batch, self.args.wait);
-        let prefix = self.args.settings.prefix.clone();
-        let consumer = self.consumer().await?;
-        let mut messages = consumer
-            .batch()
-            .max_messages(max_batch)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
+        let after = self.after;
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(());
+        };
         let mut changes = Vec::new();
+        let mut metadata = MetadataDelta::new();
         let mut last = 0u64;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-            last = last.max(seq);
-            // Only fingerprint subjects carry changes; the `_index` lifecycle
-            // subject is the registry's business (replica lifecycle: issue #4).
-            let Some(Subject::Fingerprint { id, .. }) = parse_subject(&prefix, &message.subject)
-            else {
-                continue;
+        let mut count = 0;
+        let mut pending = None;
+        let mut generation_ended = false;
+        let mut backwards = None;
+        // Wait up to `wait` for the first message, then take whatever follows
+        // without a pause (up to `max_batch`): a lone write is applied at
+        // once, a replay still gets large batches.
+        let mut next_wait = wait;
+        while count < max_batch {
+            let message = match tokio::time::timeout(next_wait, messages.next()).await {
+                Err(_) => break,
+                Ok(None) => return Err("the consumer's message stream ended".into()),
+                Ok(Some(message)) => message.map_err(|e| e.to_string())?,
             };
-            match FingerprintPayload::decode(&message.payload) {
-                Ok(FingerprintPayload { h: Some(hashes) }) => {
-                    changes.push(Change::Insert { id, hashes })
+            next_wait = Duration::from_millis(1);
+            count += 1;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let seq = info.stream_sequence;
+            if seq <= last.max(after) {
+                backwards = Some(format!(
+                    "the stream delivered sequence {seq} after {}: its sequence went backwards",
+                    last.max(after)
+                ));
+                break;
+            }
+            pending = Some(info.pending);
+            let subject = parse_subject(&prefix, &message.subject);
+            if let Some(Subject::Index { .. }) = subject {
+                // The generation ended here: apply what came before, stop.
+                generation_ended = true;
+                break;
+            }
+            last = seq;
+            match subject {
+                Some(Subject::Fingerprint { id, .. }) => {
+                    match FingerprintPayload::decode(&message.payload) {
+                        Ok(FingerprintPayload { h: Some(hashes) }) => {
+                            changes.push(Change::Insert { id, hashes })
+                        }
+                        Ok(FingerprintPayload { h: None }) => changes.push(Change::Delete { id }),
+                        Err(e) => bad_message(&message.subject, seq, &e),
+                    }
                 }
-                Ok(FingerprintPayload { h: None }) => changes.push(Change::Delete { id }),
-                Err(e) => {
-                    tracing::error!(subject = %message.subject, seq, error = %e, "skipping a message that is not a fingerprint state");
-                    metrics::counter!("fpnode_stream_bad_messages_total").increment(1);
+                Some(Subject::Metadata { key, .. }) => {
+                    match decode_payload::<MetadataPayload>(&message.payload) {
+                        Ok(m) => {
+                            metadata.insert(key, m.v);
+                        }
+                        Err(e) => bad_message(&message.subject, seq, &e),
+                    }
                 }
+                _ => bad_message(&message.subject, seq, &"not an index subject"),
             }
         }
-        if last == 0 {
+        if let Some(why) = backwards {
+            self.diverge(why);
             return Ok(());
         }
+        if let (Some(replica), Some(pending)) = (&self.args.handle.replica, pending) {
+            replica.fetched(pending);
+        }
+        if generation_ended {
+            tracing::info!(index = %self.args.handle.name, "generation ended in the stream; waiting to be replaced");
+            self.parked = true;
+        }
+        if last == 0 {
+            drop(permit);
+            if !generation_ended && pending.unwrap_or(0) == 0 {
+                self.loaded().await;
+            }
+            return Ok(());
+        }
+        let caught_up = pending == Some(0) || self.target.is_some_and(|t| last >= t);
         let writer = self
             .args
             .handle
@@ -218,23 +361,29 @@ impl SubscriberState {
             .ok_or_else(|| "index writer is restarting".to_string())?;
         let after = Position(self.after);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut batch = Batch::new(Position(last), changes);
+        batch.metadata = metadata;
         writer
-            .cast(WriterMsg::Apply(
-                Batch::new(Position(last), changes),
-                after,
-                tx.into(),
-            ))
+            .cast(WriterMsg::Apply(batch, after, tx.into()))
             .map_err(|e| e.to_string())?;
         self.after = last;
         self.failures = 0;
-        let (me, name) = (myself.clone(), self.args.handle.name.clone());
+        let (me, handle) = (myself.clone(), self.args.handle.clone());
         tokio::spawn(async move {
             let outcome = rx.await;
             drop(permit);
             match outcome {
                 Ok(Ok(applied)) => {
-                    metrics::gauge!("fpnode_stream_applied_sequence", "index" => name)
+                    metrics::gauge!("fpnode_stream_applied_sequence", "index" => handle.name.clone())
                         .set(applied.0 as f64);
+                    if let Some(replica) = &handle.replica {
+                        if caught_up {
+                            replica
+                                .loading
+                                .store(false, std::sync::atomic::Ordering::Release);
+                        }
+                        replica.applied.notify_waiters();
+                    }
                 }
                 Ok(Err(e)) => {
                     let _ = me.cast(SubscriberMsg::Failed(e.to_string()));
@@ -246,4 +395,9 @@ impl SubscriberState {
         });
         Ok(())
     }
+}
+
+fn bad_message(subject: &str, seq: u64, error: &dyn std::fmt::Display) {
+    tracing::error!(subject, seq, error = %error, "skipping a message that is not an index state");
+    metrics::counter!("fpnode_stream_bad_messages_total").increment(1);
 }

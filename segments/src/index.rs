@@ -188,6 +188,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Index {
     /// Creates a new, empty index in `dir` (which must not hold one yet).
     pub fn create(dir: &Path, generation: Generation, opts: IndexOptions) -> Result<Index> {
+        Index::create_at(dir, generation, Position(0), opts)
+    }
+
+    /// Creates a new, empty index whose position starts at `start` (a replica's
+    /// index starts at the stream sequence of its create record), so the first
+    /// batch it accepts is the one after `start`.
+    pub fn create_at(
+        dir: &Path,
+        generation: Generation,
+        start: Position,
+        opts: IndexOptions,
+    ) -> Result<Index> {
         fs::create_dir_all(dir.join(SEGMENTS_DIR)).at(dir)?;
         if Manifest::load(dir)?.is_some() {
             return Err(Error::InvalidInput(format!(
@@ -197,6 +209,7 @@ impl Index {
         }
         let manifest = Manifest {
             generation,
+            checkpoint_position: start,
             next_segment_id: 1,
             ..Manifest::default()
         };

@@ -124,6 +124,8 @@ pub enum Out {
     UInt(u64),
     Bool(bool),
     Str(String),
+    /// `null` / MessagePack nil.
+    Nil,
 }
 
 impl Out {
@@ -182,6 +184,7 @@ impl Serialize for OutIn<'_> {
             Out::UInt(n) => s.serialize_u64(*n),
             Out::Bool(b) => s.serialize_bool(*b),
             Out::Str(v) => s.serialize_str(v),
+            Out::Nil => s.serialize_none(),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum ApiError {
     Overloaded,
     #[error("InternalError")]
     Internal,
+    /// Replica mode: the index is bootstrapping from the stream.
+    #[error("LOADING")]
+    Loading,
 }
 
 impl ApiError {
@@ -63,7 +66,7 @@ impl ApiError {
             | OlderIndexAlreadyExists
             | NewerIndexAlreadyExists => StatusCode::CONFLICT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IndexNotReady | SearchTimeout | Unavailable | Overloaded => {
+            IndexNotReady | SearchTimeout | Unavailable | Overloaded | Loading => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,7 +76,10 @@ impl ApiError {
     /// Seconds a client should wait before retrying, for errors that pass.
     pub fn retry_after(self) -> Option<u32> {
         match self {
-            ApiError::Overloaded | ApiError::Unavailable | ApiError::IndexNotReady => Some(1),
+            ApiError::Overloaded
+            | ApiError::Unavailable
+            | ApiError::IndexNotReady
+            | ApiError::Loading => Some(1),
             _ => None,
         }
     }

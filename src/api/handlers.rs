@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use fpnode_actors::index_supervisor::Child;
 use fpnode_actors::node::NodeError;
 use fpnode_actors::registry::valid_index_name;
+use fpnode_actors::replication::{PublishError, fresh_request_key};
 use fpnode_actors::{
-    CreateIndex, IndexHandle, RegistryError, SearchError, WriteError, WriteRequest,
+    CreateIndex, CreateOutcome, IndexHandle, RegistryError, SearchError, WriteError, WriteRequest,
 };
 use fpnode_segments::{Change, MetadataDelta, SearchOptions};
 
@@ -49,6 +50,8 @@ pub struct Req {
     format: Format,
     req_format: std::result::Result<Format, ApiError>,
     body: Bytes,
+    /// The client's `Idempotency-Key` header (writes in replica mode).
+    idempotency_key: Option<String>,
 }
 
 impl FromRequest<AppState> for Req {
@@ -75,6 +78,11 @@ impl Req {
             format: response_format(headers, has_body),
             req_format: codec::request_format(headers, has_body),
             body,
+            idempotency_key: headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -141,6 +149,87 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::Invalid(_) => ApiError::BadRequest,
         WriteError::IndexDeleted => ApiError::IndexNotFound,
         WriteError::Gap { .. } => ApiError::Unavailable,
+    }
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    match e {
+        PublishError::VersionMismatch { .. } => ApiError::VersionMismatch,
+        PublishError::Conflict(r) => node_error(NodeError::Registry(r)),
+        PublishError::Unavailable(why) => {
+            tracing::warn!(%why, "write not accepted by the stream");
+            metrics::counter!("fpnode_publish_failures_total").increment(1);
+            ApiError::Unavailable
+        }
+    }
+}
+
+/// Applies a write: locally (standalone), or through the stream (replica:
+/// answered once the stream acknowledged it and this node applied it).
+async fn write(
+    state: &AppState,
+    h: &IndexHandle,
+    request: WriteRequest,
+    key: Option<&str>,
+) -> std::result::Result<u64, ApiError> {
+    let Some(replication) = &state.replication else {
+        return h
+            .write(request, state.write_wait)
+            .await
+            .map(|v| v.0)
+            .map_err(write_error);
+    };
+    if let Some(why) = h.replica.as_ref().and_then(|r| r.diverged()) {
+        tracing::warn!(index = %h.name, %why, "write refused: the index stopped following the stream");
+        return Err(ApiError::Unavailable);
+    }
+    let _permit = tokio::time::timeout(state.write_wait, h.write_permits.clone().acquire_owned())
+        .await
+        .map_err(|_| write_error(WriteError::Overloaded("too many writes in flight".into())))?
+        .map_err(|_| ApiError::Unavailable)?;
+    let key = key.map_or_else(fresh_request_key, str::to_string);
+    let Some(version) = replication
+        .publish_update(&h.name, &request, &key)
+        .await
+        .map_err(publish_error)?
+    else {
+        return Ok(h.version().0);
+    };
+    if h.wait_applied(version, replication.opts.apply_wait).await {
+        return Ok(version);
+    }
+    if h.is_deleted() {
+        return Err(ApiError::IndexNotFound);
+    }
+    tracing::warn!(index = %h.name, version, "write is in the stream but was not applied here in time");
+    Err(ApiError::Unavailable)
+}
+
+/// Waits until this node's index `name` satisfies `done` (replica-mode
+/// lifecycle changes land through the stream), at most `wait`.
+async fn wait_for_index<F>(
+    state: &AppState,
+    name: &str,
+    wait: Duration,
+    done: F,
+) -> std::result::Result<Option<Arc<IndexHandle>>, ApiError>
+where
+    F: Fn(Option<&IndexHandle>) -> bool,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        let h = state.node.get(name).await.map_err(node_error)?;
+        if done(h.as_deref()) {
+            return Ok(h);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                index = name,
+                "index change is in the stream but was not applied here in time"
+            );
+            return Err(ApiError::Unavailable);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -245,6 +334,7 @@ pub async fn index_health(
     let format = response_format(&headers, false);
     match lookup(&state, &index).await {
         Ok(h) if h.is_deleted() => StatusCode::NOT_FOUND.into_response(),
+        Ok(h) if h.is_loading() => (StatusCode::SERVICE_UNAVAILABLE, "LOADING\n").into_response(),
         Ok(h) if h.is_healthy() => "OK\n".into_response(),
         Ok(_) => Failure {
             format,
@@ -293,17 +383,39 @@ pub async fn create_index(
         return Err(r.fail(ApiError::InvalidIndexName));
     }
     let req: CreateIndexRequest = r.decode_or_default()?;
-    let outcome = state
-        .node
-        .create(
-            &index,
-            CreateIndex {
-                expect_does_not_exist: req.expect_does_not_exist,
-                generation: req.generation,
-            },
-        )
-        .await
-        .map_err(|e| r.fail(node_error(e)))?;
+    let req = CreateIndex {
+        expect_does_not_exist: req.expect_does_not_exist,
+        generation: req.generation,
+    };
+    let outcome = match &state.replication {
+        None => state
+            .node
+            .create(&index, req)
+            .await
+            .map_err(|e| r.fail(node_error(e)))?,
+        Some(replication) => {
+            let (record, _) = replication
+                .publish_create(&index, &req)
+                .await
+                .map_err(|e| r.fail(publish_error(e)))?;
+            let h = wait_for_index(&state, &index, replication.opts.apply_wait, |h| {
+                h.is_some_and(|h| h.generation.0 == record.g)
+            })
+            .await
+            .map_err(|e| r.fail(e))?
+            .ok_or_else(|| r.fail(ApiError::Unavailable))?;
+            // A new index is ready as soon as its subscriber found nothing to
+            // replay; one with a backlog answers `ready: false`.
+            let wait = replication.opts.apply_wait.min(Duration::from_secs(1));
+            let _ =
+                wait_for_index(&state, &index, wait, |h| h.is_none_or(|h| !h.is_loading())).await;
+            CreateOutcome {
+                version: h.version().0,
+                ready: !h.is_loading(),
+                generation: record.g,
+            }
+        }
+    };
     Ok(r.ok(Out::map([
         (field("version"), Out::UInt(outcome.version)),
         (field("ready"), Out::Bool(outcome.ready)),
@@ -320,11 +432,29 @@ pub async fn delete_index(
         return Err(r.fail(ApiError::InvalidIndexName));
     }
     let req: DeleteIndexRequest = r.decode_or_default()?;
-    let deleted = state
-        .node
-        .delete(&index, req.expect_exists)
-        .await
-        .map_err(|e| r.fail(node_error(e)))?;
+    let deleted = match &state.replication {
+        None => state
+            .node
+            .delete(&index, req.expect_exists)
+            .await
+            .map_err(|e| r.fail(node_error(e)))?,
+        Some(replication) => match replication
+            .publish_delete(&index)
+            .await
+            .map_err(|e| r.fail(publish_error(e)))?
+        {
+            None if req.expect_exists => return Err(r.fail(ApiError::IndexNotFound)),
+            None => false,
+            Some(g) => {
+                wait_for_index(&state, &index, replication.opts.apply_wait, |h| {
+                    h.is_none_or(|h| h.generation.0 > g)
+                })
+                .await
+                .map_err(|e| r.fail(e))?;
+                true
+            }
+        },
+    };
     Ok(r.ok(Out::map([(field("deleted"), Out::Bool(deleted))])))
 }
 
@@ -335,8 +465,13 @@ pub async fn index_status(
 ) -> Result<Response> {
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let s = h.index.stats();
-    Ok(r.ok(Out::map([
-        (full("mode"), Out::Str("standalone".into())),
+    let mode = if state.replication.is_some() {
+        "replica"
+    } else {
+        "standalone"
+    };
+    let mut status = vec![
+        (full("mode"), Out::Str(mode.into())),
         (full("generation"), Out::UInt(s.generation.0)),
         (full("version"), Out::UInt(s.applied.0)),
         (full("applied_version"), Out::UInt(s.applied.0)),
@@ -351,7 +486,28 @@ pub async fn index_status(
         (full("file_segments"), Out::UInt(s.file_segments as u64)),
         (full("memory_postings"), Out::UInt(s.memory_postings)),
         (full("file_bytes"), Out::UInt(s.file_bytes)),
-    ])))
+    ];
+    if let (Some(replication), Some(replica)) = (&state.replication, &h.replica) {
+        let ms = |d: Option<Duration>| d.map_or(Out::Nil, |d| Out::UInt(d.as_millis() as u64));
+        status.push((
+            full("stream"),
+            Out::map([
+                (full("connected"), Out::Bool(replication.is_connected())),
+                (
+                    full("disconnected_ms"),
+                    ms(replication.link.disconnected_for()),
+                ),
+                (full("loading"), Out::Bool(replica.loading())),
+                (full("lag"), Out::UInt(replica.pending())),
+                (full("last_fetch_ms"), ms(replica.since_last_fetch())),
+                (
+                    full("diverged"),
+                    replica.diverged().map_or(Out::Nil, Out::Str),
+                ),
+            ]),
+        ));
+    }
+    Ok(r.ok(Out::map(status)))
 }
 
 /// Streams an archive of the index (docs/segment-format.md): a checkpoint
@@ -442,6 +598,9 @@ pub async fn search(
         return Err(r.fail(ApiError::QueryTooLong));
     }
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
+    if h.is_loading() {
+        return Err(r.fail(ApiError::Loading));
+    }
     let timeout = match req.timeout {
         None | Some(0) => DEFAULT_TIMEOUT_MS,
         Some(t) => t.min(MAX_TIMEOUT_MS),
@@ -517,18 +676,15 @@ pub async fn update(
         .map(|(k, v)| (k, Some(v)))
         .collect();
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
-    let version = h
-        .write(
-            WriteRequest {
-                changes,
-                metadata,
-                expected_version: req.expected_version,
-            },
-            state.write_wait,
-        )
+    let request = WriteRequest {
+        changes,
+        metadata,
+        expected_version: req.expected_version,
+    };
+    let version = write(&state, &h, request, r.idempotency_key.as_deref())
         .await
-        .map_err(|e| r.fail(write_error(e)))?;
-    Ok(r.ok(Out::map([(field("version"), Out::UInt(version.0))])))
+        .map_err(|e| r.fail(e))?;
+    Ok(r.ok(Out::map([(field("version"), Out::UInt(version))])))
 }
 
 // --- single fingerprints ---
@@ -563,7 +719,9 @@ pub async fn put_fingerprint(
         id,
         hashes: req.hashes,
     };
-    write_one(&state, &h, change).await.map_err(|e| r.fail(e))?;
+    write_one(&state, &h, change, &r)
+        .await
+        .map_err(|e| r.fail(e))?;
     Ok(r.ok(Out::empty()))
 }
 
@@ -574,7 +732,7 @@ pub async fn delete_fingerprint(
 ) -> Result<Response> {
     let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
-    write_one(&state, &h, Change::Delete { id })
+    write_one(&state, &h, Change::Delete { id }, &r)
         .await
         .map_err(|e| r.fail(e))?;
     Ok(r.ok(Out::empty()))
@@ -584,17 +742,15 @@ async fn write_one(
     state: &AppState,
     h: &IndexHandle,
     change: Change,
+    r: &Req,
 ) -> std::result::Result<(), ApiError> {
-    h.write(
-        WriteRequest {
-            changes: vec![change],
-            ..WriteRequest::default()
-        },
-        state.write_wait,
-    )
-    .await
-    .map(|_| ())
-    .map_err(write_error)
+    let request = WriteRequest {
+        changes: vec![change],
+        ..WriteRequest::default()
+    };
+    write(state, h, request, r.idempotency_key.as_deref())
+        .await
+        .map(|_| ())
 }
 
 // --- test hooks ---

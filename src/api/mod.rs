@@ -10,6 +10,7 @@ pub mod error;
 mod handlers;
 mod types;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fpnode_actors::Node;
+use fpnode_actors::replication::Replication;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use codec::Format;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub write_wait: Duration,
     /// Enables `POST /_debug/fail/{index}/{child}` (tests only).
     pub fault_injection: bool,
+    /// Replica mode: writes go to this stream.
+    pub replication: Option<Arc<Replication>>,
 }
 
 impl std::fmt::Debug for AppState {
