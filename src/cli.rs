@@ -32,6 +32,25 @@ pub enum Command {
     /// Create an index from an archive made by `GET /:index/_snapshot` (no node
     /// may be serving the data directory).
     Restore(RestoreArgs),
+    /// Write every fingerprint of an index, sorted by id, in the format
+    /// `fpnode import` reads (no node may be serving the data directory). Holds
+    /// the whole index in memory: meant for checks and small indexes.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Data directory of the node.
+    #[arg(long, env = "FPNODE_DIR", default_value = "./data")]
+    pub dir: PathBuf,
+    /// Name of the index to export.
+    #[arg(long)]
+    pub index: String,
+    /// Output file; `-` or absent writes standard output.
+    #[arg(long)]
+    pub output: Option<String>,
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: InputFormat,
 }
 
 #[derive(Debug, Clone, Args)]

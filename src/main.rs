@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Some(Command::Import(args)) => return offline(tools::import(args)),
         Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
         Some(Command::Restore(args)) => return offline(tools::restore(args)),
+        Some(Command::Export(args)) => return offline(tools::export(args)),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -15,7 +15,7 @@ use fpnode_segments::index::{IndexOptions, WAL_DIR};
 use fpnode_segments::{Generation, Index, Position};
 use serde::Deserialize;
 
-use crate::cli::{ImportArgs, InputFormat, InspectArgs, RestoreArgs};
+use crate::cli::{ExportArgs, ImportArgs, InputFormat, InspectArgs, RestoreArgs};
 
 /// One fingerprint of an import stream: `{"id": 1, "hashes": [...]}` in NDJSON,
 /// or a map with `i`/`h` (or the full names) in MessagePack.
@@ -157,6 +157,58 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         header.segments.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    if !valid_index_name(&args.index) {
+        bail!(
+            "invalid index name {:?}: use [A-Za-z0-9_-]{{1,255}}",
+            args.index
+        );
+    }
+    let Some(dir) = current_generation_dir(&args.dir, &args.index)
+        .with_context(|| format!("no index {} in {}", args.index, args.dir.display()))?
+    else {
+        bail!("no index {} in {}", args.index, args.dir.display());
+    };
+    let index = Index::open(&dir, IndexOptions::default())
+        .with_context(|| format!("cannot open index {}", args.index))?;
+    let all = index
+        .snapshot()
+        .dump()
+        .with_context(|| format!("reading index {}", args.index))?;
+    let out: Box<dyn Write> = match args.output.as_deref() {
+        None | Some("-") => Box::new(std::io::stdout().lock()),
+        Some(path) => {
+            Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?)
+        }
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    #[derive(serde::Serialize)]
+    struct Full<'a> {
+        id: u32,
+        hashes: &'a [u32],
+    }
+    #[derive(serde::Serialize)]
+    struct Short<'a> {
+        i: u32,
+        h: &'a [u32],
+    }
+    for (id, hashes) in &all {
+        match args.format {
+            InputFormat::Ndjson => {
+                serde_json::to_writer(&mut out, &Full { id: *id, hashes })?;
+                out.write_all(b"\n")?;
+            }
+            InputFormat::Msgpack => {
+                rmp_serde::encode::write_named(&mut out, &Short { i: *id, h: hashes })?;
+            }
+        }
+    }
+    out.flush().context("writing the export")?;
+    eprintln!("exported {} fingerprints of {}", all.len(), args.index);
     Ok(())
 }
 

@@ -205,3 +205,67 @@ async fn a_snapshot_restores_into_an_identical_index_elsewhere() {
         );
     }
 }
+
+/// `fpnode export` writes what `fpnode import` reads: a round trip gives the
+/// same fingerprints (sorted ids, sorted distinct hashes), in both formats.
+#[test]
+fn export_writes_what_import_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut ndjson = Vec::new();
+    let mut expected = Vec::new();
+    for id in (1..=300u32).rev() {
+        let mut h = hashes(id);
+        h.push(h[0]); // a repeated hash counts once
+        writeln!(ndjson, "{}", json!({ "id": id, "hashes": h })).unwrap();
+        let mut sorted = hashes(id);
+        sorted.sort_unstable();
+        sorted.dedup();
+        expected.push(json!({ "id": id, "hashes": sorted }));
+    }
+    expected.reverse();
+    let out = fpnode(
+        &["import", "--dir", d, "--index", "a", "--format", "ndjson"],
+        &ndjson,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fpnode(&["export", "--dir", d, "--index", "a"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines == expected,
+        "export differs from the imported fingerprints"
+    );
+    // MessagePack export imports into an equal index.
+    let out = fpnode(
+        &["export", "--dir", d, "--index", "a", "--format", "msgpack"],
+        b"",
+    );
+    assert!(out.status.success());
+    let back = fpnode(&["import", "--dir", d, "--index", "b"], &out.stdout);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    let again = fpnode(&["export", "--dir", d, "--index", "b"], b"");
+    assert_eq!(
+        String::from_utf8(again.stdout).unwrap().lines().count(),
+        300
+    );
+    let missing = fpnode(&["export", "--dir", d, "--index", "nope"], b"");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no index nope"));
+}

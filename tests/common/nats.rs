@@ -1,5 +1,5 @@
 //! Starts a real nats-server (JetStream on, random port, temporary store) for a
-//! test and kills it when dropped. The binary is `$FPNODE_NATS_SERVER` or
+//! test and kills it when dropped (or on demand, to restart it on the same port). The binary is `$FPNODE_NATS_SERVER` or
 //! `nats-server` on PATH (scripts/setup installs a pinned one).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,6 +13,38 @@ pub struct NatsServer {
     pub store: tempfile::TempDir,
 }
 
+/// Every acknowledged message is fsynced (`sync_interval: always`), as
+/// docs/replication.md recommends for production: a killed server then never
+/// loses what it acknowledged.
+fn spawn(port: u16, store: &std::path::Path) -> Child {
+    let bin = std::env::var("FPNODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let conf = store.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+            store.join("js")
+        ),
+    )
+    .unwrap();
+    let child = Command::new(&bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} (run scripts/setup): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 impl NatsServer {
     pub fn start() -> NatsServer {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -21,27 +53,26 @@ impl NatsServer {
             .unwrap()
             .port();
         let store = tempfile::tempdir().unwrap();
-        let bin = std::env::var("FPNODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(&bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (run scripts/setup): {e}"));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn(port, store.path());
         NatsServer {
             child: Some(child),
             port,
             store,
         }
+    }
+
+    /// SIGKILL: the server is gone until `restart`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(self.port, self.store.path()));
     }
 
     pub fn url(&self) -> String {
@@ -51,9 +82,6 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }

@@ -1,0 +1,437 @@
+//! Replica mode end to end: real `fpnode` binaries following a real
+//! nats-server. Writes through any replica converge on every replica; a
+//! replica that was down through a delete + recreate holds only the new
+//! generation; the same request sent twice (through two nodes) is applied
+//! once; a new replica answers `503 LOADING` until it caught up; with NATS
+//! down reads keep answering and writes fail fast; a replica SIGKILLed during
+//! writes catches up without losing or doubling anything.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Api, Node};
+use nats::NatsServer;
+use serde_json::{Value, json};
+
+type Model = BTreeMap<u32, Vec<u32>>;
+
+async fn replica(nats: &NatsServer, extra: &[&str]) -> Node {
+    let url = nats.url();
+    let mut args = vec!["--mode", "replica", "--nats-url", url.as_str()];
+    args.extend_from_slice(extra);
+    Node::start(&args).await
+}
+
+/// Distinct, sorted hashes for fingerprint `id` in round `round`.
+fn hashes(id: u32, round: u32) -> Vec<u32> {
+    (0..12)
+        .map(|k| id.wrapping_mul(7919) ^ (round << 20) ^ (k * 104_729))
+        .collect::<std::collections::BTreeSet<u32>>()
+        .into_iter()
+        .collect()
+}
+
+/// One `_update` of `ids` (every 5th id of an odd round is deleted instead),
+/// applied to `model` once acknowledged. Returns the answer's version.
+async fn update(api: &Api, ids: &[u32], round: u32, model: &mut Model) -> u64 {
+    let mut changes = Vec::new();
+    let mut next = model.clone();
+    for &id in ids {
+        if round % 2 == 1 && id % 5 == 0 {
+            changes.push(json!({"delete": {"id": id}}));
+            next.remove(&id);
+        } else {
+            let h = hashes(id, round);
+            changes.push(json!({"insert": {"id": id, "hashes": h}}));
+            next.insert(id, h);
+        }
+    }
+    let a = api
+        .call("POST", "/main/_update", Some(json!({"changes": changes})))
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    *model = next;
+    a.body[api.k("version")].as_u64().unwrap()
+}
+
+async fn status(api: &Api) -> Value {
+    let a = api.call("GET", "/main/_status", None).await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body
+}
+
+async fn version(api: &Api) -> u64 {
+    status(api).await["version"].as_u64().unwrap()
+}
+
+/// Polls until `api`'s index is at `v` or later; returns how long it took.
+async fn wait_version(api: &Api, v: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let a = api.call("GET", "/main/_status", None).await;
+        if a.status == 200 && a.body["version"].as_u64().unwrap_or(0) >= v {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{} did not reach version {v} within {timeout:?}: {:?}",
+            api.base,
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Every fingerprint of `main` in a stopped node's data directory.
+fn export(node: &Node) -> Model {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fpnode"))
+        .args(["export", "--index", "main", "--dir"])
+        .arg(node.data_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let h = v["hashes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            (v["id"].as_u64().unwrap() as u32, h)
+        })
+        .collect()
+}
+
+async fn search_ids(api: &Api, query: &[u32]) -> Vec<u64> {
+    let a = api
+        .call("POST", "/main/_search", Some(json!({"query": query})))
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    a.body[api.k("results")]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[api.k("id")].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_through_either_replica_converge_on_both() {
+    let nats = NatsServer::start();
+    let mut a = replica(&nats, &[]).await;
+    let mut b = replica(&nats, &[]).await;
+    let (ja, mb) = (Api::json(&a), Api::msgpack(&b));
+    let created = ja.call("PUT", "/main", None).await;
+    assert_eq!(created.status, 200, "{:?}", created.body);
+    assert_eq!(created.body["generation"], 1);
+    // Two writers at once, each through its own replica, on disjoint ids.
+    let writer = |api: Api, base: u32| async move {
+        let mut model = Model::new();
+        let mut last = 0;
+        for round in 0..12 {
+            let ids: Vec<u32> = (base..base + 40).collect();
+            last = update(&api, &ids, round, &mut model).await;
+        }
+        (model, last)
+    };
+    let ((model_a, va), (model_b, vb)) =
+        tokio::join!(writer(ja.clone(), 1), writer(mb.clone(), 1001));
+    // Read-your-writes: each replica has its own last write already.
+    assert!(version(&ja).await >= va);
+    assert!(version(&mb).await >= vb);
+    let meta = ja
+        .call(
+            "POST",
+            "/main/_update",
+            Some(json!({"changes": [], "metadata": {"source": "a"}})),
+        )
+        .await;
+    assert_eq!(meta.status, 200);
+    let last = meta.body["version"].as_u64().unwrap().max(va).max(vb);
+    // Both replicas reach the last acknowledged version within 1 s.
+    let lag = wait_version(&ja, last, Duration::from_secs(1))
+        .await
+        .max(wait_version(&mb, last, Duration::from_secs(1)).await);
+    eprintln!("converged {lag:?} after the last acknowledgement");
+    assert_eq!(version(&ja).await, version(&mb).await);
+    let (ga, gb) = (
+        ja.call("GET", "/main", None).await,
+        Api::json(&b).call("GET", "/main", None).await,
+    );
+    assert_eq!(ga.body, gb.body);
+    assert_eq!(ga.body["metadata"]["source"], "a");
+    let mut model = model_a;
+    model.extend(model_b);
+    for (id, h) in model.iter().step_by(37) {
+        let on_a = search_ids(&ja, h).await;
+        assert_eq!(on_a.first(), Some(&u64::from(*id)));
+        assert_eq!(on_a, search_ids(&mb, h).await);
+    }
+    a.terminate();
+    b.terminate();
+    let (ea, eb) = (export(&a), export(&b));
+    assert_eq!(ea, model, "replica a differs from the acknowledged writes");
+    assert_eq!(eb, model, "replica b differs from the acknowledged writes");
+}
+
+#[tokio::test]
+async fn a_replica_down_through_a_delete_and_recreate_holds_only_the_new_generation() {
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let mut b = replica(&nats, &[]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let mut old = Model::new();
+    let v = update(&ja, &(1..=100).collect::<Vec<_>>(), 0, &mut old).await;
+    wait_version(&jb, v, Duration::from_secs(5)).await;
+    b.terminate();
+
+    let deleted = ja.call("DELETE", "/main", None).await;
+    assert_eq!(deleted.body["deleted"], true);
+    let recreated = ja.call("PUT", "/main", None).await;
+    assert_eq!(recreated.body["generation"], 2, "{:?}", recreated.body);
+    let mut new = Model::new();
+    let v = update(&ja, &(50..=80).collect::<Vec<_>>(), 2, &mut new).await;
+
+    b.spawn().await;
+    let jb = Api::json(&b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = jb.call("GET", "/main/_status", None).await;
+        if s.status == 200 && s.body["generation"] == 2 && s.body["version"].as_u64() >= Some(v) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b did not follow: {:?}", s.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A fingerprint only the old generation had is not found.
+    assert!(search_ids(&jb, &old[&1]).await.is_empty());
+    assert_eq!(
+        jb.call("GET", "/main/1", None).await.status,
+        404,
+        "old generation's fingerprint leaked into the new one"
+    );
+    b.terminate();
+    assert_eq!(export(&b), new);
+}
+
+#[tokio::test]
+async fn the_same_request_through_two_replicas_is_applied_once() {
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let send = |node: &Node, key: &'static str| {
+        let client = reqwest::Client::new();
+        let url = node.url("/main/_update");
+        async move {
+            let r = client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", key)
+                .body(r#"{"changes":[{"insert":{"id":7,"hashes":[1,2,3]}},{"insert":{"id":8,"hashes":[4]}}]}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let before = version(&ja).await;
+    let (va, vb) = tokio::join!(send(&a, "req-1"), send(&b, "req-1"));
+    assert_eq!(va, vb, "both nodes must answer the single applied write");
+    let again = send(&a, "req-1").await;
+    assert_eq!(again, va);
+    wait_version(&jb, va, Duration::from_secs(2)).await;
+    assert_eq!(version(&ja).await, va, "the index moved past the one write");
+    assert_eq!(version(&jb).await, va);
+    // Two messages written once: the version moved by exactly one batch.
+    assert_eq!(va, before + 2);
+    // A different key is a different request.
+    let other = send(&b, "req-2").await;
+    assert!(other > va);
+}
+
+#[tokio::test]
+async fn a_new_replica_answers_loading_until_it_caught_up() {
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let ma = Api::msgpack(&a);
+    assert_eq!(ma.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    let mut last = 0;
+    for batch in 0..30u32 {
+        let ids: Vec<u32> = (batch * 1000 + 1..=batch * 1000 + 1000).collect();
+        last = update(&ma, &ids, 0, &mut model).await;
+    }
+    // Small fetches make the replay take long enough to watch.
+    let c = replica(&nats, &["--fetch-max", "50"]).await;
+    let jc = Api::json(&c);
+    let (mut loading, mut searched_loading) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let h = jc.call("GET", "/main/_health", None).await;
+        match h.status {
+            404 => {}
+            503 => {
+                assert_eq!(h.body, Value::String("LOADING\n".into()));
+                loading += 1;
+                if !searched_loading {
+                    let s = jc
+                        .call("POST", "/main/_search", Some(json!({"query": [1]})))
+                        .await;
+                    if s.status == 503 {
+                        assert_eq!(s.body["error"], "LOADING");
+                        assert!(s.retry_after.is_some());
+                        searched_loading = true;
+                    }
+                }
+            }
+            200 => break,
+            other => panic!("unexpected {other}: {:?}", h.body),
+        }
+        assert!(Instant::now() < deadline, "replica never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(loading > 0, "never saw LOADING");
+    assert!(searched_loading, "no search was refused while loading");
+    // Ready means caught up with what the stream held when it started.
+    assert!(version(&jc).await >= last);
+    for (id, h) in model.iter().step_by(997) {
+        assert_eq!(search_ids(&jc, h).await.first(), Some(&u64::from(*id)));
+    }
+    let (sa, sc) = (status(&ma).await, status(&jc).await);
+    assert_eq!(sa["num_docs"], sc["num_docs"]);
+}
+
+#[tokio::test]
+async fn with_nats_down_reads_answer_writes_fail_fast_and_nothing_acknowledged_is_lost() {
+    let mut nats = NatsServer::start();
+    let mut a = replica(&nats, &[]).await;
+    let mut b = replica(&nats, &[]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    for round in 0..3 {
+        update(&ja, &(1..=50).collect::<Vec<_>>(), round, &mut model).await;
+    }
+    let probe = model[&1].clone();
+
+    nats.kill();
+    let down = Instant::now();
+    let (mut reads, mut refused, mut slowest) = (0, 0, Duration::ZERO);
+    while down.elapsed() < Duration::from_secs(10) {
+        for api in [&ja, &jb] {
+            assert_eq!(search_ids(api, &probe).await.first(), Some(&1));
+            reads += 1;
+        }
+        let t = Instant::now();
+        let w = jb
+            .call(
+                "POST",
+                "/main/_update",
+                Some(json!({"changes": [{"insert": {"id": 999, "hashes": [1]}}]})),
+            )
+            .await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(w.status, 503, "{:?}", w.body);
+        assert!(w.retry_after.is_some());
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = status(&ja).await;
+    assert_eq!(s["stream"]["connected"], false, "{s:?}");
+    assert!(
+        s["stream"]["disconnected_ms"].as_u64().unwrap() >= 5_000,
+        "{s:?}"
+    );
+    eprintln!(
+        "NATS down 10 s: {reads} reads answered, {refused} writes refused, slowest refusal {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a write took {slowest:?} to fail"
+    );
+
+    nats.restart();
+    // Writes come back once the client reconnected (backoff with jitter).
+    let back = Instant::now();
+    loop {
+        let w = ja
+            .call(
+                "POST",
+                "/main/_update",
+                Some(json!({"changes": [{"insert": {"id": 60, "hashes": [60]}}]})),
+            )
+            .await;
+        if w.status == 200 {
+            model.insert(60, vec![60]);
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "writes did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut last = 0;
+    for round in 3..6 {
+        last = update(&jb, &(1..=50).collect::<Vec<_>>(), round, &mut model).await;
+    }
+    wait_version(&ja, last, Duration::from_secs(5)).await;
+    assert_eq!(status(&ja).await["stream"]["connected"], true);
+    a.terminate();
+    b.terminate();
+    assert_eq!(export(&a), model);
+    assert_eq!(export(&b), model);
+}
+
+#[tokio::test]
+async fn a_replica_killed_during_writes_catches_up_without_loss_or_doubles() {
+    let nats = NatsServer::start();
+    let mut a = replica(&nats, &[]).await;
+    let mut b = replica(&nats, &["--checkpoint-threshold", "2000"]).await;
+    let ma = Api::msgpack(&a);
+    assert_eq!(ma.call("PUT", "/main", None).await.status, 200);
+    let writes = {
+        let ma = ma.clone();
+        tokio::spawn(async move {
+            let mut model = Model::new();
+            let mut last = 0;
+            for round in 0..60u32 {
+                let ids: Vec<u32> = (1..=200).filter(|i| i % 3 == round % 3).collect();
+                last = update(&ma, &ids, round, &mut model).await;
+            }
+            (model, last)
+        })
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.kill();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.spawn().await;
+    }
+    let (model, last) = writes.await.unwrap();
+    let jb = Api::json(&b);
+    wait_version(&jb, last, Duration::from_secs(10)).await;
+    a.terminate();
+    b.terminate();
+    assert_eq!(export(&b), model, "the killed replica differs");
+    assert_eq!(export(&a), model);
+}
