@@ -70,6 +70,7 @@ pub struct RestoreArgs {
 pub enum Mode {
     Standalone,
     Replica,
+    Proxy,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -163,8 +164,9 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_PRELOAD")]
     pub preload: bool,
 
-    /// `standalone` (local writes, no NATS) or `replica` (follows the NATS
-    /// JetStream stream; writes are published to it).
+    /// `standalone` (local writes, no NATS), `replica` (follows the NATS
+    /// JetStream stream; writes are published to it) or `proxy` (no data:
+    /// publishes writes, forwards reads to --replicas).
     #[arg(long, env = "FPNODE_MODE", value_enum, default_value = "standalone")]
     pub mode: Mode,
 
@@ -192,6 +194,14 @@ pub struct ServeArgs {
     /// acknowledged it (read-your-writes), in ms.
     #[arg(long, env = "FPNODE_APPLY_WAIT_MS", default_value_t = 10_000)]
     pub apply_wait_ms: u64,
+
+    /// Proxy mode: base URLs of the replicas reads go to, comma separated.
+    #[arg(long, env = "FPNODE_REPLICAS", value_delimiter = ',')]
+    pub replicas: Vec<String>,
+
+    /// Proxy mode: how long a forwarded read may take, in ms.
+    #[arg(long, env = "FPNODE_FORWARD_TIMEOUT_MS", default_value_t = 15_000)]
+    pub forward_timeout_ms: u64,
 
     /// Messages a replica fetches from the stream at once.
     #[arg(long, env = "FPNODE_FETCH_MAX", default_value_t = 4_000)]

@@ -81,12 +81,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
 
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create data directory {}", args.dir.display()))?;
-    let probe = args.dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("data directory {} is not writable", args.dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    if args.mode != Mode::Proxy {
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("cannot create data directory {}", args.dir.display()))?;
+        let probe = args.dir.join(".write-test");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("data directory {} is not writable", args.dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+    }
 
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -96,37 +98,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the listening address")?;
 
-    let index = IndexOptions {
-        checkpoint_threshold: args.checkpoint_threshold.max(1),
-        checkpoint_age: Duration::from_millis(args.checkpoint_age_ms),
-        stall_timeout: Duration::from_millis(args.stall_timeout_ms),
-        open: fpnode_segments::file_segment::OpenOptions {
-            preload: args.preload,
-        },
-        ..IndexOptions::default()
-    };
     let replication = match args.mode {
         Mode::Standalone => None,
-        Mode::Replica => Some(connect_stream(&args).await?),
+        Mode::Replica | Mode::Proxy => Some(connect_stream(&args).await?),
     };
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let node = Box::pin(Node::start(NodeOptions {
-        dir: args.dir.clone(),
-        index,
-        supervision: SupervisionOptions::default(),
-        search_threads: args.search_threads.unwrap_or(cpus),
-        search_queue: args.search_queue,
-        max_writes_in_flight: args.max_writes_in_flight.max(1),
-        replication: replication.clone(),
-    }))
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the indexes in {}: {}",
-            args.dir.display(),
-            startup_cause(&e.to_string())
-        )
-    })?;
+    let (node, proxy) = match args.mode {
+        Mode::Proxy => {
+            let proxy = api::proxy::Proxy::start(
+                &args.replicas,
+                Duration::from_millis(args.forward_timeout_ms.max(1)),
+            )?;
+            (None, Some(proxy))
+        }
+        Mode::Standalone | Mode::Replica => {
+            (Some(start_node(&args, replication.clone()).await?), None)
+        }
+    };
 
     let state = AppState {
         node: node.clone(),
@@ -138,6 +125,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         write_wait: Duration::from_millis(args.write_wait_ms),
         fault_injection: args.enable_fault_injection,
         replication,
+        proxy,
     };
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
     axum::serve(listener, api::router(state))
@@ -145,8 +133,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     tracing::info!("shutting down");
-    node.shutdown().await;
+    if let Some(node) = node {
+        node.shutdown().await;
+    }
     Ok(())
+}
+
+/// Opens the data directory's indexes and starts the actor tree.
+async fn start_node(
+    args: &ServeArgs,
+    replication: Option<Arc<Replication>>,
+) -> anyhow::Result<Node> {
+    let index = IndexOptions {
+        checkpoint_threshold: args.checkpoint_threshold.max(1),
+        checkpoint_age: Duration::from_millis(args.checkpoint_age_ms),
+        stall_timeout: Duration::from_millis(args.stall_timeout_ms),
+        open: fpnode_segments::file_segment::OpenOptions {
+            preload: args.preload,
+        },
+        ..IndexOptions::default()
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Box::pin(Node::start(NodeOptions {
+        dir: args.dir.clone(),
+        index,
+        supervision: SupervisionOptions::default(),
+        search_threads: args.search_threads.unwrap_or(cpus),
+        search_queue: args.search_queue,
+        max_writes_in_flight: args.max_writes_in_flight.max(1),
+        replication,
+    }))
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the indexes in {}: {}",
+            args.dir.display(),
+            startup_cause(&e.to_string())
+        )
+    })
 }
 
 /// Replica mode: connects to NATS and checks (or creates) the stream. A stream

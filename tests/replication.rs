@@ -20,6 +20,17 @@ use serde_json::{Value, json};
 
 type Model = BTreeMap<u32, Vec<u32>>;
 
+/// A stateless proxy publishing to `nats` and reading from `replicas`.
+async fn proxy(nats: &NatsServer, replicas: &[&Node]) -> Node {
+    let url = nats.url();
+    let list = replicas
+        .iter()
+        .map(|r| r.url(""))
+        .collect::<Vec<_>>()
+        .join(",");
+    Node::start(&["--mode", "proxy", "--nats-url", &url, "--replicas", &list]).await
+}
+
 async fn replica(nats: &NatsServer, extra: &[&str]) -> Node {
     let url = nats.url();
     let mut args = vec!["--mode", "replica", "--nats-url", url.as_str()];
@@ -129,15 +140,16 @@ async fn search_ids(api: &Api, query: &[u32]) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn writes_through_either_replica_converge_on_both() {
+async fn writes_through_a_proxy_and_either_replica_converge_on_both() {
     let nats = NatsServer::start();
     let mut a = replica(&nats, &[]).await;
     let mut b = replica(&nats, &[]).await;
-    let (ja, mb) = (Api::json(&a), Api::msgpack(&b));
-    let created = ja.call("PUT", "/main", None).await;
+    let p = proxy(&nats, &[&a, &b]).await;
+    let (ja, mb, mp) = (Api::json(&a), Api::msgpack(&b), Api::msgpack(&p));
+    let created = mp.call("PUT", "/main", None).await;
     assert_eq!(created.status, 200, "{:?}", created.body);
-    assert_eq!(created.body["generation"], 1);
-    // Two writers at once, each through its own replica, on disjoint ids.
+    assert_eq!(created.body[mp.k("generation")], 1);
+    // Three writers at once, through each replica and the proxy, on disjoint ids.
     let writer = |api: Api, base: u32| async move {
         let mut model = Model::new();
         let mut last = 0;
@@ -147,8 +159,11 @@ async fn writes_through_either_replica_converge_on_both() {
         }
         (model, last)
     };
-    let ((model_a, va), (model_b, vb)) =
-        tokio::join!(writer(ja.clone(), 1), writer(mb.clone(), 1001));
+    let ((model_a, va), (model_b, vb), (model_p, vp)) = tokio::join!(
+        writer(ja.clone(), 1),
+        writer(mb.clone(), 1001),
+        writer(mp.clone(), 2001)
+    );
     // Read-your-writes: each replica has its own last write already.
     assert!(version(&ja).await >= va);
     assert!(version(&mb).await >= vb);
@@ -160,7 +175,12 @@ async fn writes_through_either_replica_converge_on_both() {
         )
         .await;
     assert_eq!(meta.status, 200);
-    let last = meta.body["version"].as_u64().unwrap().max(va).max(vb);
+    let last = meta.body["version"]
+        .as_u64()
+        .unwrap()
+        .max(va)
+        .max(vb)
+        .max(vp);
     // Both replicas reach the last acknowledged version within 1 s.
     let lag = wait_version(&ja, last, Duration::from_secs(1))
         .await
@@ -175,10 +195,13 @@ async fn writes_through_either_replica_converge_on_both() {
     assert_eq!(ga.body["metadata"]["source"], "a");
     let mut model = model_a;
     model.extend(model_b);
+    model.extend(model_p);
     for (id, h) in model.iter().step_by(37) {
         let on_a = search_ids(&ja, h).await;
         assert_eq!(on_a.first(), Some(&u64::from(*id)));
         assert_eq!(on_a, search_ids(&mb, h).await);
+        // The proxy forwards searches to a replica.
+        assert_eq!(on_a, search_ids(&mp, h).await);
     }
     a.terminate();
     b.terminate();
@@ -233,8 +256,26 @@ async fn the_same_request_through_two_replicas_is_applied_once() {
     let nats = NatsServer::start();
     let a = replica(&nats, &[]).await;
     let b = replica(&nats, &[]).await;
-    let (ja, jb) = (Api::json(&a), Api::json(&b));
-    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    same_request_applied_once(&a, &b, &a, &b).await;
+}
+
+#[tokio::test]
+async fn the_same_request_through_two_proxies_is_applied_once() {
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let p1 = proxy(&nats, &[&a, &b]).await;
+    let p2 = proxy(&nats, &[&b, &a]).await;
+    same_request_applied_once(&p1, &p2, &a, &b).await;
+}
+
+/// Sends one request (one Idempotency-Key) through `x` and `y` at once, and
+/// again later: replicas `a` and `b` apply it once.
+async fn same_request_applied_once(x: &Node, y: &Node, a: &Node, b: &Node) {
+    let (ja, jb) = (Api::json(a), Api::json(b));
+    assert_eq!(Api::json(x).call("PUT", "/main", None).await.status, 200);
+    wait_version(&ja, 1, Duration::from_secs(2)).await;
+    wait_version(&jb, 1, Duration::from_secs(2)).await;
     let send = |node: &Node, key: &'static str| {
         let client = reqwest::Client::new();
         let url = node.url("/main/_update");
@@ -254,18 +295,58 @@ async fn the_same_request_through_two_replicas_is_applied_once() {
         }
     };
     let before = version(&ja).await;
-    let (va, vb) = tokio::join!(send(&a, "req-1"), send(&b, "req-1"));
+    let (va, vb) = tokio::join!(send(x, "req-1"), send(y, "req-1"));
     assert_eq!(va, vb, "both nodes must answer the single applied write");
-    let again = send(&a, "req-1").await;
+    let again = send(x, "req-1").await;
     assert_eq!(again, va);
+    wait_version(&ja, va, Duration::from_secs(2)).await;
     wait_version(&jb, va, Duration::from_secs(2)).await;
     assert_eq!(version(&ja).await, va, "the index moved past the one write");
     assert_eq!(version(&jb).await, va);
     // Two messages written once: the version moved by exactly one batch.
     assert_eq!(va, before + 2);
     // A different key is a different request.
-    let other = send(&b, "req-2").await;
+    let other = send(y, "req-2").await;
     assert!(other > va);
+}
+
+#[tokio::test]
+async fn a_proxy_without_a_healthy_replica_answers_503_and_recovers() {
+    let nats = NatsServer::start();
+    let mut a = replica(&nats, &[]).await;
+    let p = proxy(&nats, &[&a]).await;
+    let jp = Api::json(&p);
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    update(&jp, &[1, 2, 3], 0, &mut model).await;
+    assert_eq!(
+        jp.call("POST", "/nope/_update", Some(json!({"changes": []})))
+            .await
+            .status,
+        404
+    );
+    a.kill();
+    let s = jp
+        .call("POST", "/main/_search", Some(json!({"query": model[&1]})))
+        .await;
+    assert_eq!(s.status, 503, "{:?}", s.body);
+    assert_eq!(s.body["error"], "Unavailable");
+    assert!(s.retry_after.is_some());
+    // Writes do not need a replica: the stream takes them.
+    update(&jp, &[4], 0, &mut model).await;
+    a.spawn().await;
+    // The health check finds the replica again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = jp
+            .call("POST", "/main/_search", Some(json!({"query": model[&4]})))
+            .await;
+        if s.status == 200 && s.body["results"][0]["id"] == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", s.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

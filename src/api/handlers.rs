@@ -164,14 +164,38 @@ fn publish_error(e: PublishError) -> ApiError {
     }
 }
 
-/// Applies a write: locally (standalone), or through the stream (replica:
-/// answered once the stream acknowledged it and this node applied it).
+/// Applies a write to `index`: locally (standalone), or through the stream
+/// (replica: answered once the stream acknowledged it and this node applied
+/// it; proxy: once the stream acknowledged it).
 async fn write(
     state: &AppState,
-    h: &IndexHandle,
+    index: &str,
     request: WriteRequest,
     key: Option<&str>,
 ) -> std::result::Result<u64, ApiError> {
+    if let (Some(replication), Some(proxy)) = (&state.replication, &state.proxy) {
+        if !valid_index_name(index) {
+            return Err(ApiError::InvalidIndexName);
+        }
+        match replication
+            .index_record(index)
+            .await
+            .map_err(publish_error)?
+        {
+            Some((record, _)) if !record.d => {}
+            _ => return Err(ApiError::IndexNotFound),
+        }
+        let key = key.map_or_else(fresh_request_key, str::to_string);
+        return match replication
+            .publish_update(index, &request, &key)
+            .await
+            .map_err(publish_error)?
+        {
+            Some(version) => Ok(version),
+            None => Ok(proxy.index_version(index).await.unwrap_or(0)),
+        };
+    }
+    let h = lookup(state, index).await?;
     let Some(replication) = &state.replication else {
         return h
             .write(request, state.write_wait)
@@ -218,7 +242,7 @@ where
 {
     let deadline = Instant::now() + wait;
     loop {
-        let h = state.node.get(name).await.map_err(node_error)?;
+        let h = state.node()?.get(name).await.map_err(node_error)?;
         if done(h.as_deref()) {
             return Ok(h);
         }
@@ -238,7 +262,7 @@ async fn lookup(state: &AppState, name: &str) -> std::result::Result<Arc<IndexHa
         return Err(ApiError::InvalidIndexName);
     }
     state
-        .node
+        .node()?
         .get(name)
         .await
         .map_err(node_error)?
@@ -267,7 +291,9 @@ pub async fn health() -> &'static str {
 }
 
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
-    if let Ok(indexes) = state.node.list().await {
+    if let Some(node) = &state.node
+        && let Ok(indexes) = node.list().await
+    {
         for h in indexes {
             let snap = h.index.snapshot();
             let name = h.name.clone();
@@ -286,7 +312,9 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
                 .set(h.write_permits.available_permits() as f64);
         }
     }
-    metrics::gauge!("fpnode_search_queue_depth").set(state.node.search.queue_depth() as f64);
+    if let Some(node) = &state.node {
+        metrics::gauge!("fpnode_search_queue_depth").set(node.search.queue_depth() as f64);
+    }
     let text = state
         .metrics
         .as_ref()
@@ -389,10 +417,26 @@ pub async fn create_index(
     };
     let outcome = match &state.replication {
         None => state
-            .node
+            .node()
+            .map_err(|e| r.fail(e))?
             .create(&index, req)
             .await
             .map_err(|e| r.fail(node_error(e)))?,
+        Some(replication) if state.proxy.is_some() => {
+            let (record, seq) = replication
+                .publish_create(&index, &req)
+                .await
+                .map_err(|e| r.fail(publish_error(e)))?;
+            let version = match &state.proxy {
+                Some(proxy) => proxy.index_version(&index).await.unwrap_or(seq).max(seq),
+                None => seq,
+            };
+            CreateOutcome {
+                version,
+                ready: true,
+                generation: record.g,
+            }
+        }
         Some(replication) => {
             let (record, _) = replication
                 .publish_create(&index, &req)
@@ -434,7 +478,8 @@ pub async fn delete_index(
     let req: DeleteIndexRequest = r.decode_or_default()?;
     let deleted = match &state.replication {
         None => state
-            .node
+            .node()
+            .map_err(|e| r.fail(e))?
             .delete(&index, req.expect_exists)
             .await
             .map_err(|e| r.fail(node_error(e)))?,
@@ -445,6 +490,7 @@ pub async fn delete_index(
         {
             None if req.expect_exists => return Err(r.fail(ApiError::IndexNotFound)),
             None => false,
+            Some(_) if state.proxy.is_some() => true,
             Some(g) => {
                 wait_for_index(&state, &index, replication.opts.apply_wait, |h| {
                     h.is_none_or(|h| h.generation.0 > g)
@@ -614,7 +660,8 @@ pub async fn search(
     let started = Instant::now();
     metrics::counter!("fpindex_searches_total").increment(1);
     let hits = state
-        .node
+        .node()
+        .map_err(|e| r.fail(e))?
         .search
         .search(h.index.snapshot(), req.query, opts)
         .await
@@ -675,13 +722,12 @@ pub async fn update(
         .into_iter()
         .map(|(k, v)| (k, Some(v)))
         .collect();
-    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let request = WriteRequest {
         changes,
         metadata,
         expected_version: req.expected_version,
     };
-    let version = write(&state, &h, request, r.idempotency_key.as_deref())
+    let version = write(&state, &index, request, r.idempotency_key.as_deref())
         .await
         .map_err(|e| r.fail(e))?;
     Ok(r.ok(Out::map([(field("version"), Out::UInt(version))])))
@@ -714,12 +760,11 @@ pub async fn put_fingerprint(
     if req.hashes.len() > state.limits.max_hashes {
         return Err(r.fail(ApiError::TooManyHashes));
     }
-    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
     let change = Change::Insert {
         id,
         hashes: req.hashes,
     };
-    write_one(&state, &h, change, &r)
+    write_one(&state, &index, change, &r)
         .await
         .map_err(|e| r.fail(e))?;
     Ok(r.ok(Out::empty()))
@@ -731,8 +776,10 @@ pub async fn delete_fingerprint(
     r: Req,
 ) -> Result<Response> {
     let id = fingerprint_id(&id).map_err(|e| r.fail(e))?;
-    let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
-    write_one(&state, &h, Change::Delete { id }, &r)
+    if !valid_index_name(&index) {
+        return Err(r.fail(ApiError::InvalidIndexName));
+    }
+    write_one(&state, &index, Change::Delete { id }, &r)
         .await
         .map_err(|e| r.fail(e))?;
     Ok(r.ok(Out::empty()))
@@ -740,7 +787,7 @@ pub async fn delete_fingerprint(
 
 async fn write_one(
     state: &AppState,
-    h: &IndexHandle,
+    index: &str,
     change: Change,
     r: &Req,
 ) -> std::result::Result<(), ApiError> {
@@ -748,7 +795,7 @@ async fn write_one(
         changes: vec![change],
         ..WriteRequest::default()
     };
-    write(state, h, request, r.idempotency_key.as_deref())
+    write(state, index, request, r.idempotency_key.as_deref())
         .await
         .map(|_| ())
 }
@@ -762,6 +809,8 @@ pub async fn inject_failure(
     let Some(child) = Child::from_name(&child) else {
         return StatusCode::BAD_REQUEST;
     };
-    state.node.inject_failure(&index, child).await;
+    if let Some(node) = &state.node {
+        node.inject_failure(&index, child).await;
+    }
     StatusCode::ACCEPTED
 }

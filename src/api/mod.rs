@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod error;
 mod handlers;
+pub mod proxy;
 mod types;
 
 use std::sync::Arc;
@@ -46,15 +47,25 @@ impl Default for Limits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub node: Node,
+    /// The local indexes (none in proxy mode).
+    pub node: Option<Node>,
     pub limits: Limits,
     pub metrics: Option<PrometheusHandle>,
     /// How long a write waits for a free slot before `503 Overloaded`.
     pub write_wait: Duration,
     /// Enables `POST /_debug/fail/{index}/{child}` (tests only).
     pub fault_injection: bool,
-    /// Replica mode: writes go to this stream.
+    /// Replica and proxy modes: writes go to this stream.
     pub replication: Option<Arc<Replication>>,
+    /// Proxy mode: the replicas reads are forwarded to.
+    pub proxy: Option<Arc<proxy::Proxy>>,
+}
+
+impl AppState {
+    /// The local indexes; a proxy has none (its read routes forward instead).
+    pub fn node(&self) -> Result<&Node, error::ApiError> {
+        self.node.as_ref().ok_or(error::ApiError::NotFound)
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -67,24 +78,42 @@ impl std::fmt::Debug for AppState {
 
 pub fn router(state: AppState) -> Router {
     use handlers::*;
-    let mut r = Router::new()
+    let r = Router::new()
         .route("/_health", get(health))
         .route("/_metrics", get(metrics_text))
-        .route("/{index}/_health", get(index_health))
-        .route("/{index}/_status", get(index_status))
-        .route("/{index}/_snapshot", get(index_snapshot))
-        .route("/{index}/_search", post(search))
-        .route("/{index}/_update", post(update))
-        .route(
-            "/{index}",
-            get(get_index).put(create_index).delete(delete_index),
-        )
-        .route(
-            "/{index}/{id}",
-            get(get_fingerprint)
-                .put(put_fingerprint)
-                .delete(delete_fingerprint),
-        );
+        .route("/{index}/_update", post(update));
+    // A proxy answers reads by forwarding them to a replica; writes are the
+    // same handlers in every mode (they publish to the stream).
+    let mut r = if state.proxy.is_some() {
+        use proxy::forward;
+        r.route("/{index}/_health", get(forward))
+            .route("/{index}/_status", get(forward))
+            .route("/{index}/_snapshot", get(forward))
+            .route("/{index}/_search", post(forward))
+            .route(
+                "/{index}",
+                get(forward).put(create_index).delete(delete_index),
+            )
+            .route(
+                "/{index}/{id}",
+                get(forward).put(put_fingerprint).delete(delete_fingerprint),
+            )
+    } else {
+        r.route("/{index}/_health", get(index_health))
+            .route("/{index}/_status", get(index_status))
+            .route("/{index}/_snapshot", get(index_snapshot))
+            .route("/{index}/_search", post(search))
+            .route(
+                "/{index}",
+                get(get_index).put(create_index).delete(delete_index),
+            )
+            .route(
+                "/{index}/{id}",
+                get(get_fingerprint)
+                    .put(put_fingerprint)
+                    .delete(delete_fingerprint),
+            )
+    };
     if state.fault_injection {
         r = r.route("/_debug/fail/{index}/{child}", post(inject_failure));
     }

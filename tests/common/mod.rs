@@ -40,8 +40,11 @@ impl Node {
         node
     }
 
+    /// Starts the binary (again, after `kill`/`terminate`: same port, same data).
     pub async fn spawn(&mut self) {
-        self.port = free_port();
+        if self.port == 0 {
+            self.port = free_port();
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_fpnode"))
             .arg("--dir")
             .arg(&self.dir)

@@ -1,0 +1,216 @@
+//! Proxy mode: a stateless gateway. Writes are published to the stream by the
+//! same code as in replica mode (answered once the stream acknowledged them);
+//! reads (searches, index and fingerprint lookups, `_status`, `_health`,
+//! `_snapshot`) are forwarded to one of the configured replicas.
+//!
+//! Replicas are health-checked (`GET /_health`, every second) and used round
+//! robin. A replica that cannot be reached is marked down and the next one is
+//! tried; an answer of `503` (the replica is loading or overloaded) is also
+//! retried on the next replica, and only when every healthy replica was tried
+//! does the client get the last answer, or `503 Unavailable` if there was none.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::codec::{self, Out, field};
+use super::error::ApiError;
+
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Replica {
+    url: String,
+    healthy: AtomicBool,
+}
+
+/// The replicas a proxy forwards reads to.
+#[derive(Debug)]
+pub struct Proxy {
+    replicas: Vec<Replica>,
+    next: AtomicUsize,
+    client: reqwest::Client,
+}
+
+impl Proxy {
+    /// `urls`: base URLs of the replicas (`http://host:port`). Starts the
+    /// health checks; every replica counts as healthy until one fails.
+    pub fn start(urls: &[String], forward_timeout: Duration) -> anyhow::Result<Arc<Proxy>> {
+        if urls.is_empty() {
+            anyhow::bail!("proxy mode needs at least one replica URL (--replicas)");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(forward_timeout)
+            .connect_timeout(Duration::from_secs(1))
+            .build()?;
+        let proxy = Arc::new(Proxy {
+            replicas: urls
+                .iter()
+                .map(|u| Replica {
+                    url: u.trim_end_matches('/').to_string(),
+                    healthy: AtomicBool::new(true),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            client,
+        });
+        let checker = Arc::downgrade(&proxy);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEALTH_INTERVAL).await;
+                let Some(proxy) = checker.upgrade() else {
+                    return;
+                };
+                proxy.check().await;
+            }
+        });
+        Ok(proxy)
+    }
+
+    async fn check(&self) {
+        let checks = self.replicas.iter().map(|r| async move {
+            let ok = self
+                .client
+                .get(format!("{}/_health", r.url))
+                .timeout(Duration::from_millis(800))
+                .send()
+                .await
+                .is_ok_and(|res| res.status().is_success());
+            if r.healthy.swap(ok, Ordering::AcqRel) != ok {
+                tracing::warn!(replica = %r.url, healthy = ok, "replica health changed");
+            }
+        });
+        futures::future::join_all(checks).await;
+        let healthy = self
+            .replicas
+            .iter()
+            .filter(|r| r.healthy.load(Ordering::Acquire))
+            .count();
+        metrics::gauge!("fpnode_proxy_healthy_replicas").set(healthy as f64);
+    }
+
+    /// Healthy replicas, starting at the next one in round-robin order.
+    fn candidates(&self) -> Vec<&Replica> {
+        let n = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.replicas[(start + i) % n])
+            .filter(|r| r.healthy.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// The index's version as a healthy replica reports it.
+    pub async fn index_version(&self, index: &str) -> Option<u64> {
+        for r in self.candidates() {
+            let Ok(res) = self
+                .client
+                .get(format!("{}/{index}/_status", r.url))
+                .header(header::ACCEPT, "application/json")
+                .send()
+                .await
+            else {
+                continue;
+            };
+            if res.status().is_success()
+                && let Ok(body) = res.json::<serde_json::Value>().await
+                && let Some(v) = body.get("version").and_then(serde_json::Value::as_u64)
+            {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Sends the request to the replicas in turn until one answers with
+    /// something other than `503`.
+    async fn forward(&self, req: Request) -> Result<Response, ApiError> {
+        let (parts, body) = req.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| ApiError::BadRequest)?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let mut last = None;
+        for r in self.candidates() {
+            let mut out = self
+                .client
+                .request(parts.method.clone(), format!("{}{path}", r.url))
+                .body(body.clone());
+            for name in [header::CONTENT_TYPE, header::ACCEPT] {
+                if let Some(v) = parts.headers.get(&name) {
+                    out = out.header(name, v.clone());
+                }
+            }
+            let res = match out.send().await {
+                Ok(res) => res,
+                Err(e) => {
+                    if e.is_connect() {
+                        r.healthy.store(false, Ordering::Release);
+                    }
+                    tracing::warn!(replica = %r.url, error = %e, "forwarding failed; trying the next replica");
+                    metrics::counter!("fpnode_proxy_forward_errors_total").increment(1);
+                    continue;
+                }
+            };
+            let status = res.status();
+            let headers = res.headers().clone();
+            let Ok(bytes) = res.bytes().await else {
+                continue;
+            };
+            let response = rebuild(status, &headers, bytes);
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                return Ok(response);
+            }
+            last = Some(response);
+        }
+        last.ok_or(ApiError::Unavailable)
+    }
+}
+
+fn rebuild(status: StatusCode, headers: &HeaderMap, body: bytes::Bytes) -> Response {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        if let Some(v) = headers.get(&name) {
+            res.headers_mut().insert(name, v.clone());
+        }
+    }
+    res
+}
+
+/// Every read route of a proxy.
+pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
+    let format = codec::response_format(req.headers(), false);
+    let Some(proxy) = &state.proxy else {
+        return super::respond(
+            format,
+            StatusCode::NOT_FOUND,
+            Some(Out::map([(field("error"), Out::Str("NotFound".into()))])),
+        );
+    };
+    match proxy.forward(req).await {
+        Ok(res) => res,
+        Err(error) => {
+            tracing::warn!(%error, "no replica could answer");
+            let mut res = super::respond(
+                format,
+                error.status(),
+                Some(Out::map([(field("error"), Out::Str(error.to_string()))])),
+            );
+            if let Some(secs) = error.retry_after() {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            res.into_response()
+        }
+    }
+}
