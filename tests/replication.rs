@@ -516,3 +516,144 @@ async fn a_replica_killed_during_writes_catches_up_without_loss_or_doubles() {
     assert_eq!(export(&b), model, "the killed replica differs");
     assert_eq!(export(&a), model);
 }
+
+/// An `_update` with an Idempotency-Key, retried with the same key while the
+/// answer is 503 (what a careful client does during a failover).
+async fn update_retrying(node: &Node, ids: &[u32], round: u32, model: &mut Model) -> u64 {
+    let mut changes = Vec::new();
+    let mut next = model.clone();
+    for &id in ids {
+        let h = hashes(id, round);
+        changes.push(json!({"insert": {"id": id, "hashes": h}}));
+        next.insert(id, h);
+    }
+    let body = json!({ "changes": changes }).to_string();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .post(node.url("/main/_update"))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", format!("round-{round}"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status == 200 {
+            *model = next;
+            return r.json::<Value>().await.unwrap()["version"]
+                .as_u64()
+                .unwrap();
+        }
+        assert_eq!(status, 503, "{:?}", r.text().await);
+        assert!(
+            Instant::now() < deadline,
+            "round {round} never got through; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_three_server_cluster_loses_no_acknowledged_write_when_a_server_dies() {
+    let mut cluster = nats::NatsCluster::start(3);
+    let urls = cluster.urls();
+    let args = [
+        "--mode",
+        "replica",
+        "--nats-url",
+        &urls,
+        "--stream-replicas",
+        "3",
+    ];
+    let mut a = Node::start(&args).await;
+    let mut b = Node::start(&args).await;
+    let ja = Api::json(&a);
+    // The cluster elects its leaders first: retry the create until it lands.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ja.call("PUT", "/main", None).await.status != 200 {
+        assert!(Instant::now() < deadline, "index never created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut model = Model::new();
+    for round in 0..10 {
+        update_retrying(&a, &(1..=100).collect::<Vec<_>>(), round, &mut model).await;
+    }
+    cluster.servers[0].kill();
+    let mut last = 0;
+    for round in 10..30 {
+        let node = if round % 2 == 0 { &a } else { &b };
+        last = update_retrying(node, &(1..=100).collect::<Vec<_>>(), round, &mut model).await;
+    }
+    wait_version(&Api::json(&a), last, Duration::from_secs(20)).await;
+    wait_version(&Api::json(&b), last, Duration::from_secs(20)).await;
+    a.terminate();
+    b.terminate();
+    assert_eq!(export(&a), model);
+    assert_eq!(export(&b), model);
+}
+
+#[tokio::test]
+async fn a_replica_stops_following_a_stream_that_lost_acknowledged_writes() {
+    let mut nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let ja = Api::json(&a);
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    update_retrying(&a, &[1, 2, 3], 0, &mut model).await;
+    // Keep a copy of the server's store as it is now.
+    let js = nats.store.path().join("js");
+    let saved = nats.store.path().join("saved");
+    nats.kill();
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let _ = std::fs::remove_dir_all(to);
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    cp(&js, &saved);
+    nats.restart();
+    let applied = update_retrying(&a, &[4, 5], 1, &mut model).await;
+    // The server comes back without what it acknowledged since the copy (as a
+    // lazily fsynced server can after a power loss).
+    nats.kill();
+    cp(&saved, &js);
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let s = status(&ja).await;
+        if let Some(why) = s["stream"]["diverged"].as_str() {
+            break why.to_string();
+        }
+        assert!(Instant::now() < deadline, "never noticed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(why.contains("below this index's applied version"), "{why}");
+    // It keeps what it applied and answers reads; it refuses writes.
+    assert_eq!(version(&ja).await, applied);
+    assert_eq!(search_ids(&ja, &model[&4]).await.first(), Some(&4));
+    let w = ja
+        .call(
+            "POST",
+            "/main/_update",
+            Some(json!({"changes": [{"delete": {"id": 1}}]})),
+        )
+        .await;
+    assert_eq!(w.status, 503);
+    let metrics = reqwest::get(a.url("/_metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("fpnode_stream_diverged{index=\"main\"} 1"),
+        "{metrics}"
+    );
+}

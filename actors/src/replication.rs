@@ -147,6 +147,19 @@ fn wrong_last_sequence(error: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// `nats://a:4222,nats://b:4222`: every server of a cluster (the client also
+/// learns the others from the one it reaches).
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, PublishError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| PublishError::Unavailable(format!("bad NATS URL {u:?}: {e}")))
+        })
+        .collect()
+}
+
 /// Hex of the first 16 bytes of SHA-256(index, 0, key).
 pub fn request_hash(index: &str, key: &str) -> String {
     let mut h = Sha256::new();
@@ -203,7 +216,7 @@ impl Replication {
                     }
                 }
             })
-            .connect(opts.url.as_str())
+            .connect(servers(&opts.url)?)
             .await
             .map_err(unavailable)?;
         if client.connection_state() == async_nats::connection::State::Connected {
@@ -563,6 +576,12 @@ mod tests {
             Some(42)
         );
         assert_eq!(wrong_last_sequence("timed out"), None);
+    }
+
+    #[test]
+    fn server_lists_are_split_and_checked() {
+        assert_eq!(servers("nats://a:1, nats://b:2,").map(|v| v.len()), Ok(2));
+        assert!(servers("nats://a:1,http://[::1").is_err());
     }
 
     #[test]

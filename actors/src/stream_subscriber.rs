@@ -25,10 +25,12 @@
 //! LifecycleWatcher, drops the index and builds the next generation. So no
 //! replica ever mixes two generations.
 //!
-//! Integrity: if the stream's last sequence is below the index's position, or
-//! a fetched message is not after the last one, the stream lost messages this
-//! index applied (or was recreated): the subscriber stops applying for good and
-//! says why (`_status`, log, `fpnode_stream_diverged`).
+//! Integrity: if the stream's last sequence is below the index's position, the
+//! stream lost messages this index applied (or was recreated): the subscriber
+//! stops applying for good and says why (`_status`, log,
+//! `fpnode_stream_diverged`). This is checked whenever a consumer is created,
+//! so after every reconnection. A message delivered again (a consumer restarted
+//! with its server) is not a loss: the subscriber starts over from its position.
 //!
 //! Bootstrap: while the index is loading, it becomes ready once everything the
 //! stream held when the subscriber started is applied (a message at or past
@@ -284,7 +286,7 @@ impl SubscriberState {
         let mut count = 0;
         let mut pending = None;
         let mut generation_ended = false;
-        let mut backwards = None;
+        let mut redelivered = None;
         // Wait up to `wait` for the first message, then take whatever follows
         // without a pause (up to `max_batch`): a lone write is applied at
         // once, a replay still gets large batches.
@@ -300,8 +302,11 @@ impl SubscriberState {
             let info = message.info().map_err(|e| e.to_string())?;
             let seq = info.stream_sequence;
             if seq <= last.max(after) {
-                backwards = Some(format!(
-                    "the stream delivered sequence {seq} after {}: its sequence went backwards",
+                // A consumer restarted with the server can deliver again what
+                // it delivered before: start over from the applied position
+                // (which also checks the stream did not lose anything).
+                redelivered = Some(format!(
+                    "the consumer delivered sequence {seq} after {}",
                     last.max(after)
                 ));
                 break;
@@ -335,9 +340,8 @@ impl SubscriberState {
                 _ => bad_message(&message.subject, seq, &"not an index subject"),
             }
         }
-        if let Some(why) = backwards {
-            self.diverge(why);
-            return Ok(());
+        if let Some(why) = redelivered {
+            return Err(why);
         }
         if let (Some(replica), Some(pending)) = (&self.args.handle.replica, pending) {
             replica.fetched(pending);

@@ -51,12 +51,30 @@ impl Node {
             .arg("--port")
             .arg(self.port.to_string())
             .args(&self.extra)
-            .stdout(Stdio::null())
+            .stdout(self.log_file())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         self.child = Some(child);
         self.wait_ready().await;
+    }
+
+    /// The node's log (`fpnode.log` beside its data directory, appended to by
+    /// every start), for post-mortems of failed tests.
+    fn log_file(&self) -> Stdio {
+        let path = self.dir.with_extension("log");
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => Stdio::from(f),
+            Err(_) => Stdio::null(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
     }
 
     pub async fn wait_ready(&self) {

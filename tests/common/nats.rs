@@ -11,18 +11,27 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     pub store: tempfile::TempDir,
+    extra: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Every acknowledged message is fsynced (`sync_interval: always`), as
 /// docs/replication.md recommends for production: a killed server then never
-/// loses what it acknowledged.
-fn spawn(port: u16, store: &std::path::Path) -> Child {
+/// loses what it acknowledged. `extra` is more configuration (a cluster block).
+fn spawn(port: u16, store: &std::path::Path, extra: &str) -> Child {
     let bin = std::env::var("FPNODE_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
     let conf = store.join("nats.conf");
     std::fs::write(
         &conf,
         format!(
-            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n{extra}",
             store.join("js")
         ),
     )
@@ -45,19 +54,56 @@ fn spawn(port: u16, store: &std::path::Path) -> Child {
     child
 }
 
+/// A cluster of nats-servers with JetStream (streams can have R=3).
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> NatsCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::new();
+        for (i, (port, cluster)) in ports.iter().enumerate() {
+            let extra = format!(
+                "server_name: n{i}\ncluster {{\n  name: fpnode-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{routes}]\n}}\n"
+            );
+            let store = tempfile::tempdir().unwrap();
+            let child = spawn(*port, store.path(), &extra);
+            servers.push(NatsServer {
+                child: Some(child),
+                port: *port,
+                store,
+                extra,
+            });
+        }
+        NatsCluster { servers }
+    }
+
+    /// Every server's URL, comma separated.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let store = tempfile::tempdir().unwrap();
-        let child = spawn(port, store.path());
+        let child = spawn(port, store.path(), "");
         NatsServer {
             child: Some(child),
             port,
             store,
+            extra: String::new(),
         }
     }
 
@@ -72,7 +118,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.child = Some(spawn(self.port, self.store.path()));
+        self.child = Some(spawn(self.port, self.store.path(), &self.extra));
     }
 
     pub fn url(&self) -> String {
