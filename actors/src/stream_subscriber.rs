@@ -287,9 +287,11 @@ impl SubscriberState {
         let mut pending = None;
         let mut generation_ended = false;
         let mut redelivered = None;
-        // Wait up to `wait` for the first message, then take whatever follows
-        // without a pause (up to `max_batch`): a lone write is applied at
-        // once, a replay still gets large batches.
+        // Wait up to `wait` for the first message, then take what follows (up
+        // to `max_batch`): while the stream has more (a replay), waiting a
+        // little for the next message keeps batches large; once nothing is
+        // pending (following), only what already arrived, so a lone write is
+        // applied at once.
         let mut next_wait = wait;
         while count < max_batch {
             let message = match tokio::time::timeout(next_wait, messages.next()).await {
@@ -297,9 +299,13 @@ impl SubscriberState {
                 Ok(None) => return Err("the consumer's message stream ended".into()),
                 Ok(Some(message)) => message.map_err(|e| e.to_string())?,
             };
-            next_wait = Duration::from_millis(1);
             count += 1;
             let info = message.info().map_err(|e| e.to_string())?;
+            next_wait = if info.pending > 0 {
+                Duration::from_millis(5)
+            } else {
+                Duration::ZERO
+            };
             let seq = info.stream_sequence;
             if seq <= last.max(after) {
                 // A consumer restarted with the server can deliver again what

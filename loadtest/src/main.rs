@@ -57,6 +57,25 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         clients: usize,
     },
+    /// Single-fingerprint writes (`PUT /:index/:id`), one at a time per client:
+    /// latency until the node answered (after read-your-writes in replica
+    /// mode) and, with --follower, until another node returns the fingerprint.
+    Writes {
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+        #[arg(long, default_value = "main")]
+        index: String,
+        #[arg(long, default_value_t = 2000)]
+        count: u32,
+        /// First id written (new ids, so a follower can see when each arrives).
+        #[arg(long, default_value_t = 3_000_000_000)]
+        first: u32,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Another node: also measure until it serves each written fingerprint.
+        #[arg(long)]
+        follower: Option<String>,
+    },
     /// Closed-loop search with C clients; queries are stored fingerprints with noise.
     Search {
         #[arg(long, default_value = "http://127.0.0.1:6081")]
@@ -102,6 +121,14 @@ async fn main() -> anyhow::Result<()> {
             clients,
             noise,
         } => search(corpus, &url, &index, fingerprints, queries, clients, noise).await,
+        Cmd::Writes {
+            url,
+            index,
+            count,
+            first,
+            clients,
+            follower,
+        } => writes(corpus, &url, &index, count, first, clients, follower).await,
     }
 }
 
@@ -302,5 +329,113 @@ async fn search(
         hist.max() as f64 / 1000.0,
         100.0 * correct as f64 / hist.len().max(1) as f64
     );
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct Put {
+    h: Vec<u32>,
+}
+
+async fn writes(
+    corpus: Corpus,
+    url: &str,
+    index: &str,
+    count: u32,
+    first: u32,
+    clients: usize,
+    follower: Option<String>,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(u64::from(first)));
+    let end = u64::from(first) + u64::from(count);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (client, next) = (client.clone(), next.clone());
+        let (url, index, follower) = (url.to_string(), index.to_string(), follower.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ack = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let mut seen = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let mut errors = 0u64;
+            loop {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                if id >= end {
+                    break;
+                }
+                let id = id as u32;
+                let body = rmp_serde::to_vec_named(&Put {
+                    h: corpus.fingerprint(id),
+                })
+                .unwrap_or_default();
+                let t = Instant::now();
+                let res = client
+                    .put(format!("{url}/{index}/{id}"))
+                    .header("Content-Type", "application/vnd.msgpack")
+                    .body(body)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = ack.record(t.elapsed().as_micros() as u64);
+                    }
+                    _ => {
+                        errors += 1;
+                        continue;
+                    }
+                }
+                if let Some(f) = &follower {
+                    let target = format!("{f}/{index}/{id}");
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let ok = client
+                            .get(&target)
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        if ok {
+                            let _ = seen.record(t.elapsed().as_micros() as u64);
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            errors += 1;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                }
+            }
+            (ack, seen, errors)
+        }));
+    }
+    let mut ack = Histogram::<u64>::new(3)?;
+    let mut seen = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (a, s, e) = t.await?;
+        ack.add(a)?;
+        seen.add(s)?;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "writes: {} single-fingerprint PUTs with {clients} clients: {:.0} writes/s; answered p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; errors {errors}",
+        ack.len(),
+        ack.len() as f64 / secs,
+        ms(&ack, 0.5),
+        ms(&ack, 0.99),
+        ms(&ack, 0.999),
+        ack.max() as f64 / 1000.0
+    );
+    if follower.is_some() {
+        println!(
+            "writes: served by the follower p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms after the write was sent",
+            ms(&seen, 0.5),
+            ms(&seen, 0.99),
+            ms(&seen, 0.999),
+            seen.max() as f64 / 1000.0
+        );
+    }
     Ok(())
 }

@@ -71,11 +71,16 @@ pub fn merge_postings(views: &[SegmentView], sink: &mut dyn PostingSink) -> Resu
             heap.push(Reverse((p, i)));
         }
     }
-    while let Some(Reverse((p, i))) = heap.pop() {
+    // Replace the top in place (one sift) instead of pop + push (two).
+    while let Some(mut top) = heap.peek_mut() {
+        let Reverse((p, i)) = *top;
         sink.push(p)?;
         written += 1;
-        if let Some(next) = next_live(&mut cursors[i], &views[i])? {
-            heap.push(Reverse((next, i)));
+        match next_live(&mut cursors[i], &views[i])? {
+            Some(next) => *top = Reverse((next, i)),
+            None => {
+                std::collections::binary_heap::PeekMut::pop(top);
+            }
         }
     }
     Ok(written)
