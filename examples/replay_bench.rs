@@ -134,6 +134,7 @@ async fn main() {
             handle,
             max_batch,
             wait: Duration::from_millis(500),
+            link: None,
         },
     )
     .await

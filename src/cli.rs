@@ -204,7 +204,7 @@ pub struct ServeArgs {
     pub forward_timeout_ms: u64,
 
     /// Messages a replica fetches from the stream at once.
-    #[arg(long, env = "FPNODE_FETCH_MAX", default_value_t = 4_000)]
+    #[arg(long, env = "FPNODE_FETCH_MAX", default_value_t = 16_000)]
     pub fetch_max: usize,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `fpnode=debug`.

@@ -111,6 +111,7 @@ async fn a_replica_follows_the_stream_and_resumes_from_its_position() {
         handle: handle.clone(),
         max_batch: 100,
         wait: Duration::from_millis(200),
+        link: None,
     };
     let (sub, sub_join) = Actor::spawn(None, StreamSubscriber, sub_args())
         .await
@@ -161,6 +162,7 @@ async fn a_writer_failure_during_replay_loses_no_message() {
             handle: handle.clone(),
             max_batch: 50,
             wait: Duration::from_millis(100),
+            link: None,
         },
     )
     .await

@@ -233,6 +233,7 @@ impl IndexSupState {
                     handle: self.handle.clone(),
                     max_batch: r.opts.fetch_max,
                     wait: r.opts.fetch_wait,
+                    link: Some(r.link.clone()),
                 };
                 let (s, _) = Actor::spawn_linked(None, StreamSubscriber, args, me).await?;
                 self.subscriber = Some(s);

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::registry::RegistryMsg;
-use crate::replication::{Replication, backoff};
+use crate::replication::{Replication, backoff, wait_to_retry};
 use crate::stream::{IndexRecord, Subject, decode_payload, ensure_stream, parse_subject};
 
 pub enum WatcherMsg {
@@ -89,8 +89,11 @@ impl Actor for LifecycleWatcher {
                 tracing::warn!(%why, ?wait, "lifecycle watcher resynchronising");
                 metrics::counter!("fpnode_stream_errors_total").increment(1);
                 state.epoch += 1;
-                let epoch = state.epoch;
-                myself.send_after(wait, move || WatcherMsg::Poll(epoch));
+                let (epoch, link) = (state.epoch, state.args.replication.link.clone());
+                tokio::spawn(async move {
+                    wait_to_retry(Some(&link), wait).await;
+                    let _ = myself.cast(WatcherMsg::Poll(epoch));
+                });
             }
         }
         Ok(())

@@ -209,8 +209,26 @@ impl Node {
         let _ = r.cast(RegistryMsg::InjectFailure(name.to_string(), child));
     }
 
-    /// Stops every actor; indexes are closed (their WAL is already durable).
+    /// Stops every actor; indexes are closed (their WAL is already durable;
+    /// batches a bootstrap applied without the WAL are checkpointed first).
     pub async fn shutdown(&self) {
+        if let Ok(indexes) = self.list().await {
+            for h in indexes {
+                if h.is_deleted() || !h.index.has_unlogged() {
+                    continue;
+                }
+                let index = h.index.clone();
+                match tokio::task::spawn_blocking(move || index.checkpoint()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(index = %h.name, error = %e, "checkpoint at shutdown failed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(index = %h.name, error = %e, "checkpoint at shutdown failed")
+                    }
+                }
+            }
+        }
         self.supervisor.stop(None);
         for _ in 0..50 {
             if self.supervisor.get_status() == ractor::ActorStatus::Stopped {

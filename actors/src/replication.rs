@@ -62,7 +62,7 @@ impl Default for ReplicationOptions {
         ReplicationOptions {
             url: "nats://127.0.0.1:4222".into(),
             settings: StreamSettings::default(),
-            fetch_max: 4000,
+            fetch_max: 16_000,
             fetch_wait: Duration::from_millis(500),
             publish_timeout: Duration::from_secs(2),
             apply_wait: Duration::from_secs(10),
@@ -84,6 +84,8 @@ pub enum PublishError {
 #[derive(Debug)]
 pub struct Link {
     disconnected_since: Mutex<Option<Instant>>,
+    /// Woken when the connection comes (back) up.
+    connected: tokio::sync::Notify,
 }
 
 impl Link {
@@ -93,7 +95,10 @@ impl Link {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         match (connected, *since) {
-            (true, _) => *since = None,
+            (true, _) => {
+                *since = None;
+                self.connected.notify_waiters();
+            }
             (false, None) => *since = Some(Instant::now()),
             (false, Some(_)) => {}
         }
@@ -125,6 +130,26 @@ pub fn backoff(failures: u32) -> Duration {
         .saturating_mul(1 << failures.min(6))
         .min(Duration::from_secs(5));
     base + base.mul_f64(jitter())
+}
+
+/// Waits `backoff` before a retry, or less while disconnected: when the
+/// connection comes back, retries after a short jitter (so many indexes do
+/// not all retry in the same instant), instead of sleeping out a backoff that
+/// grew during the outage.
+pub async fn wait_to_retry(link: Option<&Link>, backoff: Duration) {
+    let Some(link) = link else {
+        return tokio::time::sleep(backoff).await;
+    };
+    let reconnected = link.connected.notified();
+    if link.disconnected_for().is_none() {
+        return tokio::time::sleep(backoff).await;
+    }
+    tokio::select! {
+        _ = reconnected => {
+            tokio::time::sleep(Duration::from_millis(20).mul_f64(1.0 + 20.0 * jitter())).await;
+        }
+        _ = tokio::time::sleep(backoff) => {}
+    }
 }
 
 /// A number in [0, 0.5) that differs between calls and processes.
@@ -192,6 +217,7 @@ impl Replication {
     pub async fn connect(opts: ReplicationOptions) -> Result<Arc<Replication>, PublishError> {
         let link = Arc::new(Link {
             disconnected_since: Mutex::new(Some(Instant::now())),
+            connected: tokio::sync::Notify::new(),
         });
         let events = link.clone();
         let client = async_nats::ConnectOptions::new()
@@ -199,7 +225,11 @@ impl Replication {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
-            .reconnect_delay_callback(|attempts| backoff(attempts as u32))
+            // 100 ms doubling to 2 s, with jitter: back within ~3 s of the
+            // server's return, without a reconnect storm.
+            .reconnect_delay_callback(|attempts| {
+                backoff(attempts as u32).min(Duration::from_secs(2).mul_f64(1.0 + jitter()))
+            })
             .event_callback(move |event| {
                 let link = events.clone();
                 async move {

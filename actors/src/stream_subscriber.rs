@@ -47,7 +47,7 @@ use tokio::sync::Semaphore;
 
 use crate::handle::IndexHandle;
 use crate::index_writer::WriterMsg;
-use crate::replication::backoff;
+use crate::replication::{Link, backoff, wait_to_retry};
 use crate::stream::{
     FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload, index_filter,
     parse_subject,
@@ -74,6 +74,8 @@ pub struct SubscriberArgs {
     pub handle: Arc<IndexHandle>,
     pub max_batch: usize,
     pub wait: Duration,
+    /// The node's NATS connection state: retries happen soon after it is back.
+    pub link: Option<Arc<Link>>,
 }
 
 pub struct SubscriberState {
@@ -156,8 +158,11 @@ impl SubscriberState {
         tracing::warn!(index = %self.args.handle.name, %why, ?backoff, "stream subscriber resynchronising");
         metrics::counter!("fpnode_stream_errors_total").increment(1);
         self.epoch += 1;
-        let epoch = self.epoch;
-        myself.send_after(backoff, move || SubscriberMsg::Poll(epoch));
+        let (epoch, me, link) = (self.epoch, myself.clone(), self.args.link.clone());
+        tokio::spawn(async move {
+            wait_to_retry(link.as_deref(), backoff).await;
+            let _ = me.cast(SubscriberMsg::Poll(epoch));
+        });
     }
 
     /// Stops following for good, with the reason shown in `_status`.
@@ -203,6 +208,7 @@ impl SubscriberState {
             }
             if self.loading() && self.target.is_none() {
                 self.target = Some(last);
+                self.args.handle.index.set_bulk_load(true);
             }
             let mut consumer = stream
                 .create_consumer(pull::Config {
@@ -259,6 +265,7 @@ impl SubscriberState {
             replica
                 .loading
                 .store(false, std::sync::atomic::Ordering::Release);
+            self.args.handle.index.set_bulk_load(false);
             tracing::info!(index = %self.args.handle.name, version = self.after, "caught up with the stream");
         }
     }
@@ -391,6 +398,7 @@ impl SubscriberState {
                             replica
                                 .loading
                                 .store(false, std::sync::atomic::Ordering::Release);
+                            handle.index.set_bulk_load(false);
                         }
                         replica.applied.notify_waiters();
                     }

@@ -111,6 +111,8 @@ pub struct Counters {
 pub struct IndexStats {
     pub generation: Generation,
     pub applied: Position,
+    /// What survives a crash: `applied`, except during a bulk load.
+    pub durable: Position,
     pub checkpoint_position: Position,
     pub num_docs: u64,
     pub memory_segments: usize,
@@ -135,6 +137,10 @@ struct State {
     applied: Position,
     metadata: Metadata,
     poisoned: Option<String>,
+    /// Newest position applied without the WAL (bulk load) and not yet in a
+    /// file segment. While set nothing is logged, so the WAL never holds a
+    /// batch that follows a hole; the next checkpoint covering it clears it.
+    unlogged: Option<Position>,
 }
 
 impl State {
@@ -171,6 +177,8 @@ pub struct Index {
     merge_lock: Mutex<()>,
     snapshot: ArcSwap<Snapshot>,
     pub counters: Counters,
+    /// Bulk load (a replica bootstrapping): fewer, larger merges.
+    bulk: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Index {
@@ -290,6 +298,7 @@ impl Index {
             applied,
             metadata,
             poisoned: None,
+            unlogged: None,
         };
         let base = Snapshot {
             generation: state.manifest.generation,
@@ -311,6 +320,7 @@ impl Index {
             merge_lock: Mutex::new(()),
             snapshot: ArcSwap::from_pointee(snapshot),
             counters: Counters::default(),
+            bulk: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -341,6 +351,10 @@ impl Index {
         IndexStats {
             generation: st.manifest.generation,
             applied: st.applied,
+            durable: match st.unlogged {
+                Some(_) => st.manifest.checkpoint_position,
+                None => st.applied,
+            },
             checkpoint_position: st.manifest.checkpoint_position,
             num_docs: self.snapshot.load().num_docs,
             memory_segments: st.memory.len(),
@@ -381,8 +395,7 @@ impl Index {
             return Some((st.files.len(), self.opts.max_file_segments));
         }
         let limit = self
-            .opts
-            .checkpoint_threshold
+            .checkpoint_threshold()
             .saturating_mul(self.opts.max_memory_factor);
         if st.memory_postings() > limit {
             return Some((st.memory.len(), self.opts.max_memory_segments));
@@ -442,14 +455,21 @@ impl Index {
         if fresh.is_empty() {
             return Ok(st.applied);
         }
-        for (b, _) in &fresh {
-            st.wal.append(b)?;
+        // Bulk load: not logged. A crash loses what was applied since the last
+        // checkpoint and the index reopens at that checkpoint's position; the
+        // caller (a replica bootstrapping) applies those batches again.
+        if self.is_bulk_load() || st.unlogged.is_some() {
+            st.unlogged = Some(last);
+        } else {
+            for (b, _) in &fresh {
+                st.wal.append(b)?;
+            }
+            if let Err(e) = st.wal.sync() {
+                st.poisoned = Some(e.to_string());
+                return Err(e);
+            }
+            self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
-        if let Err(e) = st.wal.sync() {
-            st.poisoned = Some(e.to_string());
-            return Err(e);
-        }
-        self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         let mut snapshot = (*self.snapshot.load_full()).clone();
         for (b, seg) in fresh {
             apply_metadata_delta(&mut st.metadata, &b.metadata);
@@ -465,14 +485,46 @@ impl Index {
         Ok(last)
     }
 
+    /// Bulk load mode, for an index being filled from scratch (a replica
+    /// bootstrapping from the stream): batches are not written to the WAL
+    /// (only checkpoints make them durable: after a crash the index reopens at
+    /// its last checkpoint and the caller must apply the rest again),
+    /// checkpoints are twice as large and file merges fewer and wider, so each
+    /// posting is written fewer times. Searches stay correct, with more
+    /// segments to visit until normal merging resumes.
+    pub fn set_bulk_load(&self, on: bool) {
+        self.bulk.store(on, Ordering::Release);
+    }
+
+    pub fn is_bulk_load(&self) -> bool {
+        self.bulk.load(Ordering::Acquire)
+    }
+
+    /// True while some applied batches are only in memory (bulk load): the
+    /// next checkpoint makes them durable.
+    pub fn has_unlogged(&self) -> bool {
+        lock(&self.state).unlogged.is_some()
+    }
+
+    fn checkpoint_threshold(&self) -> u64 {
+        let t = self.opts.checkpoint_threshold.max(1);
+        if self.is_bulk_load() {
+            t.saturating_mul(2)
+        } else {
+            t
+        }
+    }
+
     /// True if a checkpoint is due by size or age.
     pub fn checkpoint_due(&self) -> bool {
         let st = lock(&self.state);
         match st.memory.first() {
             None => false,
             Some(oldest) => {
-                st.memory_postings() >= self.opts.checkpoint_threshold
+                st.memory_postings() >= self.checkpoint_threshold()
                     || oldest.created.elapsed() >= self.opts.checkpoint_age
+                    // Bulk load over: make it durable so logging can resume.
+                    || (st.unlogged.is_some() && !self.is_bulk_load())
             }
         }
     }
@@ -541,6 +593,9 @@ impl Index {
         // The checkpointed segments are still the oldest memory segments: merges
         // only take segments no task holds, and new ones arrive at the end.
         st.memory.drain(..views.len());
+        if st.unlogged.is_some_and(|u| u <= max_pos) {
+            st.unlogged = None;
+        }
         st.wal.remove_covered(max_pos)?;
         self.republish(st, &self.counters.checkpoints);
         Ok(true)
@@ -583,6 +638,13 @@ impl Index {
             let Some(run) = self.opts.memory_policy.find_merge(&inputs) else {
                 return Ok(false);
             };
+            // A checkpoint is about to merge these anyway: merging them now
+            // would be one more pass over the same postings (and merging the
+            // segments a running checkpoint holds is not possible).
+            let postings: u64 = st.memory.iter().map(|m| m.segment.info.num_postings).sum();
+            if postings >= self.checkpoint_threshold() / 2 {
+                return Ok(false);
+            }
             let n_files = st.files.len();
             let snap = self.snapshot.load_full();
             let views = snap.segments[n_files + run.start..n_files + run.end].to_vec();
@@ -617,7 +679,16 @@ impl Index {
 
     /// Merges a run of file segments if the file policy asks for one.
     pub fn merge_files(&self) -> Result<bool> {
-        let policy = self.opts.file_policy.clone();
+        let mut policy = self.opts.file_policy.clone();
+        if self.is_bulk_load() {
+            // One level of 30-way merges instead of two of 10: every posting
+            // is rewritten once less while the index is being filled.
+            policy.segments_per_tier = policy.segments_per_tier.max(30);
+            policy.max_merge_at_once = policy.max_merge_at_once.max(30);
+            policy.max_segments = policy
+                .max_segments
+                .max(self.opts.max_file_segments.saturating_sub(4));
+        }
         self.merge_files_with(|inputs| policy.find_merge(inputs))
     }
 

@@ -51,14 +51,15 @@ pub fn merged_docs(views: &[SegmentView], drop_tombstones: bool) -> DocSets {
 
 /// Streams the surviving postings of `views` into `sink` in order; returns how
 /// many were written.
-pub fn merge_postings(views: &[SegmentView], sink: &mut dyn PostingSink) -> Result<u64> {
+pub fn merge_postings<S: PostingSink>(views: &[SegmentView], sink: &mut S) -> Result<u64> {
     let mut cursors: Vec<PostingCursor<'_>> = views.iter().map(|v| v.segment.cursor()).collect();
     let mut written = 0u64;
     if let [cursor] = cursors.as_mut_slice() {
         let shadowed = &views[0].shadowed;
+        let none = shadowed.is_empty();
         for p in cursor {
             let p = p?;
-            if !shadowed.contains(p as u32) {
+            if none || !shadowed.contains(p as u32) {
                 sink.push(p)?;
                 written += 1;
             }
@@ -88,6 +89,10 @@ pub fn merge_postings(views: &[SegmentView], sink: &mut dyn PostingSink) -> Resu
 
 #[inline]
 fn next_live(cursor: &mut PostingCursor<'_>, view: &SegmentView) -> Result<Option<PackedPosting>> {
+    // Nothing shadowed (every id of the segment is live): no set lookups.
+    if view.shadowed.is_empty() {
+        return cursor.next().transpose();
+    }
     for p in cursor {
         let p = p?;
         if !view.shadowed.contains(p as u32) {

@@ -216,3 +216,65 @@ fn writes_stall_with_a_named_error_when_maintenance_falls_behind_and_resume_afte
     index.apply(&[torture_batch(Position(6))]).unwrap();
     assert_eq!(index.position(), Position(6));
 }
+
+fn batch(p: u64, id: u32) -> fpnode_segments::Batch {
+    fpnode_segments::Batch::new(
+        Position(p),
+        vec![fpnode_segments::Change::Insert {
+            id,
+            hashes: vec![id, id + 1],
+        }],
+    )
+}
+
+/// Bulk load skips the WAL: a crash reopens the index at its last checkpoint
+/// (never past a hole), and logging resumes only once a checkpoint covered
+/// every unlogged batch.
+#[test]
+fn a_bulk_load_is_durable_at_checkpoints_and_never_logs_past_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
+        index.set_bulk_load(true);
+        for p in 1..=5 {
+            index.apply(&[batch(p, p as u32)]).unwrap();
+        }
+        index.checkpoint().unwrap();
+        index.apply(&[batch(6, 6)]).unwrap();
+        index.apply(&[batch(7, 7)]).unwrap();
+        index.set_bulk_load(false);
+        // After the bulk load, but 6 and 7 are not durable yet: 8 must not be
+        // logged either, or a crash would replay 8 over a hole.
+        index.apply(&[batch(8, 8)]).unwrap();
+        assert!(
+            index.checkpoint_due(),
+            "unlogged batches make a checkpoint due"
+        );
+        assert_eq!(index.position(), Position(8));
+    } // crash: no checkpoint
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        assert_eq!(index.position(), Position(5));
+        let snap = index.snapshot();
+        assert!(snap.get(5).is_some());
+        assert!(snap.get(6).is_none() && snap.get(8).is_none());
+        // Applied again (as a replica re-reads them), now logged.
+        for p in 6..=8 {
+            index.apply(&[batch(p, p as u32)]).unwrap();
+        }
+    }
+    {
+        let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+        assert_eq!(index.position(), Position(8));
+        index.set_bulk_load(true);
+        index.apply(&[batch(9, 9)]).unwrap();
+        index.set_bulk_load(false);
+        assert!(index.checkpoint_due());
+        index.checkpoint().unwrap();
+        // Covered by a checkpoint: logging resumes.
+        index.apply(&[batch(10, 10)]).unwrap();
+    }
+    let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.position(), Position(10));
+    assert!(index.snapshot().get(9).is_some() && index.snapshot().get(10).is_some());
+}

@@ -521,7 +521,7 @@ pub async fn index_status(
         (full("generation"), Out::UInt(s.generation.0)),
         (full("version"), Out::UInt(s.applied.0)),
         (full("applied_version"), Out::UInt(s.applied.0)),
-        (full("durable_version"), Out::UInt(s.applied.0)),
+        (full("durable_version"), Out::UInt(s.durable.0)),
         (
             full("checkpoint_version"),
             Out::UInt(s.checkpoint_position.0),
