@@ -195,6 +195,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_APPLY_WAIT_MS", default_value_t = 10_000)]
     pub apply_wait_ms: u64,
 
+    /// How long a replica waits for the next message before looking again, in ms.
+    #[arg(long, env = "FPNODE_FETCH_WAIT_MS", default_value_t = 500)]
+    pub fetch_wait_ms: u64,
+
     /// Proxy mode: base URLs of the replicas reads go to, comma separated.
     #[arg(long, env = "FPNODE_REPLICAS", value_delimiter = ',')]
     pub replicas: Vec<String>,

@@ -187,9 +187,9 @@ async fn connect_stream(args: &ServeArgs) -> anyhow::Result<Arc<Replication>> {
             ..StreamSettings::default()
         },
         fetch_max: args.fetch_max.max(1),
+        fetch_wait: Duration::from_millis(args.fetch_wait_ms.max(1)),
         publish_timeout: Duration::from_millis(args.publish_timeout_ms.max(1)),
         apply_wait: Duration::from_millis(args.apply_wait_ms),
-        ..ReplicationOptions::default()
     };
     let replication = Replication::connect(opts)
         .await

@@ -366,8 +366,9 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
         let ids: Vec<u32> = (batch * 1000 + 1..=batch * 1000 + 1000).collect();
         last = update(&ma, &ids, 0, &mut model).await;
     }
-    // Small fetches make the replay take long enough to watch.
-    let c = replica(&nats, &["--fetch-max", "50"]).await;
+    // Small fetches make the replay take long enough to watch; a 1 ms wait
+    // makes pauses in delivery common, and a pause must not end LOADING.
+    let c = replica(&nats, &["--fetch-max", "50", "--fetch-wait-ms", "1"]).await;
     let jc = Api::json(&c);
     let (mut loading, mut searched_loading) = (0, false);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -365,8 +365,23 @@ impl SubscriberState {
         }
         if last == 0 {
             drop(permit);
-            if !generation_ended && pending.unwrap_or(0) == 0 {
-                self.loaded().await;
+            if !generation_ended && self.loading() {
+                let nothing_left = match pending {
+                    Some(p) => p == 0,
+                    // Nothing arrived within `wait`: a pause is no proof of
+                    // being caught up; ask the server whether anything is
+                    // left that it has not delivered to us.
+                    None => match self.consumer.as_mut() {
+                        Some(c) => {
+                            let info = c.info().await.map_err(|e| e.to_string())?;
+                            info.num_pending == 0 && info.delivered.stream_sequence <= self.after
+                        }
+                        None => false,
+                    },
+                };
+                if nothing_left {
+                    self.loaded().await;
+                }
             }
             return Ok(());
         }
