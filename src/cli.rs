@@ -100,6 +100,10 @@ pub struct ImportArgs {
     /// Postings per sorted run (8 bytes of RAM each).
     #[arg(long, default_value_t = 256 << 20)]
     pub run_postings: usize,
+    /// Runs merged into one segment of the index; each group's runs are
+    /// deleted once merged, so the disk peaks at about the runs plus one group.
+    #[arg(long, default_value_t = 16)]
+    pub runs_per_segment: usize,
 }
 
 #[derive(Debug, Clone, Args)]

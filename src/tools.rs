@@ -77,6 +77,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
     let opts = BulkOptions {
         run_postings: args.run_postings,
+        runs_per_segment: args.runs_per_segment,
     };
     let mut builder = BulkBuilder::new(&tmp, Generation(generation), Position(args.version), opts)?;
     let started = Instant::now();

@@ -102,6 +102,7 @@ fn build(a: &Args) {
     std::fs::create_dir_all(&a.dir).unwrap();
     let opts = BulkOptions {
         run_postings: a.run_postings,
+        ..BulkOptions::default()
     };
     let mut b = BulkBuilder::new(&a.dir, Generation(1), Position(1), opts).unwrap();
     let mut h = Vec::new();

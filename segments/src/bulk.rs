@@ -3,11 +3,15 @@
 //! WAL -> memory segment -> checkpoint -> merge path.
 //!
 //! Steps: postings are collected in a run buffer; a full run is sorted (in
-//! parallel) and written as a temporary file segment; at the end all runs are
-//! k-way merged into the index's single segment and a manifest is written. Every
-//! posting is written twice (run, final) whatever the corpus size; with a single
-//! run it is written once. RAM: the run buffer (8 bytes per posting) plus the
-//! writer's 12 bytes per 128-posting block.
+//! parallel) and written as a temporary file segment; at the end the runs are
+//! k-way merged, `runs_per_segment` at a time, into the index's segments (one
+//! for most corpora), each group's runs deleted as soon as it is merged, and a
+//! manifest is written. Every posting is written twice (run, final) whatever
+//! the corpus size; with a single run it is written once. Disk: the runs plus
+//! one group's output at the peak (~1.3 x the index with groups of 16 runs,
+//! instead of 2 x with one merge of everything: what lets 100M fingerprints be
+//! built on a disk not much larger than the index). RAM: the run buffer (8
+//! bytes per posting) plus the writer's 12 bytes per 128-posting block.
 //!
 //! If an id appears twice, the later one wins (the run holding it is cut, so the
 //! newer run shadows the older one in the merge, as in the index).
@@ -32,12 +36,15 @@ use crate::types::{FingerprintId, Generation, Metadata, PackedPosting, Position,
 pub struct BulkOptions {
     /// Postings per sorted run (8 bytes of RAM each).
     pub run_postings: usize,
+    /// Runs merged into one final segment (at least 2).
+    pub runs_per_segment: usize,
 }
 
 impl Default for BulkOptions {
     fn default() -> Self {
         BulkOptions {
             run_postings: 256 << 20,
+            runs_per_segment: 16,
         }
     }
 }
@@ -191,18 +198,43 @@ impl BulkBuilder {
             }
         } else {
             self.flush_run()?;
-            final_id = SegmentId(self.runs.len() as u64 + 1);
-            let views = compute_shadows(&self.runs);
-            let mut w = FileSegmentWriter::create(&seg_dir, final_id)?;
-            merge_postings(&views, &mut w)?;
-            let (_, info, size) =
-                w.finish(&merged_docs(&views, true), self.position, self.position)?;
-            segments.push(manifest_entry(info, size));
-            (postings, segment_bytes) = (info.num_postings, size);
-            self.bytes_written += size;
+            self.buf = Vec::new();
+            self.runs_written = self.runs.len();
+            let mut next_id = self.runs.len() as u64 + 1;
+            let mut runs = std::mem::take(&mut self.runs).into_iter();
+            loop {
+                let group: Vec<Arc<Segment>> = runs
+                    .by_ref()
+                    .take(self.opts.runs_per_segment.max(2))
+                    .collect();
+                if group.is_empty() {
+                    break;
+                }
+                // Ids repeated across groups stay in both segments: the newer
+                // segment shadows the older one, as for any index.
+                let id = SegmentId(next_id);
+                next_id += 1;
+                let views = compute_shadows(&group);
+                let mut w = FileSegmentWriter::create(&seg_dir, id)?;
+                merge_postings(&views, &mut w)?;
+                let (_, info, size) =
+                    w.finish(&merged_docs(&views, true), self.position, self.position)?;
+                segments.push(manifest_entry(info, size));
+                postings += info.num_postings;
+                segment_bytes += size;
+                self.bytes_written += size;
+                drop(views);
+                for run in group {
+                    let path = run.as_file().map(|f| f.path().to_path_buf());
+                    drop(run);
+                    if let Some(path) = path {
+                        fs::remove_file(&path).at(&path)?;
+                    }
+                }
+            }
+            final_id = SegmentId(next_id - 1);
         }
         self.buf = Vec::new();
-        self.runs_written = self.runs.len();
         self.runs.clear();
         fs::remove_dir_all(&self.tmp_dir).at(&self.tmp_dir)?;
         let manifest = Manifest {

@@ -117,6 +117,7 @@ fn frequent_and_long_fingerprints_search_the_same_from_memory_files_and_bulk() {
         Position(1),
         BulkOptions {
             run_postings: 50_000,
+            ..BulkOptions::default()
         },
     )
     .unwrap();
@@ -127,6 +128,31 @@ fn frequent_and_long_fingerprints_search_the_same_from_memory_files_and_bulk() {
     assert!(report.runs > 3, "{report:?}");
     let index = Index::open(bulk_dir.path(), IndexOptions::default()).unwrap();
     check(&index, &corpus, "bulk build");
+    assert_eq!(index.stats().file_segments, 1);
+    drop(index);
+
+    // Runs merged two at a time: several final segments, the same answers,
+    // and no run left behind.
+    let grouped = tempfile::tempdir().unwrap();
+    let mut b = BulkBuilder::new(
+        grouped.path(),
+        Generation(1),
+        Position(1),
+        BulkOptions {
+            run_postings: 50_000,
+            runs_per_segment: 2,
+        },
+    )
+    .unwrap();
+    for (&id, h) in &corpus {
+        b.add(id, h).unwrap();
+    }
+    let report = b.finish().unwrap();
+    let index = Index::open(grouped.path(), IndexOptions::default()).unwrap();
+    assert_eq!(index.stats().file_segments, report.runs.div_ceil(2));
+    assert_eq!(report.postings, index.stats().file_postings);
+    check(&index, &corpus, "bulk build in groups");
+    assert!(!grouped.path().join("bulk.tmp").exists());
 }
 
 #[test]
@@ -136,21 +162,31 @@ fn bulk_build_keeps_the_later_of_two_fingerprints_with_one_id() {
         dir.path(),
         Generation(4),
         Position(9),
-        BulkOptions { run_postings: 10 },
+        BulkOptions {
+            run_postings: 10,
+            runs_per_segment: 2,
+        },
     )
     .unwrap();
     b.add(1, &[1, 2, 3]).unwrap();
     b.add(2, &[3, 4]).unwrap();
     b.add(1, &[7, 7, 8]).unwrap();
+    // Ids again across groups: the newest still wins.
+    b.add(3, &[5]).unwrap();
+    b.add(3, &[6]).unwrap();
+    b.add(3, &[9, 10]).unwrap();
     assert!(matches!(b.add(0, &[1]), Err(Error::InvalidFingerprintId)));
     b.finish().unwrap();
     let index = Index::open(dir.path(), IndexOptions::default()).unwrap();
     let snap = index.snapshot();
     let dump = snap.dump().unwrap();
-    assert_eq!(dump, BTreeMap::from([(1, vec![7, 8]), (2, vec![3, 4])]));
+    assert_eq!(
+        dump,
+        BTreeMap::from([(1, vec![7, 8]), (2, vec![3, 4]), (3, vec![9, 10])])
+    );
     assert_eq!(snap.generation, Generation(4));
     assert_eq!(snap.get(1).unwrap().version, Position(9));
-    assert_eq!(snap.num_docs, 2);
+    assert_eq!(snap.num_docs, 3);
 }
 
 #[test]
