@@ -1,9 +1,10 @@
 //! `fpnode-loadtest`: generates corpora and drives a node over HTTP, reporting
 //! throughput, latency percentiles and recall, so speed is never bought with
-//! wrong answers. (The scenario files, reports and charts of issue #5 build on
-//! these commands.)
+//! wrong answers. `run NAME` runs a scenario file against a node it starts
+//! itself and writes JSON and Markdown reports (loadtest/README.md).
 
 mod corpus;
+mod scenario;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -37,6 +38,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run a scenario (`loadtest/scenarios/<name>.toml`) against a fresh node
+    /// and write report.json and report.md; exits non-zero if it failed.
+    Run {
+        name: String,
+        /// Directory of scenario files.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))]
+        scenarios: std::path::PathBuf,
+        /// The fpnode binary (default: beside this one).
+        #[arg(long)]
+        fpnode: Option<std::path::PathBuf>,
+        /// Where the reports go (default: target/loadtest/<name>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Write fingerprints 1..=N to stdout for `fpnode import`.
     Gen {
         #[arg(long)]
@@ -102,6 +117,26 @@ async fn main() -> anyhow::Result<()> {
         hashes: cli.hashes,
     };
     match cli.cmd {
+        Cmd::Run {
+            name,
+            scenarios,
+            fpnode,
+            out,
+        } => {
+            let s = scenario::load_scenario(&scenarios, &name)?;
+            let binary = fpnode.unwrap_or_else(scenario::default_binary);
+            let out = out.unwrap_or_else(|| {
+                std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/loadtest"))
+                    .join(&name)
+            });
+            let report = scenario::run(s, &binary, &out).await?;
+            if report.failures.is_empty() {
+                println!("scenario {name}: passed");
+                Ok(())
+            } else {
+                bail!("scenario {name} failed: {}", report.failures.join("; "))
+            }
+        }
         Cmd::Gen {
             fingerprints,
             format,
@@ -112,7 +147,13 @@ async fn main() -> anyhow::Result<()> {
             fingerprints,
             batch,
             clients,
-        } => load(corpus, &url, &index, fingerprints, batch, clients).await,
+        } => {
+            println!(
+                "{}",
+                load(corpus, &url, &index, fingerprints, batch, clients).await?
+            );
+            Ok(())
+        }
         Cmd::Search {
             url,
             index,
@@ -120,7 +161,11 @@ async fn main() -> anyhow::Result<()> {
             queries,
             clients,
             noise,
-        } => search(corpus, &url, &index, fingerprints, queries, clients, noise).await,
+        } => {
+            let r = search(corpus, &url, &index, fingerprints, queries, clients, noise).await?;
+            println!("{r}");
+            Ok(())
+        }
         Cmd::Writes {
             url,
             index,
@@ -191,14 +236,50 @@ async fn post_msgpack<T: serde::Serialize>(
     Ok((status, v))
 }
 
-async fn load(
+/// What a load measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadResult {
+    pub fingerprints: u32,
+    pub hashes: usize,
+    pub batch: u32,
+    pub clients: usize,
+    pub seconds: f64,
+    pub fingerprints_per_second: f64,
+    pub batch_p50_ms: f64,
+    pub batch_p99_ms: f64,
+    /// 503 answers retried.
+    pub retries: u64,
+    /// Batches that failed for good.
+    pub errors: u64,
+}
+
+impl std::fmt::Display for LoadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "load: {} fingerprints x {} hashes in batches of {} with {} clients: {:.1} s = {:.0} fp/s; batch latency p50 {:.1} ms p99 {:.1} ms; 503 retries {}; errors {}",
+            self.fingerprints,
+            self.hashes,
+            self.batch,
+            self.clients,
+            self.seconds,
+            self.fingerprints_per_second,
+            self.batch_p50_ms,
+            self.batch_p99_ms,
+            self.retries,
+            self.errors
+        )
+    }
+}
+
+pub async fn load(
     corpus: Corpus,
     url: &str,
     index: &str,
     n: u32,
     batch: u32,
     clients: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<LoadResult> {
     let client = reqwest::Client::new();
     client
         .put(format!("{url}/{index}"))
@@ -207,10 +288,16 @@ async fn load(
         .context("creating the index")?;
     let next = Arc::new(AtomicU64::new(1));
     let errors = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
-        let (client, next, errors) = (client.clone(), next.clone(), errors.clone());
+        let (client, next, errors, retries) = (
+            client.clone(),
+            next.clone(),
+            errors.clone(),
+            retries.clone(),
+        );
         let target = format!("{url}/{index}/_update");
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
@@ -238,7 +325,7 @@ async fn load(
                             break;
                         }
                         Ok((503, _)) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
+                            retries.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         other => {
@@ -260,18 +347,58 @@ async fn load(
         hist.add(t.await?)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
-        "load: {n} fingerprints x {} hashes in batches of {batch} with {clients} clients: {secs:.1} s = {:.0} fp/s; batch latency p50 {:.1} ms p99 {:.1} ms; 503 retries or errors {}",
-        corpus.hashes,
-        f64::from(n) / secs,
-        hist.value_at_quantile(0.5) as f64 / 1000.0,
-        hist.value_at_quantile(0.99) as f64 / 1000.0,
-        errors.load(Ordering::Relaxed)
-    );
-    Ok(())
+    Ok(LoadResult {
+        fingerprints: n,
+        hashes: corpus.hashes,
+        batch,
+        clients,
+        seconds: secs,
+        fingerprints_per_second: f64::from(n) / secs,
+        batch_p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        batch_p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        retries: retries.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+    })
 }
 
-async fn search(
+/// What a closed-loop search run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SearchResult {
+    pub queries: u64,
+    pub clients: usize,
+    pub noise: f64,
+    pub corpus: u32,
+    pub qps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Share of queries whose first result was the fingerprint they came from.
+    pub recall_at_1: f64,
+    pub errors: u64,
+}
+
+impl std::fmt::Display for SearchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "search: {} queries (noise {:.0}%) with {} clients over {} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; errors {}",
+            self.queries,
+            self.noise * 100.0,
+            self.clients,
+            self.corpus,
+            self.qps,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms,
+            self.recall_at_1 * 100.0,
+            self.errors
+        )
+    }
+}
+
+pub async fn search(
     corpus: Corpus,
     url: &str,
     index: &str,
@@ -279,7 +406,7 @@ async fn search(
     queries: usize,
     clients: usize,
     noise: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<SearchResult> {
     let client = reqwest::Client::new();
     let target = format!("{url}/{index}/_search");
     let done = Arc::new(AtomicU64::new(0));
@@ -318,18 +445,19 @@ async fn search(
     }
     let secs = started.elapsed().as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "search: {} queries (noise {:.0}%) with {clients} clients over {n} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; errors {errors}",
-        hist.len(),
-        noise * 100.0,
-        hist.len() as f64 / secs,
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        hist.max() as f64 / 1000.0,
-        100.0 * correct as f64 / hist.len().max(1) as f64
-    );
-    Ok(())
+    Ok(SearchResult {
+        queries: hist.len(),
+        clients,
+        noise,
+        corpus: n,
+        qps: hist.len() as f64 / secs,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+        recall_at_1: correct as f64 / (hist.len() + errors).max(1) as f64,
+        errors,
+    })
 }
 
 #[derive(serde::Serialize)]
