@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde_json::{Value, json};
 
-use corpus::Corpus;
+use corpus::{Corpus, Distribution};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +34,12 @@ struct Cli {
     /// Hashes per fingerprint.
     #[arg(long, global = true, default_value_t = 120)]
     hashes: usize,
+    /// Skewed corpus: this many frequent hashes (default: uniform hashes).
+    #[arg(long, global = true)]
+    skew_frequent: Option<u32>,
+    /// Skewed corpus: the share of hashes that are frequent ones.
+    #[arg(long, global = true, default_value_t = 0.1)]
+    skew_share: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +112,12 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 0.3)]
         noise: f64,
+        /// Share of each query's hashes dropped.
+        #[arg(long, default_value_t = 0.0)]
+        drop: f64,
+        /// Share of queries for fingerprints that are not stored.
+        #[arg(long, default_value_t = 0.0)]
+        misses: f64,
     },
 }
 
@@ -115,6 +127,13 @@ async fn main() -> anyhow::Result<()> {
     let corpus = Corpus {
         seed: cli.seed,
         hashes: cli.hashes,
+        distribution: match cli.skew_frequent {
+            Some(frequent) => Distribution::Skewed {
+                frequent,
+                share: cli.skew_share,
+            },
+            None => Distribution::Uniform,
+        },
     };
     match cli.cmd {
         Cmd::Run {
@@ -161,8 +180,15 @@ async fn main() -> anyhow::Result<()> {
             queries,
             clients,
             noise,
+            drop,
+            misses,
         } => {
-            let r = search(corpus, &url, &index, fingerprints, queries, clients, noise).await?;
+            let spec = QuerySpec {
+                noise,
+                drop,
+                misses,
+            };
+            let r = search(corpus, &url, &index, fingerprints, queries, clients, spec).await?;
             println!("{r}");
             Ok(())
         }
@@ -361,20 +387,40 @@ pub async fn load(
     })
 }
 
+/// How queries are made from the corpus.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySpec {
+    /// Share of each query's hashes replaced by random ones.
+    #[serde(default)]
+    pub noise: f64,
+    /// Share of each query's hashes dropped.
+    #[serde(default)]
+    pub drop: f64,
+    /// Share of queries made from fingerprints that are not in the index.
+    #[serde(default)]
+    pub misses: f64,
+}
+
 /// What a closed-loop search run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SearchResult {
     pub queries: u64,
     pub clients: usize,
-    pub noise: f64,
+    #[serde(flatten)]
+    pub spec: QuerySpec,
     pub corpus: u32,
     pub qps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
-    /// Share of queries whose first result was the fingerprint they came from.
+    /// Of the queries made from stored fingerprints, the share whose first
+    /// result was that fingerprint.
     pub recall_at_1: f64,
+    /// Queries for absent fingerprints that got a result anyway.
+    pub miss_answers: u64,
+    pub miss_queries: u64,
     pub errors: u64,
 }
 
@@ -382,9 +428,11 @@ impl std::fmt::Display for SearchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "search: {} queries (noise {:.0}%) with {} clients over {} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; errors {}",
+            "search: {} queries (noise {:.0}%, dropped {:.0}%, misses {:.0}%) with {} clients over {} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; misses answered {}/{}; errors {}",
             self.queries,
-            self.noise * 100.0,
+            self.spec.noise * 100.0,
+            self.spec.drop * 100.0,
+            self.spec.misses * 100.0,
             self.clients,
             self.corpus,
             self.qps,
@@ -393,9 +441,20 @@ impl std::fmt::Display for SearchResult {
             self.p999_ms,
             self.max_ms,
             self.recall_at_1 * 100.0,
+            self.miss_answers,
+            self.miss_queries,
             self.errors
         )
     }
+}
+
+#[derive(Default)]
+struct Tally {
+    hits: u64,
+    correct: u64,
+    miss_queries: u64,
+    miss_answers: u64,
+    errors: u64,
 }
 
 pub async fn search(
@@ -405,7 +464,7 @@ pub async fn search(
     n: u32,
     queries: usize,
     clients: usize,
-    noise: f64,
+    spec: QuerySpec,
 ) -> anyhow::Result<SearchResult> {
     let client = reqwest::Client::new();
     let target = format!("{url}/{index}/_search");
@@ -417,46 +476,62 @@ pub async fn search(
         tasks.push(tokio::spawn(async move {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(1000 + c as u64);
             let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
-            let (mut correct, mut errors) = (0u64, 0u64);
+            let mut t = Tally::default();
             while done.fetch_add(1, Ordering::Relaxed) < queries as u64 {
-                let id = rng.gen_range(1..=n);
-                let q = corpus.noisy_query(id, noise, &mut rng);
-                let t = Instant::now();
+                // A miss is a fingerprint of the same corpus that was never stored.
+                let miss = rng.gen_bool(spec.misses.clamp(0.0, 1.0));
+                let id = if miss {
+                    rng.gen_range(n.saturating_add(1)..=n.saturating_mul(2).max(n + 1))
+                } else {
+                    rng.gen_range(1..=n)
+                };
+                let q = corpus.query(id, spec.noise, spec.drop, &mut rng);
+                let start = Instant::now();
                 match post_msgpack(&client, &target, &Query { q }).await {
                     Ok((200, v)) => {
-                        let _ = hist.record(t.elapsed().as_micros() as u64);
-                        if v["r"][0]["i"].as_u64() == Some(u64::from(id)) {
-                            correct += 1;
+                        let _ = hist.record(start.elapsed().as_micros() as u64);
+                        let first = v["r"][0]["i"].as_u64();
+                        if miss {
+                            t.miss_queries += 1;
+                            t.miss_answers += u64::from(first.is_some());
+                        } else {
+                            t.hits += 1;
+                            t.correct += u64::from(first == Some(u64::from(id)));
                         }
                     }
-                    _ => errors += 1,
+                    _ => t.errors += 1,
                 }
             }
-            (hist, correct, errors)
+            (hist, t)
         }));
     }
     let mut hist = Histogram::<u64>::new(3)?;
-    let (mut correct, mut errors) = (0, 0);
-    for t in tasks {
-        let (h, c, e) = t.await?;
+    let mut total = Tally::default();
+    for task in tasks {
+        let (h, t) = task.await?;
         hist.add(h)?;
-        correct += c;
-        errors += e;
+        total.hits += t.hits;
+        total.correct += t.correct;
+        total.miss_queries += t.miss_queries;
+        total.miss_answers += t.miss_answers;
+        total.errors += t.errors;
     }
     let secs = started.elapsed().as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(SearchResult {
         queries: hist.len(),
         clients,
-        noise,
+        spec,
         corpus: n,
         qps: hist.len() as f64 / secs,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: hist.max() as f64 / 1000.0,
-        recall_at_1: correct as f64 / (hist.len() + errors).max(1) as f64,
-        errors,
+        recall_at_1: total.correct as f64 / total.hits.max(1) as f64,
+        miss_answers: total.miss_answers,
+        miss_queries: total.miss_queries,
+        errors: total.errors,
     })
 }
 

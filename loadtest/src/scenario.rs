@@ -11,6 +11,7 @@
 //! fingerprints = 20000
 //! hashes = 120
 //! seed = 1
+//! distribution = "uniform"   # or "skewed", with frequent = 64, share = 0.1
 //! [[steps]]
 //! kind = "load"          # _update batches over HTTP
 //! batch = 1000
@@ -20,7 +21,9 @@
 //! queries = 2000
 //! clients = 2
 //! noise = 0.0            # share of each query's hashes replaced
-//! min_recall = 1.0       # fail below this recall@1
+//! drop = 0.0             # share of each query's hashes dropped
+//! misses = 0.0           # share of queries for fingerprints never stored
+//! min_recall = 1.0       # fail below this recall@1 (over stored ones)
 //! ```
 
 use std::net::TcpListener;
@@ -31,8 +34,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::corpus::Corpus;
-use crate::{LoadResult, SearchResult, load, search};
+use crate::corpus::{Corpus, Distribution};
+use crate::{LoadResult, QuerySpec, SearchResult, load, search};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +55,43 @@ pub struct CorpusSpec {
     pub hashes: usize,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// `uniform` (default) or `skewed` (with `frequent` and `share`).
+    #[serde(default)]
+    pub distribution: DistributionName,
+    /// Skewed: how many distinct frequent hashes.
+    #[serde(default = "default_frequent")]
+    pub frequent: u32,
+    /// Skewed: the share of hashes that are frequent ones.
+    #[serde(default = "default_share")]
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributionName {
+    #[default]
+    Uniform,
+    Skewed,
+}
+
+fn default_frequent() -> u32 {
+    64
+}
+
+fn default_share() -> f64 {
+    0.1
+}
+
+impl CorpusSpec {
+    fn distribution(&self) -> Distribution {
+        match self.distribution {
+            DistributionName::Uniform => Distribution::Uniform,
+            DistributionName::Skewed => Distribution::Skewed {
+                frequent: self.frequent,
+                share: self.share,
+            },
+        }
+    }
 }
 
 fn default_hashes() -> usize {
@@ -81,6 +121,10 @@ pub enum Step {
         clients: usize,
         #[serde(default)]
         noise: f64,
+        #[serde(default)]
+        drop: f64,
+        #[serde(default)]
+        misses: f64,
         /// Fail the run if recall@1 is below this.
         #[serde(default)]
         min_recall: f64,
@@ -113,8 +157,8 @@ impl Outcome {
             }
             Outcome::Search { result, min_recall } if result.recall_at_1 < *min_recall => {
                 Some(format!(
-                    "search (noise {}): recall@1 {:.4} below {min_recall}",
-                    result.noise, result.recall_at_1
+                    "search (noise {}, drop {}): recall@1 {:.4} below {min_recall}",
+                    result.spec.noise, result.spec.drop, result.recall_at_1
                 ))
             }
             _ => None,
@@ -227,6 +271,7 @@ pub async fn run(scenario: Scenario, binary: &Path, out: &Path) -> anyhow::Resul
     let corpus = Corpus {
         seed: scenario.corpus.seed,
         hashes: scenario.corpus.hashes,
+        distribution: scenario.corpus.distribution(),
     };
     let n = scenario.corpus.fingerprints;
     let node = NodeProcess::start(binary).await?;
@@ -241,11 +286,20 @@ pub async fn run(scenario: Scenario, binary: &Path, out: &Path) -> anyhow::Resul
                 queries,
                 clients,
                 noise,
+                drop,
+                misses,
                 min_recall,
-            } => Outcome::Search {
-                result: search(corpus, &node.url, "main", n, *queries, *clients, *noise).await?,
-                min_recall: *min_recall,
-            },
+            } => {
+                let spec = QuerySpec {
+                    noise: *noise,
+                    drop: *drop,
+                    misses: *misses,
+                };
+                Outcome::Search {
+                    result: search(corpus, &node.url, "main", n, *queries, *clients, spec).await?,
+                    min_recall: *min_recall,
+                }
+            }
         };
         match &outcome {
             Outcome::Load(r) => eprintln!("  {r}"),
