@@ -6,7 +6,9 @@
 //! compression, and the common case for search cost), or `skewed`: each hash
 //! is, with probability `share`, one of only `frequent` values, like the
 //! hashes silence and hum produce in real audio (long posting lists every
-//! query touches).
+//! query touches), or `correlated`: like Chromaprint, whose consecutive
+//! hashes come from overlapping audio frames, each hash is the previous one
+//! with a few bits flipped (neighbouring hashes share most of their bits).
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -20,6 +22,10 @@ pub enum Distribution {
         frequent: u32,
         /// Share of all hashes that are frequent ones.
         share: f64,
+    },
+    Correlated {
+        /// Bits flipped between consecutive hashes.
+        flip: u32,
     },
 }
 
@@ -43,6 +49,7 @@ impl Corpus {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(
             self.seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
+        let mut previous: u32 = rng.r#gen();
         (0..self.hashes)
             .map(|_| match self.distribution {
                 Distribution::Skewed { frequent, share }
@@ -50,9 +57,35 @@ impl Corpus {
                 {
                     frequent_hash(self.seed, rng.gen_range(0..frequent))
                 }
+                Distribution::Correlated { flip } => {
+                    for _ in 0..flip {
+                        previous ^= 1 << rng.gen_range(0..32);
+                    }
+                    previous
+                }
                 _ => rng.r#gen::<u32>(),
             })
             .collect()
+    }
+
+    /// Writes fingerprints `first..=last` as the MessagePack records
+    /// `fpnode import` reads (`{"i": id, "h": [...]}`, one after another).
+    pub fn write_msgpack(
+        &self,
+        out: &mut impl std::io::Write,
+        first: u32,
+        last: u32,
+    ) -> anyhow::Result<()> {
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            i: u32,
+            h: &'a [u32],
+        }
+        for id in first..=last {
+            let h = self.fingerprint(id);
+            rmp_serde::encode::write_named(out, &Record { i: id, h: &h })?;
+        }
+        Ok(())
     }
 
     /// A stored fingerprint with each hash replaced by a random one with
@@ -103,6 +136,26 @@ mod tests {
         };
         // About half of the 120,000 hashes are one of the 16 frequent values.
         assert!((50_000..70_000).contains(&top), "{top}");
+    }
+
+    #[test]
+    fn correlated_hashes_differ_from_their_neighbours_in_few_bits() {
+        let c = Corpus {
+            seed: 3,
+            hashes: 120,
+            distribution: Distribution::Correlated { flip: 2 },
+        };
+        let h = c.fingerprint(11);
+        let bits: u32 = h.windows(2).map(|w| (w[0] ^ w[1]).count_ones()).sum();
+        // Two flips per step: 0 (the same bit twice) or 2 bits differ.
+        assert!((119..=2 * 119).contains(&bits), "{bits}");
+        let uniform = Corpus {
+            distribution: Distribution::Uniform,
+            ..c
+        };
+        let u = uniform.fingerprint(11);
+        let ubits: u32 = u.windows(2).map(|w| (w[0] ^ w[1]).count_ones()).sum();
+        assert!(ubits > 119 * 12, "{ubits}");
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! wrong answers. `run NAME` runs a scenario file against a node it starts
 //! itself and writes JSON and Markdown reports (loadtest/README.md).
 
+mod charts;
 mod corpus;
+mod import;
+mod measure;
+mod openloop;
+mod progress;
+mod scale;
 mod scenario;
 
 use std::io::Write;
@@ -57,6 +63,21 @@ enum Cmd {
         /// Where the reports go (default: target/loadtest/<name>).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Corpus size instead of the scenario's (for a scale series).
+        #[arg(long)]
+        fingerprints: Option<u32>,
+        /// The node's data directory, kept afterwards (default: a temporary
+        /// directory, removed at the end). Needs room for the index.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
+    /// Scale curve from several `run` reports (one per corpus size): writes
+    /// scale.svg (bytes/posting, RssAnon, search p50/p99 against corpus
+    /// size) and scale.md (the same as a table) into --out.
+    Scale {
+        reports: Vec<std::path::PathBuf>,
+        #[arg(long, default_value = "target/loadtest/scale")]
+        out: std::path::PathBuf,
     },
     /// Write fingerprints 1..=N to stdout for `fpnode import`.
     Gen {
@@ -141,14 +162,23 @@ async fn main() -> anyhow::Result<()> {
             scenarios,
             fpnode,
             out,
+            fingerprints,
+            data,
         } => {
-            let s = scenario::load_scenario(&scenarios, &name)?;
+            let mut s = scenario::load_scenario(&scenarios, &name)?;
+            if let Some(n) = fingerprints {
+                s.corpus.fingerprints = n;
+            }
             let binary = fpnode.unwrap_or_else(scenario::default_binary);
             let out = out.unwrap_or_else(|| {
                 std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/loadtest"))
                     .join(&name)
             });
-            let report = scenario::run(s, &binary, &out).await?;
+            let data = match data {
+                Some(dir) => scenario::DataDir::Given(dir),
+                None => scenario::DataDir::Temp(tempfile::tempdir()?),
+            };
+            let report = scenario::run(s, &binary, data, &out).await?;
             if report.failures.is_empty() {
                 println!("scenario {name}: passed");
                 Ok(())
@@ -156,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 bail!("scenario {name} failed: {}", report.failures.join("; "))
             }
         }
+        Cmd::Scale { reports, out } => scale::scale(&reports, &out),
         Cmd::Gen {
             fingerprints,
             format,
@@ -206,13 +237,19 @@ async fn main() -> anyhow::Result<()> {
 fn generate(corpus: Corpus, n: u32, format: &str) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    for id in 1..=n {
-        let h = corpus.fingerprint(id);
-        match format {
-            "msgpack" => rmp_serde::encode::write_named(&mut out, &json!({ "i": id, "h": h }))?,
-            "ndjson" => writeln!(out, "{}", json!({ "id": id, "hashes": h }))?,
-            _ => bail!("unknown format {format}: msgpack or ndjson"),
+    match format {
+        "msgpack" if n > 0 => corpus.write_msgpack(&mut out, 1, n)?,
+        "msgpack" => {}
+        "ndjson" => {
+            for id in 1..=n {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "id": id, "hashes": corpus.fingerprint(id) })
+                )?;
+            }
         }
+        _ => bail!("unknown format {format}: msgpack or ndjson"),
     }
     out.flush()?;
     Ok(())
@@ -237,11 +274,11 @@ struct Insert {
 }
 
 #[derive(serde::Serialize)]
-struct Query {
-    q: Vec<u32>,
+pub(crate) struct Query {
+    pub q: Vec<u32>,
 }
 
-async fn post_msgpack<T: serde::Serialize>(
+pub(crate) async fn post_msgpack<T: serde::Serialize>(
     client: &reqwest::Client,
     url: &str,
     body: &T,
@@ -277,6 +314,8 @@ pub struct LoadResult {
     pub retries: u64,
     /// Batches that failed for good.
     pub errors: u64,
+    /// (seconds since the start, fingerprints acknowledged that second).
+    pub timeline: Vec<(f64, f64)>,
 }
 
 impl std::fmt::Display for LoadResult {
@@ -315,14 +354,37 @@ pub async fn load(
     let next = Arc::new(AtomicU64::new(1));
     let errors = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));
+    let loaded = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let sampler = {
+        let loaded = loaded.clone();
+        tokio::spawn(async move {
+            let bar = progress::bar(u64::from(n), "load");
+            let mut timeline = Vec::new();
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = loaded.load(Ordering::Relaxed);
+                bar.set_position(now);
+                timeline.push((started.elapsed().as_secs_f64(), (now - last) as f64));
+                last = now;
+                if now >= u64::from(n) {
+                    bar.finish_and_clear();
+                    return timeline;
+                }
+            }
+        })
+    };
     let mut tasks = Vec::new();
     for _ in 0..clients.max(1) {
-        let (client, next, errors, retries) = (
+        let (client, next, errors, retries, loaded) = (
             client.clone(),
             next.clone(),
             errors.clone(),
             retries.clone(),
+            loaded.clone(),
         );
         let target = format!("{url}/{index}/_update");
         tasks.push(tokio::spawn(async move {
@@ -348,6 +410,7 @@ pub async fn load(
                     match post_msgpack(&client, &target, &body).await {
                         Ok((200, _)) => {
                             let _ = hist.record(t.elapsed().as_micros() as u64);
+                            loaded.fetch_add(u64::from(last - first + 1), Ordering::Relaxed);
                             break;
                         }
                         Ok((503, _)) => {
@@ -357,12 +420,11 @@ pub async fn load(
                         other => {
                             eprintln!("update {first}..={last} failed: {other:?}");
                             errors.fetch_add(1, Ordering::Relaxed);
+                            // Counted as done, so the progress ends.
+                            loaded.fetch_add(u64::from(last - first + 1), Ordering::Relaxed);
                             break;
                         }
                     }
-                }
-                if last % 100_000 < batch {
-                    eprintln!("  {last} loaded, {:.0?}", started.elapsed());
                 }
             }
             hist
@@ -373,6 +435,14 @@ pub async fn load(
         hist.add(t.await?)?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let mut timeline = sampler.await?;
+    // The last sample covers only part of a second: scale it to a rate.
+    if let Some(last) = timeline.last_mut() {
+        let whole = (last.0 - 1.0).max(0.0);
+        if secs > whole && secs < last.0 {
+            *last = (secs, last.1 / (secs - whole));
+        }
+    }
     Ok(LoadResult {
         fingerprints: n,
         hashes: corpus.hashes,
@@ -384,22 +454,29 @@ pub async fn load(
         batch_p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         retries: retries.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
+        timeline,
     })
 }
 
 /// How queries are made from the corpus.
-#[derive(Debug, Clone, Copy, Default, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct QuerySpec {
     /// Share of each query's hashes replaced by random ones.
-    #[serde(default)]
     pub noise: f64,
     /// Share of each query's hashes dropped.
-    #[serde(default)]
     pub drop: f64,
     /// Share of queries made from fingerprints that are not in the index.
-    #[serde(default)]
     pub misses: f64,
+}
+
+impl QuerySpec {
+    pub fn new(noise: f64, drop: f64, misses: f64) -> QuerySpec {
+        QuerySpec {
+            noise,
+            drop,
+            misses,
+        }
+    }
 }
 
 /// What a closed-loop search run measured.

@@ -34,7 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::charts::{self, Axes, Series};
 use crate::corpus::{Corpus, Distribution};
+use crate::import::{ImportOptions, ImportResult};
+use crate::measure::{self, DiskResult};
+use crate::openloop::{OpenLoopResult, open_loop};
 use crate::{LoadResult, QuerySpec, SearchResult, load, search};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -64,6 +68,13 @@ pub struct CorpusSpec {
     /// Skewed: the share of hashes that are frequent ones.
     #[serde(default = "default_share")]
     pub share: f64,
+    /// Correlated: bits flipped between consecutive hashes.
+    #[serde(default = "default_flip")]
+    pub flip: u32,
+}
+
+fn default_flip() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
@@ -72,6 +83,7 @@ pub enum DistributionName {
     #[default]
     Uniform,
     Skewed,
+    Correlated,
 }
 
 fn default_frequent() -> u32 {
@@ -90,6 +102,7 @@ impl CorpusSpec {
                 frequent: self.frequent,
                 share: self.share,
             },
+            DistributionName::Correlated => Distribution::Correlated { flip: self.flip },
         }
     }
 }
@@ -109,12 +122,34 @@ fn default_clients() -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
+    /// `_update` batches over HTTP.
     Load {
         #[serde(default = "default_batch")]
         batch: u32,
         #[serde(default = "default_clients")]
         clients: usize,
     },
+    /// `fpnode import` of the whole corpus, offline (stops the node first).
+    Import {
+        #[serde(default)]
+        run_postings: Option<usize>,
+        #[serde(default)]
+        runs_per_segment: Option<usize>,
+    },
+    /// (Re)starts the node on its data and times it until it serves the
+    /// index; `drop_caches` empties the page cache first (root only).
+    Start {
+        #[serde(default)]
+        drop_caches: bool,
+    },
+    /// The node's memory (RssAnon, RssFile) and the index's size on disk.
+    Measure,
+    /// The disk's own random-read latency over the index files (O_DIRECT).
+    Disk {
+        #[serde(default = "default_reads")]
+        reads: u64,
+    },
+    /// Closed loop: `clients` each send a query once the last is answered.
     Search {
         queries: usize,
         #[serde(default = "default_clients")]
@@ -129,10 +164,97 @@ pub enum Step {
         #[serde(default)]
         min_recall: f64,
     },
+    /// Open loop: queries on a fixed schedule at each rate in turn, latency
+    /// from the time each was due.
+    OpenLoop {
+        rates: Vec<f64>,
+        #[serde(default = "default_seconds")]
+        seconds: f64,
+        #[serde(default)]
+        noise: f64,
+        #[serde(default)]
+        drop: f64,
+        #[serde(default)]
+        misses: f64,
+        #[serde(default = "default_in_flight")]
+        max_in_flight: usize,
+        #[serde(default)]
+        min_recall: f64,
+    },
 }
 
 fn default_batch() -> u32 {
     1000
+}
+
+fn default_reads() -> u64 {
+    5000
+}
+
+fn default_seconds() -> f64 {
+    10.0
+}
+
+fn default_in_flight() -> usize {
+    512
+}
+
+impl Step {
+    fn needs_node(&self) -> bool {
+        !matches!(
+            self,
+            Step::Import { .. } | Step::Disk { .. } | Step::Start { .. }
+        )
+    }
+}
+
+/// How long a (re)started node took to serve its index.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartResult {
+    pub ready_ms: f64,
+    /// Whether the page cache was really dropped before the start.
+    pub caches_dropped: bool,
+    pub rss_anon_kb: u64,
+}
+
+impl std::fmt::Display for StartResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "start: serving the index {:.0} ms after exec ({}); RssAnon {:.1} MB",
+            self.ready_ms,
+            if self.caches_dropped {
+                "page cache dropped"
+            } else {
+                "page cache as it was"
+            },
+            self.rss_anon_kb as f64 / 1024.0
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MeasureResult {
+    pub rss_anon_kb: u64,
+    pub rss_file_kb: u64,
+    pub num_docs: u64,
+    pub file_bytes: u64,
+    /// Index files per posting (fingerprints x hashes).
+    pub bytes_per_posting: f64,
+}
+
+impl std::fmt::Display for MeasureResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node: RssAnon {:.1} MB, RssFile {:.1} MB; {} fingerprints, segment files {:.2} GB = {:.3} bytes/posting",
+            self.rss_anon_kb as f64 / 1024.0,
+            self.rss_file_kb as f64 / 1024.0,
+            self.num_docs,
+            self.file_bytes as f64 / 1e9,
+            self.bytes_per_posting
+        )
+    }
 }
 
 /// One step's outcome, as the report shows it.
@@ -140,28 +262,88 @@ fn default_batch() -> u32 {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     Load(LoadResult),
+    Import(ImportResult),
+    Start(StartResult),
+    Measure(MeasureResult),
+    Disk(DiskResult),
     Search {
         #[serde(flatten)]
         result: SearchResult,
+        min_recall: f64,
+    },
+    OpenLoop {
+        results: Vec<OpenLoopResult>,
         min_recall: f64,
     },
 }
 
 impl Outcome {
     /// Why this step failed the run, if it did.
-    fn failure(&self) -> Option<String> {
+    fn failures(&self) -> Vec<String> {
+        let recall = |what: &str, spec: &QuerySpec, recall: f64, min: f64| {
+            (recall < min).then(|| {
+                format!(
+                    "{what} (noise {}, drop {}): recall@1 {recall:.4} below {min}",
+                    spec.noise, spec.drop
+                )
+            })
+        };
         match self {
-            Outcome::Load(r) if r.errors > 0 => Some(format!("load: {} failed batches", r.errors)),
-            Outcome::Search { result, .. } if result.errors > 0 => {
-                Some(format!("search: {} failed queries", result.errors))
+            Outcome::Load(r) if r.errors > 0 => vec![format!("load: {} failed batches", r.errors)],
+            Outcome::Search { result, min_recall } => {
+                let mut f = Vec::new();
+                if result.errors > 0 {
+                    f.push(format!("search: {} failed queries", result.errors));
+                }
+                f.extend(recall(
+                    "search",
+                    &result.spec,
+                    result.recall_at_1,
+                    *min_recall,
+                ));
+                f
             }
-            Outcome::Search { result, min_recall } if result.recall_at_1 < *min_recall => {
-                Some(format!(
-                    "search (noise {}, drop {}): recall@1 {:.4} below {min_recall}",
-                    result.spec.noise, result.spec.drop, result.recall_at_1
-                ))
+            Outcome::OpenLoop {
+                results,
+                min_recall,
+            } => results
+                .iter()
+                .filter_map(|r| {
+                    let what = format!("open loop at {} QPS", r.offered_qps);
+                    if r.errors > 0 {
+                        return Some(format!("{what}: {} failed queries", r.errors));
+                    }
+                    recall(&what, &r.spec, r.recall_at_1, *min_recall)
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Load(r) => r.fmt(f),
+            Outcome::Import(r) => r.fmt(f),
+            Outcome::Start(r) => r.fmt(f),
+            Outcome::Measure(r) => r.fmt(f),
+            Outcome::Disk(r) => r.fmt(f),
+            Outcome::Search { result, min_recall } => {
+                write!(f, "{result} (required recall@1 >= {min_recall})")
             }
-            _ => None,
+            Outcome::OpenLoop {
+                results,
+                min_recall,
+            } => {
+                for (i, r) in results.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, "<br>")?;
+                    }
+                    r.fmt(f)?;
+                }
+                write!(f, " (required recall@1 >= {min_recall})")
+            }
         }
     }
 }
@@ -173,7 +355,9 @@ pub struct Report {
     pub fpnode_version: String,
     pub machine: Machine,
     pub started_unix: u64,
+    pub seconds: f64,
     pub outcomes: Vec<Outcome>,
+    pub charts: Vec<String>,
     pub failures: Vec<String>,
 }
 
@@ -207,20 +391,20 @@ fn machine() -> Machine {
     }
 }
 
-/// A `fpnode` process with its own data directory, killed when dropped.
+/// A `fpnode` process serving a data directory, stopped when dropped.
 struct NodeProcess {
     child: Child,
     url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl NodeProcess {
-    async fn start(binary: &Path) -> anyhow::Result<NodeProcess> {
-        let dir = tempfile::tempdir()?;
+    /// Starts the node and waits until it serves: `/<index>/_health` when
+    /// the index exists on disk, `/_health` otherwise.
+    async fn start(binary: &Path, dir: &Path, index: &str) -> anyhow::Result<NodeProcess> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(binary)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .args(["--port", &port.to_string(), "--log", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -229,20 +413,42 @@ impl NodeProcess {
         let node = NodeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
+        };
+        let probe = if dir.join("indexes").join(index).exists() {
+            format!("{}/{index}/_health", node.url)
+        } else {
+            format!("{}/_health", node.url)
         };
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Ok(r) = client.get(format!("{}/_health", node.url)).send().await
+            if let Ok(r) = client.get(&probe).send().await
                 && r.status().is_success()
             {
                 return Ok(node);
             }
             if Instant::now() > deadline {
-                bail!("{} did not answer /_health within 30 s", binary.display());
+                bail!("{} did not answer {probe} within 600 s", binary.display());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (the node checkpoints and exits), SIGKILL after 60 s.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -263,8 +469,32 @@ pub fn load_scenario(dir: &Path, name: &str) -> anyhow::Result<Scenario> {
     Ok(scenario)
 }
 
-/// Runs `scenario` against a fresh node; writes the reports into `out`.
-pub async fn run(scenario: Scenario, binary: &Path, out: &Path) -> anyhow::Result<Report> {
+/// Where a run keeps its node's data: a temporary directory (removed at the
+/// end) unless one was given.
+pub enum DataDir {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl DataDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            DataDir::Temp(t) => t.path(),
+            DataDir::Given(p) => p,
+        }
+    }
+}
+
+const INDEX: &str = "main";
+
+/// Runs `scenario` with `binary` on `data`; writes the reports into `out`.
+pub async fn run(
+    scenario: Scenario,
+    binary: &Path,
+    data: DataDir,
+    out: &Path,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -274,13 +504,67 @@ pub async fn run(scenario: Scenario, binary: &Path, out: &Path) -> anyhow::Resul
         distribution: scenario.corpus.distribution(),
     };
     let n = scenario.corpus.fingerprints;
-    let node = NodeProcess::start(binary).await?;
+    let dir = data.path().to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut node: Option<NodeProcess> = None;
     let mut outcomes = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         eprintln!("[{}/{}] {step:?}", i + 1, scenario.steps.len());
+        if step.needs_node() && node.is_none() {
+            node = Some(NodeProcess::start(binary, &dir, INDEX).await?);
+        }
+        let url = node.as_ref().map(|n| n.url.clone()).unwrap_or_default();
         let outcome = match step {
             Step::Load { batch, clients } => {
-                Outcome::Load(load(corpus, &node.url, "main", n, *batch, *clients).await?)
+                Outcome::Load(load(corpus, &url, INDEX, n, *batch, *clients).await?)
+            }
+            Step::Import {
+                run_postings,
+                runs_per_segment,
+            } => {
+                if let Some(running) = node.take() {
+                    running.stop();
+                }
+                let opts = ImportOptions {
+                    run_postings: *run_postings,
+                    runs_per_segment: *runs_per_segment,
+                };
+                let (binary, dir) = (binary.to_path_buf(), dir.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    crate::import::import(corpus, n, &binary, &dir, INDEX, opts)
+                })
+                .await??;
+                Outcome::Import(r)
+            }
+            Step::Start { drop_caches } => {
+                if let Some(running) = node.take() {
+                    running.stop();
+                }
+                let caches_dropped = *drop_caches && measure::drop_caches();
+                let t = Instant::now();
+                let started = NodeProcess::start(binary, &dir, INDEX).await?;
+                let ready_ms = t.elapsed().as_secs_f64() * 1000.0;
+                let rss_anon_kb = measure::status_kb(started.pid(), "RssAnon");
+                node = Some(started);
+                Outcome::Start(StartResult {
+                    ready_ms,
+                    caches_dropped,
+                    rss_anon_kb,
+                })
+            }
+            Step::Measure => {
+                let pid = node.as_ref().map_or(0, NodeProcess::pid);
+                Outcome::Measure(node_measure(&url, pid, corpus.hashes).await?)
+            }
+            Step::Disk { reads } => {
+                let index_dir = dir.join("indexes").join(INDEX);
+                let reads = *reads;
+                Outcome::Disk(
+                    tokio::task::spawn_blocking(move || {
+                        measure::random_reads(&index_dir, reads, 7)
+                    })
+                    .await??,
+                )
             }
             Step::Search {
                 queries,
@@ -290,36 +574,160 @@ pub async fn run(scenario: Scenario, binary: &Path, out: &Path) -> anyhow::Resul
                 misses,
                 min_recall,
             } => {
-                let spec = QuerySpec {
-                    noise: *noise,
-                    drop: *drop,
-                    misses: *misses,
-                };
+                let spec = QuerySpec::new(*noise, *drop, *misses);
                 Outcome::Search {
-                    result: search(corpus, &node.url, "main", n, *queries, *clients, spec).await?,
+                    result: search(corpus, &url, INDEX, n, *queries, *clients, spec).await?,
+                    min_recall: *min_recall,
+                }
+            }
+            Step::OpenLoop {
+                rates,
+                seconds,
+                noise,
+                drop,
+                misses,
+                max_in_flight,
+                min_recall,
+            } => {
+                let spec = QuerySpec::new(*noise, *drop, *misses);
+                let mut results = Vec::new();
+                for &rate in rates {
+                    let r = open_loop(corpus, &url, INDEX, n, rate, *seconds, spec, *max_in_flight)
+                        .await?;
+                    eprintln!("  {r}");
+                    results.push(r);
+                }
+                Outcome::OpenLoop {
+                    results,
                     min_recall: *min_recall,
                 }
             }
         };
         match &outcome {
-            Outcome::Load(r) => eprintln!("  {r}"),
-            Outcome::Search { result, .. } => eprintln!("  {result}"),
+            // Each rate was printed as it finished.
+            Outcome::OpenLoop { min_recall, .. } => {
+                eprintln!("  (required recall@1 >= {min_recall})")
+            }
+            _ => eprintln!("  {outcome}"),
         }
         outcomes.push(outcome);
     }
-    drop(node);
-    let failures = outcomes.iter().filter_map(Outcome::failure).collect();
+    if let Some(running) = node.take() {
+        running.stop();
+    }
+    drop(data);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let charts = draw_charts(&outcomes, out)?;
+    let failures = outcomes.iter().flat_map(Outcome::failures).collect();
     let report = Report {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         fpnode_version: fpnode_version(binary),
         machine: machine(),
         started_unix,
+        seconds: started.elapsed().as_secs_f64(),
         scenario,
         outcomes,
+        charts,
         failures,
     };
     write_reports(&report, out)?;
     Ok(report)
+}
+
+async fn node_measure(url: &str, pid: u32, hashes: usize) -> anyhow::Result<MeasureResult> {
+    let status: serde_json::Value = reqwest::get(format!("{url}/{INDEX}/_status"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let num_docs = status["num_docs"].as_u64().unwrap_or(0);
+    let file_bytes = status["file_bytes"].as_u64().unwrap_or(0);
+    Ok(MeasureResult {
+        rss_anon_kb: measure::status_kb(pid, "RssAnon"),
+        rss_file_kb: measure::status_kb(pid, "RssFile"),
+        num_docs,
+        file_bytes,
+        bytes_per_posting: file_bytes as f64 / (num_docs * hashes as u64).max(1) as f64,
+    })
+}
+
+/// Throughput over time of the load and import steps, and latency against
+/// offered load of each open-loop step; returns the files' names.
+fn draw_charts(outcomes: &[Outcome], out: &Path) -> anyhow::Result<Vec<String>> {
+    let mut charts = Vec::new();
+    let timelines: Vec<Series> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Outcome::Load(r) => Some((i, "load over HTTP", &r.timeline)),
+            Outcome::Import(r) => Some((i, "offline import (read rate)", &r.timeline)),
+            _ => None,
+        })
+        .map(|(i, what, t)| Series {
+            name: format!("step {}: {what}", i + 1),
+            points: t.clone(),
+        })
+        .collect();
+    if !timelines.is_empty() {
+        let name = "throughput.svg";
+        let axes = Axes {
+            title: "Throughput over time",
+            x: "seconds since the step started",
+            y: "fingerprints/s",
+            log_x: false,
+            log_y: false,
+        };
+        charts::line_chart(&out.join(name), &axes, &timelines)?;
+        charts.push(name.to_string());
+    }
+    for (i, o) in outcomes.iter().enumerate() {
+        let Outcome::Import(r) = o else { continue };
+        let name = format!("import-resources-step{}.svg", i + 1);
+        let axes = Axes {
+            title: "Offline import: disk and memory over time",
+            x: "seconds since the step started",
+            y: "GB",
+            log_x: false,
+            log_y: false,
+        };
+        let series = [
+            Series {
+                name: "data directory (runs + segments)".into(),
+                points: r.disk_timeline.clone(),
+            },
+            Series {
+                name: "importer resident memory".into(),
+                points: r.rss_timeline.clone(),
+            },
+        ];
+        charts::line_chart(&out.join(&name), &axes, &series)?;
+        charts.push(name);
+    }
+    for (i, o) in outcomes.iter().enumerate() {
+        let Outcome::OpenLoop { results, .. } = o else {
+            continue;
+        };
+        let line = |name: &str, f: fn(&OpenLoopResult) -> f64| Series {
+            name: name.to_string(),
+            points: results.iter().map(|r| (r.offered_qps, f(r))).collect(),
+        };
+        let name = format!("latency-step{}.svg", i + 1);
+        let axes = Axes {
+            title: "Search latency vs offered load (open loop)",
+            x: "offered queries/s",
+            y: "ms from due time",
+            log_x: false,
+            log_y: true,
+        };
+        let series = [
+            line("p50", |r| r.p50_ms),
+            line("p99", |r| r.p99_ms),
+            line("p99.9", |r| r.p999_ms),
+        ];
+        charts::line_chart(&out.join(&name), &axes, &series)?;
+        charts.push(name);
+    }
+    Ok(charts)
 }
 
 fn fpnode_version(binary: &Path) -> String {
@@ -332,7 +740,6 @@ fn fpnode_version(binary: &Path) -> String {
 }
 
 fn write_reports(report: &Report, out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let json = out.join("report.json");
     std::fs::write(&json, serde_json::to_vec_pretty(report)?)?;
     let md = out.join("report.md");
@@ -356,15 +763,13 @@ fn markdown(r: &Report) -> String {
         r.scenario.corpus.hashes,
         r.scenario.corpus.seed,
     );
+    s.push_str(&format!("Took {:.0} s.\n\n", r.seconds));
     s.push_str("| step | result |\n| --- | --- |\n");
     for (i, o) in r.outcomes.iter().enumerate() {
-        let text = match o {
-            Outcome::Load(l) => l.to_string(),
-            Outcome::Search { result, min_recall } => {
-                format!("{result} (required recall@1 >= {min_recall})")
-            }
-        };
-        s.push_str(&format!("| {} | {text} |\n", i + 1));
+        s.push_str(&format!("| {} | {o} |\n", i + 1));
+    }
+    for c in &r.charts {
+        s.push_str(&format!("\n![{c}]({c})\n"));
     }
     if r.failures.is_empty() {
         s.push_str("\nPassed.\n");
