@@ -640,9 +640,16 @@ impl Index {
             };
             // A checkpoint is about to merge these anyway: merging them now
             // would be one more pass over the same postings (and merging the
-            // segments a running checkpoint holds is not possible).
+            // segments a running checkpoint holds is not possible). Unless
+            // the segments grow many: a checkpoint is only "about to" come by
+            // size, and many small batches (a replica following single
+            // writes) would otherwise reach the stall limit first and block
+            // every write until the checkpoint's age came (found by the chaos
+            // load test: writes stalled for a minute).
             let postings: u64 = st.memory.iter().map(|m| m.segment.info.num_postings).sum();
-            if postings >= self.checkpoint_threshold() / 2 {
+            if postings >= self.checkpoint_threshold() / 2
+                && st.memory.len() < self.opts.max_memory_segments / 2
+            {
                 return Ok(false);
             }
             let n_files = st.files.len();

@@ -217,6 +217,37 @@ fn writes_stall_with_a_named_error_when_maintenance_falls_behind_and_resume_afte
     assert_eq!(index.position(), Position(6));
 }
 
+/// Many small batches holding more than half a checkpoint's postings, but
+/// not enough for one: memory merges must still keep the segment count under
+/// the stall limit, or every write waits for the checkpoint's age.
+#[test]
+fn memory_merges_keep_writes_going_when_a_checkpoint_is_not_due_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = IndexOptions {
+        checkpoint_threshold: 1000,
+        max_memory_segments: 8,
+        stall_timeout: std::time::Duration::from_millis(50),
+        ..IndexOptions::default()
+    };
+    let index = Index::create(dir.path(), Generation(1), opts).unwrap();
+    // 40 batches of 20 postings: 800, past half the threshold, below it.
+    for p in 1..=40u64 {
+        let batch = fpnode_segments::Batch::new(
+            Position(p),
+            vec![fpnode_segments::Change::Insert {
+                id: p as u32,
+                hashes: (0..20).map(|h| p as u32 * 100 + h).collect(),
+            }],
+        );
+        index
+            .apply(&[batch])
+            .unwrap_or_else(|e| panic!("batch {p}: {e}"));
+        assert!(!index.checkpoint_due(), "batch {p}: no checkpoint is due");
+        while index.merge_memory().unwrap() {}
+    }
+    assert_eq!(index.position(), Position(40));
+}
+
 fn batch(p: u64, id: u32) -> fpnode_segments::Batch {
     fpnode_segments::Batch::new(
         Position(p),
