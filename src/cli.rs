@@ -66,6 +66,17 @@ pub struct RestoreArgs {
     pub input: Option<String>,
 }
 
+/// When a search asks the kernel for all its blocks at once (`--prefetch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prefetch {
+    /// Once an index's segment files outgrow half the machine's RAM.
+    Auto,
+    /// Always (indexes on disks slower than RAM even when small).
+    On,
+    /// Never (a search reads page after page).
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Standalone,
@@ -167,6 +178,13 @@ pub struct ServeArgs {
     /// Ask the kernel to read every segment file into the page cache on open.
     #[arg(long, env = "FPNODE_PRELOAD")]
     pub preload: bool,
+
+    /// Whether a search first asks the kernel for every block it will read,
+    /// so an index larger than the page cache is read in parallel rather
+    /// than one page fault at a time: `auto` (once an index's files exceed
+    /// half the RAM), `on`, `off` (docs/benchmarks.md has the figures).
+    #[arg(long, env = "FPNODE_PREFETCH", value_enum, default_value = "auto")]
+    pub prefetch: Prefetch,
 
     /// `standalone` (local writes, no NATS), `replica` (follows the NATS
     /// JetStream stream; writes are published to it) or `proxy` (no data:

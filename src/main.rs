@@ -121,6 +121,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
             ..Limits::default()
         },
+        prefetch_above: prefetch_above(args.prefetch),
         metrics: Some(metrics),
         write_wait: Duration::from_millis(args.write_wait_ms),
         fault_injection: args.enable_fault_injection,
@@ -241,5 +242,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// The index size from which searches prefetch their blocks.
+fn prefetch_above(p: cli::Prefetch) -> Option<u64> {
+    match p {
+        cli::Prefetch::On => Some(0),
+        cli::Prefetch::Off => None,
+        cli::Prefetch::Auto => {
+            let total_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            });
+            // Unknown RAM: prefetch from 8 GB on.
+            Some(total_kb.map_or(8 << 30, |kb| kb * 1024 / 2))
+        }
     }
 }

@@ -24,6 +24,11 @@ pub struct SearchOptions {
     pub min_score: Option<u32>,
     pub score_pct: Option<u32>,
     pub deadline: Option<Instant>,
+    /// Prefetch the blocks of file segments (all segments' reads in flight
+    /// at once) when their total size is at least this many bytes: worth it
+    /// once the index outgrows the page cache, a small cost (one madvise per
+    /// block) before. `None`: never.
+    pub prefetch_above: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +71,13 @@ impl Snapshot {
     pub fn search(&self, query: &[u32], opts: &SearchOptions) -> Result<Vec<Hit>> {
         let q = normalize_query(query);
         let mut matches: Vec<u32> = Vec::with_capacity(q.len() * 4);
+        if let Some(above) = opts.prefetch_above
+            && self.file_bytes() >= above
+        {
+            for view in &self.segments {
+                view.segment.prefetch(&q);
+            }
+        }
         for view in &self.segments {
             opts.check_deadline()?;
             if view.shadowed.is_empty() {

@@ -128,6 +128,14 @@ impl Segment {
         }
     }
 
+    /// Starts reading the blocks a search for `sorted_query` will touch
+    /// (file segments; memory segments are in RAM already).
+    pub fn prefetch(&self, sorted_query: &[u32]) {
+        if let Store::File(f) = &self.store {
+            f.prefetch(sorted_query);
+        }
+    }
+
     /// All postings in `(hash, id)` order.
     pub fn cursor(&self) -> PostingCursor<'_> {
         match &self.store {

@@ -174,4 +174,13 @@ impl Snapshot {
     pub fn num_segments(&self) -> usize {
         self.segments.len()
     }
+
+    /// Bytes of the file segments searched.
+    pub fn file_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .filter_map(|v| v.segment.as_file())
+            .map(|f| f.file_size())
+            .sum()
+    }
 }

@@ -200,7 +200,7 @@ proptest! {
                     index = Some(Index::open(dir.path(), options()).unwrap());
                 }
                 Op::Search(q, limit, min_score, pct) => {
-                    let opts = SearchOptions { limit, min_score, score_pct: pct, deadline: None };
+                    let opts = SearchOptions { limit, min_score, score_pct: pct, deadline: None, prefetch_above: Some(0) };
                     let got = idx.snapshot().search(&q, &opts).unwrap();
                     prop_assert_eq!(got, model.search(&q, limit, min_score, pct));
                 }

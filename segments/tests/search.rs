@@ -63,6 +63,7 @@ fn queries(corpus: &BTreeMap<u32, Vec<u32>>) -> Vec<(Vec<u32>, SearchOptions)> {
         min_score: Some(1),
         score_pct: Some(0),
         deadline: None,
+        prefetch_above: None,
     };
     vec![
         (vec![1], all),

@@ -656,6 +656,7 @@ pub async fn search(
         min_score: req.min_score,
         score_pct: req.score_pct,
         deadline: Some(Instant::now() + Duration::from_millis(timeout)),
+        prefetch_above: state.prefetch_above,
     };
     let started = Instant::now();
     metrics::counter!("fpindex_searches_total").increment(1);

@@ -50,6 +50,9 @@ pub struct AppState {
     /// The local indexes (none in proxy mode).
     pub node: Option<Node>,
     pub limits: Limits,
+    /// Searches prefetch their blocks once an index's files are this large
+    /// (`--prefetch`); `None`: never.
+    pub prefetch_above: Option<u64>,
     pub metrics: Option<PrometheusHandle>,
     /// How long a write waits for a free slot before `503 Overloaded`.
     pub write_wait: Duration,

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bitpacking::{BitPacker, BitPacker4x};
-use memmap2::Mmap;
+use memmap2::{Advice, Mmap};
 use roaring::RoaringBitmap;
 
 use super::format::{FOOTER_LEN, FORMAT_VERSION, Footer, HEADER_LEN, MAGIC};
@@ -239,6 +239,43 @@ impl FileSegment {
         let n = (self.footer.num_postings - b * BLOCK_LEN as u64).min(BLOCK_LEN as u64) as usize;
         block::decode(&self.packer, bytes, self.first_hash(b), n, out)
             .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
+    }
+
+    /// Asks the kernel to start reading every block `collect_matches` will
+    /// decode for `sorted_query` (madvise WILLNEED on each block's bytes), all
+    /// at once. The reads then run in parallel on the device instead of one
+    /// page fault after another: what a search of an index larger than the
+    /// page cache waits for. Only the directory and the offsets table are
+    /// read here (small, and hot).
+    pub fn prefetch(&self, sorted_query: &[u32]) {
+        let nb = self.footer.num_blocks;
+        let mut last = u64::MAX;
+        for &hash in sorted_query {
+            let mut b = self.lower_bound(hash).saturating_sub(1);
+            while b < nb && self.first_hash(b) <= hash {
+                if b != last {
+                    let start = le_u64(&self.map, (self.footer.offsets_offset + 8 * b) as usize);
+                    let end = if b + 1 < nb {
+                        le_u64(
+                            &self.map,
+                            (self.footer.offsets_offset + 8 * (b + 1)) as usize,
+                        )
+                    } else {
+                        self.footer.data_end
+                    };
+                    if start < end && end <= self.footer.data_end {
+                        // A hint: failing to give it only costs speed.
+                        let _ = self.map.advise_range(
+                            Advice::WillNeed,
+                            start as usize,
+                            (end - start) as usize,
+                        );
+                    }
+                    last = b;
+                }
+                b += 1;
+            }
+        }
     }
 
     /// Calls `found(id)` for every posting whose hash is in `sorted_query`.
