@@ -86,6 +86,12 @@ pub struct Link {
     disconnected_since: Mutex<Option<Instant>>,
     /// Woken when the connection comes (back) up.
     connected: tokio::sync::Notify,
+    /// Times the connection came (back) up. A pull consumer does not survive
+    /// a restart of its server unnoticed: its outstanding pull requests are
+    /// gone, and the client only finds out when heartbeats go missing (10 s
+    /// later). Subscribers compare this count with the one they created
+    /// their consumer at, and create a new one at once when it moved.
+    reconnects: std::sync::atomic::AtomicU64,
 }
 
 impl Link {
@@ -97,12 +103,19 @@ impl Link {
         match (connected, *since) {
             (true, _) => {
                 *since = None;
+                self.reconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.connected.notify_waiters();
             }
             (false, None) => *since = Some(Instant::now()),
             (false, Some(_)) => {}
         }
         metrics::gauge!("fpnode_nats_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+
+    /// How many times the connection came (back) up.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// `None` while connected.
@@ -218,6 +231,7 @@ impl Replication {
         let link = Arc::new(Link {
             disconnected_since: Mutex::new(Some(Instant::now())),
             connected: tokio::sync::Notify::new(),
+            reconnects: std::sync::atomic::AtomicU64::new(0),
         });
         let events = link.clone();
         let client = async_nats::ConnectOptions::new()

@@ -93,6 +93,8 @@ pub struct SubscriberState {
     parked: bool,
     /// While loading: the stream's last sequence when the subscriber started.
     target: Option<u64>,
+    /// The link's reconnect count when the consumer was created.
+    created_at_reconnect: u64,
 }
 
 impl Actor for StreamSubscriber {
@@ -116,6 +118,7 @@ impl Actor for StreamSubscriber {
             epoch: 0,
             parked: false,
             target: None,
+            created_at_reconnect: 0,
         })
     }
 
@@ -185,7 +188,17 @@ impl SubscriberState {
     async fn consumer(
         &mut self,
     ) -> Result<Option<&jetstream::consumer::Consumer<pull::Config>>, String> {
+        let reconnects = self.args.link.as_ref().map_or(0, |l| l.reconnects());
+        if self.consumer.is_some() && reconnects != self.created_at_reconnect {
+            // The connection came back since this consumer was made: its
+            // server may have restarted and forgotten our pull requests.
+            // Continue after the last batch handed to the writer.
+            tracing::info!(index = %self.args.handle.name, after = self.after, "NATS reconnected: new consumer");
+            self.consumer = None;
+            self.messages = None;
+        }
         if self.consumer.is_none() {
+            self.created_at_reconnect = reconnects;
             self.after = self.args.handle.version().0;
             let mut stream = self
                 .args
