@@ -30,6 +30,9 @@ pub struct ImportResult {
     pub disk_peak_bytes: u64,
     /// Peak resident memory of the `fpnode import` process (VmHWM).
     pub peak_rss_kb: u64,
+    /// Peak anonymous memory of the importer (RssAnon, sampled every 250 ms):
+    /// its own buffers, without the pages of the files it maps.
+    pub peak_rss_anon_kb: u64,
     /// (seconds since the start, fingerprints read by the importer that second).
     pub timeline: Vec<(f64, f64)>,
     /// (seconds since the start, GB in the data directory) once a second.
@@ -42,7 +45,7 @@ impl std::fmt::Display for ImportResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "import: {} fingerprints ({} postings) in {:.1} s = {:.0} fp/s; index {:.2} GB = {:.3} bytes/posting; disk peak {:.2} GB; importer peak RSS {:.2} GB",
+            "import: {} fingerprints ({} postings) in {:.1} s = {:.0} fp/s; index {:.2} GB = {:.3} bytes/posting; disk peak {:.2} GB; importer peak RssAnon {:.2} GB (RSS with mapped files {:.2} GB)",
             self.fingerprints,
             self.postings,
             self.seconds,
@@ -50,6 +53,7 @@ impl std::fmt::Display for ImportResult {
             self.index_bytes as f64 / 1e9,
             self.bytes_per_posting,
             self.disk_peak_bytes as f64 / 1e9,
+            self.peak_rss_anon_kb as f64 / 1e6,
             self.peak_rss_kb as f64 / 1e6,
         )
     }
@@ -124,6 +128,7 @@ pub fn import(
                 let disk = dir_bytes(&dir);
                 s.disk_peak = s.disk_peak.max(disk);
                 s.rss_peak = s.rss_peak.max(status_kb(pid, "VmHWM"));
+                s.anon_peak = s.anon_peak.max(status_kb(pid, "RssAnon"));
                 let now_fed = fed.load(Ordering::Relaxed);
                 bar.set_position(now_fed);
                 if last_t.elapsed() >= Duration::from_secs(1) {
@@ -131,7 +136,7 @@ pub fn import(
                     let rate = (now_fed - last_fed) as f64 / last_t.elapsed().as_secs_f64();
                     s.rate.push((t, rate));
                     s.disk.push((t, disk as f64 / 1e9));
-                    s.rss.push((t, status_kb(pid, "VmRSS") as f64 / 1e6));
+                    s.rss.push((t, status_kb(pid, "RssAnon") as f64 / 1e6));
                     (last_t, last_fed) = (Instant::now(), now_fed);
                 }
             }
@@ -187,6 +192,7 @@ pub fn import(
         bytes_per_posting: index_bytes as f64 / postings.max(1) as f64,
         disk_peak_bytes: samples.disk_peak,
         peak_rss_kb: samples.rss_peak,
+        peak_rss_anon_kb: samples.anon_peak,
         timeline: samples.rate,
         disk_timeline: samples.disk,
         rss_timeline: samples.rss,
@@ -198,6 +204,7 @@ pub fn import(
 struct Samples {
     disk_peak: u64,
     rss_peak: u64,
+    anon_peak: u64,
     rate: Vec<(f64, f64)>,
     disk: Vec<(f64, f64)>,
     rss: Vec<(f64, f64)>,

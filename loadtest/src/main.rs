@@ -3,14 +3,18 @@
 //! wrong answers. `run NAME` runs a scenario file against a node it starts
 //! itself and writes JSON and Markdown reports (loadtest/README.md).
 
+mod chaos;
 mod charts;
+mod cluster;
 mod corpus;
 mod import;
 mod measure;
 mod openloop;
+mod plan;
 mod progress;
 mod scale;
 mod scenario;
+mod writes;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -78,6 +82,22 @@ enum Cmd {
         reports: Vec<std::path::PathBuf>,
         #[arg(long, default_value = "target/loadtest/scale")]
         out: std::path::PathBuf,
+    },
+    /// Capacity plan: disk, memory and time for corpora of the given sizes,
+    /// derived from what `run` measured (report.json files, or directories
+    /// of them; default: docs/loadtest, the reports of docs/benchmarks.md).
+    Plan {
+        /// Corpus sizes, comma separated (e.g. 10000000,100000000).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000000,100000000,1000000000"
+        )]
+        fingerprints: Vec<u64>,
+        /// NATS servers holding the stream (R).
+        #[arg(long, default_value_t = 3)]
+        stream_replicas: u32,
+        reports: Vec<std::path::PathBuf>,
     },
     /// Write fingerprints 1..=N to stdout for `fpnode import`.
     Gen {
@@ -187,6 +207,19 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Scale { reports, out } => scale::scale(&reports, &out),
+        Cmd::Plan {
+            fingerprints,
+            stream_replicas,
+            reports,
+        } => {
+            let reports = if reports.is_empty() {
+                plan::default_reports()
+            } else {
+                reports
+            };
+            print!("{}", plan::plan(&fingerprints, &reports, stream_replicas)?);
+            Ok(())
+        }
         Cmd::Gen {
             fingerprints,
             format,
@@ -230,7 +263,11 @@ async fn main() -> anyhow::Result<()> {
             first,
             clients,
             follower,
-        } => writes(corpus, &url, &index, count, first, clients, follower).await,
+        } => {
+            let r = writes::writes(corpus, &url, &index, count, first, clients, follower).await?;
+            println!("{r}");
+            Ok(())
+        }
     }
 }
 
@@ -258,19 +295,19 @@ fn generate(corpus: Corpus, n: u32, format: &str) -> anyhow::Result<()> {
 /// `_update` body with MessagePack's one-letter keys, encoded without building
 /// a `Value` tree (the client must not be the bottleneck it measures).
 #[derive(serde::Serialize)]
-struct Update {
-    c: Vec<InsertChange>,
+pub(crate) struct Update {
+    pub c: Vec<InsertChange>,
 }
 
 #[derive(serde::Serialize)]
-struct InsertChange {
-    i: Insert,
+pub(crate) struct InsertChange {
+    pub i: Insert,
 }
 
 #[derive(serde::Serialize)]
-struct Insert {
-    i: u32,
-    h: Vec<u32>,
+pub(crate) struct Insert {
+    pub i: u32,
+    pub h: Vec<u32>,
 }
 
 #[derive(serde::Serialize)]
@@ -498,14 +535,29 @@ pub struct SearchResult {
     /// Queries for absent fingerprints that got a result anyway.
     pub miss_answers: u64,
     pub miss_queries: u64,
+    /// `503 SearchTimeout`: the node gave up at the query's deadline (500 ms
+    /// by default).
+    pub timeouts: u64,
+    /// Other 503s: the node refused the query (queue full).
+    pub shed: u64,
+    /// Anything else that was not an answer: other statuses, broken
+    /// connections.
     pub errors: u64,
+}
+
+impl SearchResult {
+    /// Share of the queries sent that got no answer but a 503.
+    pub fn refused_share(&self) -> f64 {
+        let refused = self.timeouts + self.shed;
+        refused as f64 / (self.queries + refused + self.errors).max(1) as f64
+    }
 }
 
 impl std::fmt::Display for SearchResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "search: {} queries (noise {:.0}%, dropped {:.0}%, misses {:.0}%) with {} clients over {} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; misses answered {}/{}; errors {}",
+            "search: {} queries (noise {:.0}%, dropped {:.0}%, misses {:.0}%) with {} clients over {} fingerprints: {:.0} QPS; latency p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; recall@1 {:.2}%; misses answered {}/{}; 503 SearchTimeout {}; 503 shed {}; errors {}",
             self.queries,
             self.spec.noise * 100.0,
             self.spec.drop * 100.0,
@@ -520,6 +572,8 @@ impl std::fmt::Display for SearchResult {
             self.recall_at_1 * 100.0,
             self.miss_answers,
             self.miss_queries,
+            self.timeouts,
+            self.shed,
             self.errors
         )
     }
@@ -531,6 +585,8 @@ struct Tally {
     correct: u64,
     miss_queries: u64,
     miss_answers: u64,
+    timeouts: u64,
+    shed: u64,
     errors: u64,
 }
 
@@ -576,6 +632,8 @@ pub async fn search(
                             t.correct += u64::from(first == Some(u64::from(id)));
                         }
                     }
+                    Ok((503, v)) if v["e"].as_str() == Some("SearchTimeout") => t.timeouts += 1,
+                    Ok((503, _)) => t.shed += 1,
                     _ => t.errors += 1,
                 }
             }
@@ -591,6 +649,8 @@ pub async fn search(
         total.correct += t.correct;
         total.miss_queries += t.miss_queries;
         total.miss_answers += t.miss_answers;
+        total.timeouts += t.timeouts;
+        total.shed += t.shed;
         total.errors += t.errors;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -608,114 +668,8 @@ pub async fn search(
         recall_at_1: total.correct as f64 / total.hits.max(1) as f64,
         miss_answers: total.miss_answers,
         miss_queries: total.miss_queries,
+        timeouts: total.timeouts,
+        shed: total.shed,
         errors: total.errors,
     })
-}
-
-#[derive(serde::Serialize)]
-struct Put {
-    h: Vec<u32>,
-}
-
-async fn writes(
-    corpus: Corpus,
-    url: &str,
-    index: &str,
-    count: u32,
-    first: u32,
-    clients: usize,
-    follower: Option<String>,
-) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let next = Arc::new(AtomicU64::new(u64::from(first)));
-    let end = u64::from(first) + u64::from(count);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients.max(1) {
-        let (client, next) = (client.clone(), next.clone());
-        let (url, index, follower) = (url.to_string(), index.to_string(), follower.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ack = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
-            let mut seen = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
-            let mut errors = 0u64;
-            loop {
-                let id = next.fetch_add(1, Ordering::Relaxed);
-                if id >= end {
-                    break;
-                }
-                let id = id as u32;
-                let body = rmp_serde::to_vec_named(&Put {
-                    h: corpus.fingerprint(id),
-                })
-                .unwrap_or_default();
-                let t = Instant::now();
-                let res = client
-                    .put(format!("{url}/{index}/{id}"))
-                    .header("Content-Type", "application/vnd.msgpack")
-                    .body(body)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = ack.record(t.elapsed().as_micros() as u64);
-                    }
-                    _ => {
-                        errors += 1;
-                        continue;
-                    }
-                }
-                if let Some(f) = &follower {
-                    let target = format!("{f}/{index}/{id}");
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    loop {
-                        let ok = client
-                            .get(&target)
-                            .send()
-                            .await
-                            .is_ok_and(|r| r.status().is_success());
-                        if ok {
-                            let _ = seen.record(t.elapsed().as_micros() as u64);
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            errors += 1;
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_micros(200)).await;
-                    }
-                }
-            }
-            (ack, seen, errors)
-        }));
-    }
-    let mut ack = Histogram::<u64>::new(3)?;
-    let mut seen = Histogram::<u64>::new(3)?;
-    let mut errors = 0;
-    for t in tasks {
-        let (a, s, e) = t.await?;
-        ack.add(a)?;
-        seen.add(s)?;
-        errors += e;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "writes: {} single-fingerprint PUTs with {clients} clients: {:.0} writes/s; answered p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms; errors {errors}",
-        ack.len(),
-        ack.len() as f64 / secs,
-        ms(&ack, 0.5),
-        ms(&ack, 0.99),
-        ms(&ack, 0.999),
-        ack.max() as f64 / 1000.0
-    );
-    if follower.is_some() {
-        println!(
-            "writes: served by the follower p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.2} ms after the write was sent",
-            ms(&seen, 0.5),
-            ms(&seen, 0.99),
-            ms(&seen, 0.999),
-            seen.max() as f64 / 1000.0
-        );
-    }
-    Ok(())
 }

@@ -26,19 +26,23 @@
 //! min_recall = 1.0       # fail below this recall@1 (over stored ones)
 //! ```
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::chaos::{ChaosPlan, ChaosResult, Target, chaos};
 use crate::charts::{self, Axes, Series};
+use crate::cluster::{NatsProcess, NodeProcess, stream_size};
 use crate::corpus::{Corpus, Distribution};
 use crate::import::{ImportOptions, ImportResult};
 use crate::measure::{self, DiskResult};
 use crate::openloop::{OpenLoopResult, open_loop};
+use crate::writes::{FIRST_NEW_ID, WriteLoad, Writers, WritesResult, writes};
 use crate::{LoadResult, QuerySpec, SearchResult, load, search};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,7 +52,24 @@ pub struct Scenario {
     #[serde(default)]
     pub description: String,
     pub corpus: CorpusSpec,
+    /// With a `[nats]` section the runner starts a nats-server and the node
+    /// is a replica of its stream; without, a standalone node.
+    #[serde(default)]
+    pub nats: Option<NatsSpec>,
     pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSpec {
+    /// JetStream's `sync_interval`: `always` (every acknowledged message
+    /// fsynced) or a duration such as `2m` (the server's default).
+    #[serde(default = "default_sync")]
+    pub sync_interval: String,
+}
+
+fn default_sync() -> String {
+    "always".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -163,6 +184,10 @@ pub enum Step {
         /// Fail the run if recall@1 is below this.
         #[serde(default)]
         min_recall: f64,
+        /// Fail the run if more than this share of queries got a 503
+        /// (SearchTimeout or shed); none by default.
+        #[serde(default)]
+        max_refused: f64,
     },
     /// Open loop: queries on a fixed schedule at each rate in turn, latency
     /// from the time each was due.
@@ -181,6 +206,81 @@ pub enum Step {
         #[serde(default)]
         min_recall: f64,
     },
+    /// A new, empty replica replays the stream ([nats] only): time to
+    /// serving, replay rate, its peak RssAnon, and the stream's size. The
+    /// replica stays up as the follower of later `writes` steps.
+    Bootstrap,
+    /// Single-fingerprint writes of new ids on the node, one at a time per
+    /// client: latency until answered and, with a follower (a `bootstrap`
+    /// replica), until the follower's search finds them.
+    Writes {
+        #[serde(default = "default_writes")]
+        count: u32,
+        #[serde(default = "default_clients")]
+        clients: usize,
+    },
+    /// Closed-loop searches while writers insert new fingerprints.
+    Mixed {
+        queries: usize,
+        #[serde(default = "default_clients")]
+        clients: usize,
+        #[serde(default)]
+        noise: f64,
+        #[serde(default = "default_clients")]
+        writers: usize,
+        #[serde(default = "default_write_batch")]
+        batch: u32,
+        #[serde(default)]
+        min_recall: f64,
+    },
+    /// Writers insert new fingerprints while the node and the nats-server
+    /// are killed (SIGKILL) and restarted in turn; then every acknowledged
+    /// fingerprint must be found.
+    Chaos {
+        #[serde(default = "default_kills")]
+        kills: u32,
+        /// `node`, `nats` (needs [nats]); killed in turn.
+        #[serde(default = "default_targets")]
+        targets: Vec<Target>,
+        /// Writing between one recovery and the next kill, in ms.
+        #[serde(default = "default_interval_ms")]
+        interval_ms: u64,
+        /// How long a killed process stays down, in ms.
+        #[serde(default = "default_down_ms")]
+        down_ms: u64,
+        #[serde(default = "default_chaos_writers")]
+        writers: usize,
+        #[serde(default = "default_write_batch")]
+        batch: u32,
+    },
+}
+
+fn default_writes() -> u32 {
+    2000
+}
+
+fn default_write_batch() -> u32 {
+    10
+}
+
+fn default_kills() -> u32 {
+    20
+}
+
+fn default_targets() -> Vec<Target> {
+    vec![Target::Node]
+}
+
+fn default_interval_ms() -> u64 {
+    2000
+}
+
+fn default_down_ms() -> u64 {
+    500
+}
+
+fn default_chaos_writers() -> usize {
+    4
 }
 
 fn default_batch() -> u32 {
@@ -203,7 +303,7 @@ impl Step {
     fn needs_node(&self) -> bool {
         !matches!(
             self,
-            Step::Import { .. } | Step::Disk { .. } | Step::Start { .. }
+            Step::Import { .. } | Step::Disk { .. } | Step::Start { .. } | Step::Bootstrap
         )
     }
 }
@@ -270,11 +370,53 @@ pub enum Outcome {
         #[serde(flatten)]
         result: SearchResult,
         min_recall: f64,
+        max_refused: f64,
     },
     OpenLoop {
         results: Vec<OpenLoopResult>,
         min_recall: f64,
     },
+    Bootstrap(BootstrapResult),
+    Writes(WritesResult),
+    Mixed {
+        search: SearchResult,
+        writes: WriteLoad,
+        min_recall: f64,
+    },
+    Chaos(ChaosResult),
+}
+
+/// A new replica's replay of the whole stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapResult {
+    /// Fingerprints the replica serves once ready.
+    pub fingerprints: u64,
+    /// Fingerprints the node it replicates serves.
+    pub expected: u64,
+    /// Process start to `200` on `/:index/_health`.
+    pub seconds: f64,
+    pub fingerprints_per_second: f64,
+    pub peak_rss_anon_kb: u64,
+    pub stream_messages: u64,
+    pub stream_bytes: u64,
+    pub stream_bytes_per_fingerprint: f64,
+}
+
+impl std::fmt::Display for BootstrapResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bootstrap: a new replica replayed {} of {} fingerprints in {:.1} s = {:.0} fp/s (process start to 200 on /main/_health); peak RssAnon {:.0} MB; stream {} messages, {:.2} GB = {:.0} bytes/fingerprint",
+            self.fingerprints,
+            self.expected,
+            self.seconds,
+            self.fingerprints_per_second,
+            self.peak_rss_anon_kb as f64 / 1024.0,
+            self.stream_messages,
+            self.stream_bytes as f64 / 1e9,
+            self.stream_bytes_per_fingerprint
+        )
+    }
 }
 
 impl Outcome {
@@ -290,10 +432,20 @@ impl Outcome {
         };
         match self {
             Outcome::Load(r) if r.errors > 0 => vec![format!("load: {} failed batches", r.errors)],
-            Outcome::Search { result, min_recall } => {
+            Outcome::Search {
+                result,
+                min_recall,
+                max_refused,
+            } => {
                 let mut f = Vec::new();
                 if result.errors > 0 {
                     f.push(format!("search: {} failed queries", result.errors));
+                }
+                if result.refused_share() > *max_refused {
+                    f.push(format!(
+                        "search: {} timed out and {} shed, more than {}",
+                        result.timeouts, result.shed, max_refused
+                    ));
                 }
                 f.extend(recall(
                     "search",
@@ -316,6 +468,35 @@ impl Outcome {
                     recall(&what, &r.spec, r.recall_at_1, *min_recall)
                 })
                 .collect(),
+            Outcome::Bootstrap(r) if r.fingerprints != r.expected => vec![format!(
+                "bootstrap: the replica serves {} fingerprints, the node {}",
+                r.fingerprints, r.expected
+            )],
+            Outcome::Writes(r) if r.errors > 0 => {
+                vec![format!("writes: {} failed or never searchable", r.errors)]
+            }
+            Outcome::Mixed {
+                search, min_recall, ..
+            } => {
+                let mut f = Vec::new();
+                if search.errors > 0 {
+                    f.push(format!("mixed: {} failed queries", search.errors));
+                }
+                f.extend(recall(
+                    "mixed search",
+                    &search.spec,
+                    search.recall_at_1,
+                    *min_recall,
+                ));
+                f
+            }
+            Outcome::Chaos(r) if r.lost > 0 => vec![format!(
+                "chaos: {} acknowledged fingerprints lost (first: {:?})",
+                r.lost, r.lost_ids
+            )],
+            Outcome::Chaos(r) if r.writes.acked_fingerprints == 0 => {
+                vec!["chaos: no write was acknowledged".to_string()]
+            }
             _ => Vec::new(),
         }
     }
@@ -329,8 +510,16 @@ impl std::fmt::Display for Outcome {
             Outcome::Start(r) => r.fmt(f),
             Outcome::Measure(r) => r.fmt(f),
             Outcome::Disk(r) => r.fmt(f),
-            Outcome::Search { result, min_recall } => {
-                write!(f, "{result} (required recall@1 >= {min_recall})")
+            Outcome::Search {
+                result,
+                min_recall,
+                max_refused,
+            } => {
+                write!(f, "{result} (required recall@1 >= {min_recall}")?;
+                if *max_refused > 0.0 {
+                    write!(f, ", refused <= {:.2}%", max_refused * 100.0)?;
+                }
+                write!(f, ")")
             }
             Outcome::OpenLoop {
                 results,
@@ -344,6 +533,17 @@ impl std::fmt::Display for Outcome {
                 }
                 write!(f, " (required recall@1 >= {min_recall})")
             }
+            Outcome::Bootstrap(r) => r.fmt(f),
+            Outcome::Writes(r) => r.fmt(f),
+            Outcome::Mixed {
+                search,
+                writes,
+                min_recall,
+            } => write!(
+                f,
+                "mixed: {search} (required recall@1 >= {min_recall}); meanwhile {writes}"
+            ),
+            Outcome::Chaos(r) => r.fmt(f),
         }
     }
 }
@@ -388,75 +588,6 @@ fn machine() -> Machine {
         cpu_model,
         memory_gb,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
-    }
-}
-
-/// A `fpnode` process serving a data directory, stopped when dropped.
-struct NodeProcess {
-    child: Child,
-    url: String,
-}
-
-impl NodeProcess {
-    /// Starts the node and waits until it serves: `/<index>/_health` when
-    /// the index exists on disk, `/_health` otherwise.
-    async fn start(binary: &Path, dir: &Path, index: &str) -> anyhow::Result<NodeProcess> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(binary)
-            .arg("--dir")
-            .arg(dir)
-            .args(["--port", &port.to_string(), "--log", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let node = NodeProcess {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let probe = if dir.join("indexes").join(index).exists() {
-            format!("{}/{index}/_health", node.url)
-        } else {
-            format!("{}/_health", node.url)
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            if let Ok(r) = client.get(&probe).send().await
-                && r.status().is_success()
-            {
-                return Ok(node);
-            }
-            if Instant::now() > deadline {
-                bail!("{} did not answer {probe} within 600 s", binary.display());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM (the node checkpoints and exits), SIGKILL after 60 s.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -506,12 +637,35 @@ pub async fn run(
     let n = scenario.corpus.fingerprints;
     let dir = data.path().to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // With a stream: nats-server's store, the node and any bootstrapped
+    // replica side by side in the data directory.
+    let mut nats = match &scenario.nats {
+        Some(spec) => Some(NatsProcess::start(
+            &data.path().join("nats"),
+            &spec.sync_interval,
+        )?),
+        None => None,
+    };
+    let (dir, node_args) = match &nats {
+        Some(nats) => (
+            dir.join("node"),
+            vec![
+                "--mode".to_string(),
+                "replica".to_string(),
+                "--nats-url".to_string(),
+                nats.url(),
+            ],
+        ),
+        None => (dir, Vec::new()),
+    };
     let mut node: Option<NodeProcess> = None;
+    let mut follower: Option<NodeProcess> = None;
+    let next_id = Arc::new(AtomicU64::new(u64::from(FIRST_NEW_ID)));
     let mut outcomes = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         eprintln!("[{}/{}] {step:?}", i + 1, scenario.steps.len());
         if step.needs_node() && node.is_none() {
-            node = Some(NodeProcess::start(binary, &dir, INDEX).await?);
+            node = Some(NodeProcess::start(binary, &dir, INDEX, &node_args).await?);
         }
         let url = node.as_ref().map(|n| n.url.clone()).unwrap_or_default();
         let outcome = match step {
@@ -522,6 +676,9 @@ pub async fn run(
                 run_postings,
                 runs_per_segment,
             } => {
+                if nats.is_some() {
+                    bail!("import builds a standalone index: not in a scenario with [nats]");
+                }
                 if let Some(running) = node.take() {
                     running.stop();
                 }
@@ -542,7 +699,7 @@ pub async fn run(
                 }
                 let caches_dropped = *drop_caches && measure::drop_caches();
                 let t = Instant::now();
-                let started = NodeProcess::start(binary, &dir, INDEX).await?;
+                let started = NodeProcess::start(binary, &dir, INDEX, &node_args).await?;
                 let ready_ms = t.elapsed().as_secs_f64() * 1000.0;
                 let rss_anon_kb = measure::status_kb(started.pid(), "RssAnon");
                 node = Some(started);
@@ -573,11 +730,13 @@ pub async fn run(
                 drop,
                 misses,
                 min_recall,
+                max_refused,
             } => {
                 let spec = QuerySpec::new(*noise, *drop, *misses);
                 Outcome::Search {
                     result: search(corpus, &url, INDEX, n, *queries, *clients, spec).await?,
                     min_recall: *min_recall,
+                    max_refused: *max_refused,
                 }
             }
             Step::OpenLoop {
@@ -602,6 +761,73 @@ pub async fn run(
                     min_recall: *min_recall,
                 }
             }
+            Step::Bootstrap => {
+                let Some(nats) = &nats else {
+                    bail!("bootstrap needs a [nats] section");
+                };
+                if let Some(old) = follower.take() {
+                    old.stop();
+                }
+                let expected = match &node {
+                    Some(node) => num_docs(&node.url).await?,
+                    None => 0,
+                };
+                let replica_dir = data.path().join(format!("replica-{}", i + 1));
+                let (r, replica) =
+                    bootstrap(binary, &replica_dir, &node_args, expected, nats).await?;
+                follower = Some(replica);
+                Outcome::Bootstrap(r)
+            }
+            Step::Writes { count, clients } => {
+                let first = next_id.fetch_add(u64::from(*count), Ordering::Relaxed);
+                let first = u32::try_from(first).context("no new ids left")?;
+                let follower = follower.as_ref().map(|f| f.url.clone());
+                Outcome::Writes(
+                    writes(corpus, &url, INDEX, *count, first, *clients, follower).await?,
+                )
+            }
+            Step::Mixed {
+                queries,
+                clients,
+                noise,
+                writers,
+                batch,
+                min_recall,
+            } => {
+                let t = Instant::now();
+                let w = Writers::start(corpus, &url, INDEX, *writers, *batch, next_id.clone());
+                let spec = QuerySpec::new(*noise, 0.0, 0.0);
+                let searched = search(corpus, &url, INDEX, n, *queries, *clients, spec).await;
+                let written = w.finish().await?;
+                Outcome::Mixed {
+                    search: searched?,
+                    writes: WriteLoad::new(&written, *writers, *batch, t.elapsed().as_secs_f64()),
+                    min_recall: *min_recall,
+                }
+            }
+            Step::Chaos {
+                kills,
+                targets,
+                interval_ms,
+                down_ms,
+                writers,
+                batch,
+            } => {
+                let Some(node) = node.as_mut() else {
+                    bail!("chaos: no node");
+                };
+                let plan = ChaosPlan {
+                    kills: *kills,
+                    targets,
+                    interval: Duration::from_millis(*interval_ms),
+                    down: Duration::from_millis(*down_ms),
+                    writers: *writers,
+                    batch: *batch,
+                };
+                Outcome::Chaos(
+                    chaos(corpus, node, nats.as_mut(), INDEX, &plan, next_id.clone()).await?,
+                )
+            }
         };
         match &outcome {
             // Each rate was printed as it finished.
@@ -612,9 +838,13 @@ pub async fn run(
         }
         outcomes.push(outcome);
     }
+    if let Some(running) = follower.take() {
+        running.stop();
+    }
     if let Some(running) = node.take() {
         running.stop();
     }
+    drop(nats);
     drop(data);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let charts = draw_charts(&outcomes, out)?;
@@ -633,6 +863,69 @@ pub async fn run(
     write_reports(&report, out)?;
     Ok(report)
 }
+
+async fn num_docs(url: &str) -> anyhow::Result<u64> {
+    let status: serde_json::Value = reqwest::get(format!("{url}/{INDEX}/_status"))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(status["num_docs"].as_u64().unwrap_or(0))
+}
+
+/// Starts an empty replica in `dir` and times it until it serves the index,
+/// sampling its RssAnon every 50 ms.
+async fn bootstrap(
+    binary: &Path,
+    dir: &Path,
+    args: &[String],
+    expected: u64,
+    nats: &NatsProcess,
+) -> anyhow::Result<(BootstrapResult, NodeProcess)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let t = Instant::now();
+    let replica = NodeProcess::spawn_new(binary, dir, args)?;
+    let probe = format!("{}/{INDEX}/_health", replica.url);
+    let client = reqwest::Client::new();
+    let bar = crate::progress::bar(expected, "replay");
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(4 * 3600);
+    loop {
+        peak = peak.max(measure::status_kb(replica.pid(), "RssAnon"));
+        if let Ok(r) = client.get(&probe).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the replica did not serve {INDEX} within 4 hours");
+        }
+        if let Ok(n) = num_docs(&replica.url).await {
+            bar.set_position(n);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let fingerprints = num_docs(&replica.url).await?;
+    let (stream_messages, stream_bytes) = stream_size(&nats.url(), STREAM).await?;
+    Ok((
+        BootstrapResult {
+            fingerprints,
+            expected,
+            seconds,
+            fingerprints_per_second: fingerprints as f64 / seconds,
+            peak_rss_anon_kb: peak,
+            stream_messages,
+            stream_bytes,
+            stream_bytes_per_fingerprint: stream_bytes as f64 / fingerprints.max(1) as f64,
+        },
+        replica,
+    ))
+}
+
+/// fpnode's default stream name (`--stream`).
+const STREAM: &str = "fpindex";
 
 async fn node_measure(url: &str, pid: u32, hashes: usize) -> anyhow::Result<MeasureResult> {
     let status: serde_json::Value = reqwest::get(format!("{url}/{INDEX}/_status"))
@@ -696,7 +989,7 @@ fn draw_charts(outcomes: &[Outcome], out: &Path) -> anyhow::Result<Vec<String>> 
                 points: r.disk_timeline.clone(),
             },
             Series {
-                name: "importer resident memory".into(),
+                name: "importer RssAnon (without mapped files)".into(),
                 points: r.rss_timeline.clone(),
             },
         ];
