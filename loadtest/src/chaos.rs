@@ -43,17 +43,22 @@ impl std::fmt::Display for ChaosResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "chaos: {} node kills, {} nats-server kills in {:.0} s; {}; node back in p50 {:.0} ms max {:.0} ms, writes taken again after a nats-server kill in p50 {:.0} ms max {:.0} ms; acknowledged fingerprints lost: {}",
+            "chaos: {} node kills, {} nats-server kills in {:.0} s; {}; node back in p50 {:.0} ms max {:.0} ms",
             self.node_kills,
             self.nats_kills,
             self.seconds,
             self.writes,
             self.node_recovery_ms[0],
             self.node_recovery_ms[1],
-            self.nats_recovery_ms[0],
-            self.nats_recovery_ms[1],
-            self.lost
-        )
+        )?;
+        if self.nats_kills > 0 {
+            write!(
+                f,
+                ", writes taken again after a nats-server kill in p50 {:.0} ms max {:.0} ms",
+                self.nats_recovery_ms[0], self.nats_recovery_ms[1]
+            )?;
+        }
+        write!(f, "; acknowledged fingerprints lost: {}", self.lost)
     }
 }
 

@@ -34,6 +34,16 @@ const COLORS: [RGBColor; 6] = [
 
 fn label(v: f64, log: bool) -> String {
     let v = if log { 10f64.powf(v) } else { v };
+    // A log axis labels only 1, 2 and 5 times a power of ten.
+    if log && v > 0.0 {
+        let mantissa = v / 10f64.powf(v.log10().floor());
+        if ![1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .any(|m| (mantissa - m).abs() < 0.08 * m)
+        {
+            return String::new();
+        }
+    }
     let a = v.abs();
     if a >= 1e9 {
         format!("{:.3}G", v / 1e9)
@@ -147,6 +157,14 @@ fn plot(area: &Area, axes: &Axes, series: &[Series]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axes_label_only_round_values() {
+        assert_eq!(label(6.0, true), "1M");
+        assert_eq!(label(2e6f64.log10(), true), "2M");
+        assert_eq!(label(1.585e6f64.log10(), true), "");
+        assert_eq!(label(0.5, false), "0.50");
+    }
 
     #[test]
     fn charts_are_written_as_svg_with_their_labels() {

@@ -57,11 +57,19 @@ fn rates(reports: &[(PathBuf, Value)]) -> Rates {
         let n = r["scenario"]["corpus"]["fingerprints"]
             .as_f64()
             .unwrap_or(0.0);
+        // A report is named by its directory (docs/loadtest/<run>/report.json).
+        let file = match path.file_name() {
+            Some(f) if f == "report.json" => path.parent().and_then(Path::file_name),
+            f => f,
+        };
         let source = format!(
             "{} at {} ({})",
             r["scenario"]["name"].as_str().unwrap_or("?"),
             human(n),
-            path.display()
+            file.map_or_else(
+                || path.display().to_string(),
+                |f| f.to_string_lossy().into_owned()
+            )
         );
         larger(
             &mut best[0],
@@ -109,7 +117,7 @@ fn rates(reports: &[(PathBuf, Value)]) -> Rates {
                 }
                 "search" if o["clients"].as_u64() == Some(1) => {
                     if let (Some(p50), Some(p99)) = (f("p50_ms"), f("p99_ms"))
-                        && cold.as_ref().is_none_or(|(s, _)| n > *s)
+                        && cold.as_ref().is_none_or(|(s, _)| n >= *s)
                     {
                         cold = Some((n, (p50, p99, source.clone())));
                     }

@@ -28,6 +28,33 @@ struct Point {
     disk_p99: Option<f64>,
 }
 
+impl Point {
+    /// The figures of two reports at one corpus size: `later`'s where it has
+    /// them (e.g. an import, then searches of it re-run with a newer build).
+    fn merge(self, later: Point) -> Point {
+        Point {
+            fingerprints: later.fingerprints,
+            import_s: later.import_s.or(self.import_s),
+            import_fps: later.import_fps.or(self.import_fps),
+            bytes_per_posting: later.bytes_per_posting.or(self.bytes_per_posting),
+            disk_peak_gb: later.disk_peak_gb.or(self.disk_peak_gb),
+            ready_ms: later.ready_ms.or(self.ready_ms),
+            rss_anon_mb: later.rss_anon_mb.or(self.rss_anon_mb),
+            p50: later.p50.or(self.p50),
+            p99: later.p99.or(self.p99),
+            p999: later.p999.or(self.p999),
+            recall: later.recall.or(self.recall),
+            // Throughput with the most clients, whichever report has it.
+            qps: match (self.qps, later.qps) {
+                (Some(a), Some(b)) if a.1 > b.1 => Some(a),
+                (a, b) => b.or(a),
+            },
+            disk_p50: later.disk_p50.or(self.disk_p50),
+            disk_p99: later.disk_p99.or(self.disk_p99),
+        }
+    }
+}
+
 fn point(report: &Value) -> Point {
     let mut p = Point {
         fingerprints: report["scenario"]["corpus"]["fingerprints"]
@@ -88,7 +115,19 @@ pub fn scale(reports: &[PathBuf], out: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let v: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a report", path.display()))?;
-        points.push(point(&v));
+        let p = point(&v);
+        // Reports of one size are merged, later ones (on the command line)
+        // winning figure by figure.
+        match points
+            .iter()
+            .position(|q: &Point| q.fingerprints == p.fingerprints)
+        {
+            Some(i) => {
+                let earlier = points.swap_remove(i);
+                points.push(earlier.merge(p));
+            }
+            None => points.push(p),
+        }
     }
     points.sort_by(|a, b| a.fingerprints.total_cmp(&b.fingerprints));
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -190,9 +229,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("r.json");
         std::fs::write(&file, report.to_string()).unwrap();
-        scale(&[file], dir.path()).unwrap();
+        // A later run of the searches alone, at the same size.
+        let later = serde_json::json!({
+            "scenario": {"corpus": {"fingerprints": 1000000}},
+            "outcomes": [
+                {"kind": "search", "clients": 1, "p50_ms": 0.25, "p99_ms": 0.4, "p999_ms": 0.6,
+                 "recall_at_1": 1.0, "qps": 2500.0}
+            ]
+        });
+        let later_file = dir.path().join("later.json");
+        std::fs::write(&later_file, later.to_string()).unwrap();
+        scale(&[file, later_file], dir.path()).unwrap();
         let md = std::fs::read_to_string(dir.path().join("scale.md")).unwrap();
         assert!(md.contains("| 1M | 1.0 min | 16666 fp/s | 3.600 |"), "{md}");
+        assert!(md.contains("0.25 ms / 0.40 ms / 0.60 ms"), "{md}");
+        assert_eq!(
+            md.lines().filter(|l| l.starts_with("| 1M")).count(),
+            1,
+            "{md}"
+        );
+        assert!(md.contains("| 6000 (8) |"), "{md}");
         assert!(dir.path().join("scale.svg").exists());
     }
 }

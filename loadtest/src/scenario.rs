@@ -1005,19 +1005,38 @@ fn draw_charts(outcomes: &[Outcome], out: &Path) -> anyhow::Result<Vec<String>> 
             points: results.iter().map(|r| (r.offered_qps, f(r))).collect(),
         };
         let name = format!("latency-step{}.svg", i + 1);
-        let axes = Axes {
-            title: "Search latency vs offered load (open loop)",
-            x: "offered queries/s",
-            y: "ms from due time",
-            log_x: false,
-            log_y: true,
+        let axes = |title, y, log_y| Axes {
+            title,
+            x: "offered queries/s (log scale)",
+            y,
+            log_x: true,
+            log_y,
         };
-        let series = [
-            line("p50", |r| r.p50_ms),
-            line("p99", |r| r.p99_ms),
-            line("p99.9", |r| r.p999_ms),
-        ];
-        charts::line_chart(&out.join(&name), &axes, &series)?;
+        let shed = |r: &OpenLoopResult| r.shed as f64 / r.seconds.max(1e-9);
+        charts::stacked(
+            &out.join(&name),
+            &[
+                (
+                    axes(
+                        "Search latency vs offered load (open loop)",
+                        "ms from due time (log scale)",
+                        true,
+                    ),
+                    vec![
+                        line("p50", |r| r.p50_ms),
+                        line("p99", |r| r.p99_ms),
+                        line("p99.9", |r| r.p999_ms),
+                    ],
+                ),
+                (
+                    axes("Answers and refusals vs offered load", "queries/s", false),
+                    vec![
+                        line("answered (200)", |r| r.achieved_qps),
+                        line("refused (503)", shed),
+                    ],
+                ),
+            ],
+        )?;
         charts.push(name);
     }
     Ok(charts)
