@@ -41,16 +41,7 @@ impl NodeProcess {
         index: &str,
         args: &[String],
     ) -> anyhow::Result<NodeProcess> {
-        let port = free_port()?;
-        let mut node = NodeProcess {
-            child: None,
-            binary: binary.to_path_buf(),
-            dir: dir.to_path_buf(),
-            port,
-            args: args.to_vec(),
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        node.spawn()?;
+        let mut node = NodeProcess::spawn_new(binary, dir, args)?;
         node.wait_ready(index, Duration::from_secs(600)).await?;
         Ok(node)
     }

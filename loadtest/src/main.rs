@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde_json::{Value, json};
@@ -425,7 +424,7 @@ pub async fn load(
         );
         let target = format!("{url}/{index}/_update");
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let mut hist = measure::histogram();
             loop {
                 let first = next.fetch_add(u64::from(batch), Ordering::Relaxed) as u32;
                 if first > n {
@@ -467,7 +466,7 @@ pub async fn load(
             hist
         }));
     }
-    let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist = measure::histogram();
     for t in tasks {
         hist.add(t.await?)?;
     }
@@ -608,7 +607,7 @@ pub async fn search(
         let (client, target, done) = (client.clone(), target.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(1000 + c as u64);
-            let mut hist = Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!());
+            let mut hist = measure::histogram();
             let mut t = Tally::default();
             while done.fetch_add(1, Ordering::Relaxed) < queries as u64 {
                 // A miss is a fingerprint of the same corpus that was never stored.
@@ -640,7 +639,7 @@ pub async fn search(
             (hist, t)
         }));
     }
-    let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist = measure::histogram();
     let mut total = Tally::default();
     for task in tasks {
         let (h, t) = task.await?;
@@ -654,17 +653,17 @@ pub async fn search(
         total.errors += t.errors;
     }
     let secs = started.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let [p50_ms, p99_ms, p999_ms, max_ms] = measure::percentiles(&hist);
     Ok(SearchResult {
         queries: hist.len(),
         clients,
         spec,
         corpus: n,
         qps: hist.len() as f64 / secs,
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: hist.max() as f64 / 1000.0,
+        p50_ms,
+        p99_ms,
+        p999_ms,
+        max_ms,
         recall_at_1: total.correct as f64 / total.hits.max(1) as f64,
         miss_answers: total.miss_answers,
         miss_queries: total.miss_queries,

@@ -13,6 +13,27 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 
+/// A histogram of microseconds, 3 significant digits over the default range.
+pub fn histogram() -> Histogram<u64> {
+    // Valid constant parameters: cannot fail.
+    Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!())
+}
+
+/// The `q` quantile of a histogram of microseconds, in milliseconds.
+pub fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// p50, p99, p99.9 and max of a histogram of microseconds, in milliseconds.
+pub fn percentiles(h: &Histogram<u64>) -> [f64; 4] {
+    [
+        ms(h, 0.5),
+        ms(h, 0.99),
+        ms(h, 0.999),
+        h.max() as f64 / 1000.0,
+    ]
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`RssAnon`, `RssFile`, `VmHWM`), or 0
 /// once the process is gone.
 pub fn status_kb(pid: u32, field: &str) -> u64 {
@@ -107,7 +128,7 @@ pub fn random_reads(dir: &Path, reads: u64, seed: u64) -> anyhow::Result<DiskRes
     let start = raw.as_ptr().align_offset(BLOCK as usize);
     let buf = &mut raw[start..start + BLOCK as usize];
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist = histogram();
     let began = Instant::now();
     for _ in 0..reads {
         let mut block = rng.gen_range(0..total);
@@ -129,14 +150,14 @@ pub fn random_reads(dir: &Path, reads: u64, seed: u64) -> anyhow::Result<DiskRes
         hist.record(t.elapsed().as_micros().max(1) as u64)?;
     }
     let secs = began.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let [p50_ms, p99_ms, p999_ms, max_ms] = percentiles(&hist);
     Ok(DiskResult {
         bytes: files.iter().map(|(_, len)| len).sum(),
         reads,
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: hist.max() as f64 / 1000.0,
+        p50_ms,
+        p99_ms,
+        p999_ms,
+        max_ms,
         reads_per_second: reads as f64 / secs,
     })
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 
 use crate::corpus::Corpus;
+use crate::measure::{histogram, percentiles};
 use crate::{Query, QuerySpec, post_msgpack};
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +91,7 @@ pub async fn open_loop(
     let total = (rate * seconds).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(rate as u64);
-    let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist = histogram();
     let (mut hits, mut correct, mut shed, mut errors) = (0u64, 0u64, 0u64, 0u64);
     let (mut answered, mut miss_answers) = (0u64, 0u64);
     let in_flight = Arc::new(AtomicU64::new(0));
@@ -177,17 +177,17 @@ pub async fn open_loop(
     }
     let not_sent = dispatcher.await?;
     let elapsed = start.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let [p50_ms, p99_ms, p999_ms, max_ms] = percentiles(&hist);
     Ok(OpenLoopResult {
         offered_qps: rate,
         spec,
         seconds,
         achieved_qps: answered as f64 / elapsed.max(f64::EPSILON),
         queries: total,
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: hist.max() as f64 / 1000.0,
+        p50_ms,
+        p99_ms,
+        p999_ms,
+        max_ms,
         recall_at_1: correct as f64 / hits.max(1) as f64,
         miss_answers,
         shed,

@@ -864,13 +864,17 @@ pub async fn run(
     Ok(report)
 }
 
-async fn num_docs(url: &str) -> anyhow::Result<u64> {
-    let status: serde_json::Value = reqwest::get(format!("{url}/{INDEX}/_status"))
+/// The node's `GET /:index/_status`.
+async fn status(url: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(reqwest::get(format!("{url}/{INDEX}/_status"))
         .await?
         .error_for_status()?
         .json()
-        .await?;
-    Ok(status["num_docs"].as_u64().unwrap_or(0))
+        .await?)
+}
+
+async fn num_docs(url: &str) -> anyhow::Result<u64> {
+    Ok(status(url).await?["num_docs"].as_u64().unwrap_or(0))
 }
 
 /// Starts an empty replica in `dir` and times it until it serves the index,
@@ -928,11 +932,7 @@ async fn bootstrap(
 const STREAM: &str = "fpindex";
 
 async fn node_measure(url: &str, pid: u32, hashes: usize) -> anyhow::Result<MeasureResult> {
-    let status: serde_json::Value = reqwest::get(format!("{url}/{INDEX}/_status"))
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let status = status(url).await?;
     let num_docs = status["num_docs"].as_u64().unwrap_or(0);
     let file_bytes = status["file_bytes"].as_u64().unwrap_or(0);
     Ok(MeasureResult {

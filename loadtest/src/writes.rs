@@ -11,20 +11,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::corpus::Corpus;
+use crate::measure::{histogram, ms, percentiles};
 use crate::{Insert, InsertChange, Query, Update, post_msgpack};
 
 /// Ids of fingerprints written by these steps start here, far above any
 /// corpus (whose misses are ids N+1..=2N), so no step collides with another.
 pub const FIRST_NEW_ID: u32 = 3_000_000_000;
-
-fn histogram() -> Histogram<u64> {
-    // 3 significant digits over the default range: cannot fail.
-    Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!())
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
 
 /// Single-fingerprint writes, one at a time per client.
 #[derive(Debug, Clone, Serialize)]
@@ -142,22 +134,21 @@ pub async fn writes(
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
+    let [
+        answered_p50_ms,
+        answered_p99_ms,
+        answered_p999_ms,
+        answered_max_ms,
+    ] = percentiles(&ack);
     Ok(WritesResult {
         writes: ack.len(),
         clients,
         writes_per_second: ack.len() as f64 / secs,
-        answered_p50_ms: ms(&ack, 0.5),
-        answered_p99_ms: ms(&ack, 0.99),
-        answered_p999_ms: ms(&ack, 0.999),
-        answered_max_ms: ack.max() as f64 / 1000.0,
-        searchable: follower.map(|_| {
-            [
-                ms(&seen, 0.5),
-                ms(&seen, 0.99),
-                ms(&seen, 0.999),
-                seen.max() as f64 / 1000.0,
-            ]
-        }),
+        answered_p50_ms,
+        answered_p99_ms,
+        answered_p999_ms,
+        answered_max_ms,
+        searchable: follower.map(|_| percentiles(&seen)),
         errors,
     })
 }

@@ -222,9 +222,15 @@ impl FileSegment {
         Ok(())
     }
 
+    /// Where block `b`'s bytes start (from the offsets table, unchecked).
+    #[inline]
+    fn block_offset(&self, b: u64) -> u64 {
+        le_u64(&self.map, (self.footer.offsets_offset + 8 * b) as usize)
+    }
+
     /// Decodes block `b` into `out`, verifying its chunk(s) first.
     fn decode(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
-        let offset = le_u64(&self.map, (self.footer.offsets_offset + 8 * b) as usize);
+        let offset = self.block_offset(b);
         if offset < HEADER_LEN || offset >= self.footer.data_end {
             return Err(Error::corrupt(
                 &self.path,
@@ -254,12 +260,9 @@ impl FileSegment {
             let mut b = self.lower_bound(hash).saturating_sub(1);
             while b < nb && self.first_hash(b) <= hash {
                 if b != last {
-                    let start = le_u64(&self.map, (self.footer.offsets_offset + 8 * b) as usize);
+                    let start = self.block_offset(b);
                     let end = if b + 1 < nb {
-                        le_u64(
-                            &self.map,
-                            (self.footer.offsets_offset + 8 * (b + 1)) as usize,
-                        )
+                        self.block_offset(b + 1)
                     } else {
                         self.footer.data_end
                     };
