@@ -76,7 +76,7 @@ async fn main() {
             batch
                 .add(
                     fingerprint_subject("fpindex", "main", id),
-                    FingerprintPayload::insert(hashes(id)).encode(),
+                    FingerprintPayload::insert(hashes(id)).encode().unwrap(),
                 )
                 .await
                 .unwrap();
@@ -84,7 +84,7 @@ async fn main() {
         let ack = batch
             .commit(
                 fingerprint_subject("fpindex", "main", end),
-                FingerprintPayload::insert(hashes(end)).encode(),
+                FingerprintPayload::insert(hashes(end)).encode().unwrap(),
             )
             .await
             .unwrap();

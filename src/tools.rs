@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use fpnode_actors::registry::{
-    current_generation_dir, index_path, record_generation, reserve_generation, valid_index_name,
-};
 use fpnode_segments::bulk::{BulkBuilder, BulkOptions};
+use fpnode_segments::catalog::{Catalog, valid_index_name};
 use fpnode_segments::index::{IndexOptions, WAL_DIR};
 use fpnode_segments::{Generation, Index, Position};
 use serde::Deserialize;
@@ -27,57 +25,40 @@ struct Record {
     hashes: Vec<u32>,
 }
 
-/// Checks that `index` is a valid name not present in `data_dir`, opens the
-/// input (a file, or stdin for `-`/none) and prepares an empty temporary
-/// directory `indexes/.<kind>-<index>` to build the index in.
+/// What [`prepare`] hands back: the catalog, the input reader and the build directory.
+type Prepared = (Catalog, BufReader<Box<dyn Read>>, PathBuf);
+
+/// Opens the data directory, checks that `index` is a valid name not present
+/// there, opens the input (a file, or stdin for `-`/none) and prepares an empty
+/// temporary directory `indexes/.<kind>-<index>` to build the index in.
 fn prepare(
     data_dir: &Path,
     index: &str,
     input: Option<&str>,
     kind: &str,
-) -> anyhow::Result<(BufReader<Box<dyn Read>>, PathBuf)> {
-    if !valid_index_name(index) {
-        bail!("invalid index name {index:?}: use [A-Za-z0-9_-]{{1,255}}");
-    }
-    let existing = data_dir.join("indexes").join(index);
-    if existing.exists() {
-        bail!(
-            "index {index} already exists in {}: delete it first",
-            existing.display()
-        );
-    }
+) -> anyhow::Result<Prepared> {
+    let catalog = Catalog::open(data_dir, Default::default())
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    let tmp = catalog.build_dir(kind, index)?;
     let input: Box<dyn Read> = match input {
         None | Some("-") => Box::new(std::io::stdin().lock()),
         Some(path) => Box::new(
             std::fs::File::open(path).with_context(|| format!("cannot open input {path}"))?,
         ),
     };
-    let tmp = data_dir.join("indexes").join(format!(".{kind}-{index}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    Ok((BufReader::with_capacity(1 << 20, input), tmp))
-}
-
-/// Moves an index built in `tmp` into place as generation `generation`.
-fn install(data_dir: &Path, index: &str, generation: u64, tmp: &Path) -> anyhow::Result<()> {
-    let dir = index_path(data_dir, index, generation);
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::rename(tmp, &dir)
-        .with_context(|| format!("cannot move the index into {}", dir.display()))
+    Ok((catalog, BufReader::with_capacity(1 << 20, input), tmp))
 }
 
 pub fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let (mut reader, tmp) = prepare(&args.dir, &args.index, args.input.as_deref(), "import")?;
-    let generation = reserve_generation(&args.dir, &args.index)
+    let (catalog, mut reader, tmp) =
+        prepare(&args.dir, &args.index, args.input.as_deref(), "import")?;
+    let generation = catalog
+        .reserve_generation(&args.index)
         .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
     let opts = BulkOptions {
         run_postings: args.run_postings,
         runs_per_segment: args.runs_per_segment,
+        fs: catalog.fs().clone(),
     };
     let mut builder = BulkBuilder::new(&tmp, Generation(generation), Position(args.version), opts)?;
     let started = Instant::now();
@@ -120,7 +101,9 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         },
     }
     let report = builder.finish()?;
-    install(&args.dir, &args.index, generation, &tmp)?;
+    catalog
+        .install(&args.index, generation, &tmp)
+        .context("moving the index into place")?;
     println!(
         "imported {} fingerprints ({} postings) into index {} generation {} version {} in {:.1} s: {} bytes, {:.3} bytes/posting, {} temporary runs",
         report.fingerprints,
@@ -137,9 +120,9 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let (input, tmp) = prepare(&args.dir, &args.index, args.input.as_deref(), "restore")?;
+    let (catalog, input, tmp) = prepare(&args.dir, &args.index, args.input.as_deref(), "restore")?;
     let started = Instant::now();
-    let header = match fpnode_segments::archive::restore(input, &tmp) {
+    let header = match fpnode_segments::archive::restore(input, &tmp, catalog.fs()) {
         Ok(h) => h,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -147,9 +130,12 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     };
     let generation = header.generation.0;
-    record_generation(&args.dir, &args.index, generation)
+    catalog
+        .record_generation(&args.index, generation)
         .with_context(|| format!("cannot record the generation in {}", args.dir.display()))?;
-    install(&args.dir, &args.index, generation, &tmp)?;
+    catalog
+        .install(&args.index, generation, &tmp)
+        .context("moving the index into place")?;
     println!(
         "restored index {} generation {} version {} ({} segments) in {:.1} s",
         args.index,
@@ -169,7 +155,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
             args.index
         );
     }
-    let Some(dir) = current_generation_dir(&args.dir, &args.index)
+    let catalog = Catalog::open(&args.dir, Default::default())
+        .with_context(|| format!("cannot open the data directory {}", args.dir.display()))?;
+    let Some((_, dir)) = catalog
+        .current_generation(&args.index)
         .with_context(|| format!("no index {} in {}", args.index, args.dir.display()))?
     else {
         bail!("no index {} in {}", args.index, args.dir.display());
@@ -214,16 +203,17 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let root = args.dir.join("indexes");
-    let mut names: Vec<String> = std::fs::read_dir(&root)
-        .with_context(|| format!("no indexes in {}", args.dir.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| valid_index_name(n))
-        .collect();
-    names.sort();
-    for name in names {
-        let Some(dir) = current_generation_dir(&args.dir, &name)? else {
+    if !args
+        .dir
+        .join(fpnode_segments::catalog::INDEXES_DIR)
+        .is_dir()
+    {
+        bail!("no indexes in {}", args.dir.display());
+    }
+    let catalog = Catalog::open(&args.dir, Default::default())
+        .with_context(|| format!("cannot open the data directory {}", args.dir.display()))?;
+    for name in catalog.names()? {
+        let Some((_, dir)) = catalog.current_generation(&name)? else {
             continue;
         };
         let index = Index::open(&dir, IndexOptions::default())

@@ -75,24 +75,33 @@ async fn atomic_batches_land_whole_and_the_stream_keeps_the_latest_state_of_each
     let subject = |id| fingerprint_subject("fpindex", "main", id);
     let mut batch = js.batch_publish().build();
     batch
-        .add(subject(1), FingerprintPayload::insert(vec![1, 2]).encode())
+        .add(
+            subject(1),
+            FingerprintPayload::insert(vec![1, 2]).encode().unwrap(),
+        )
         .await
         .unwrap();
     batch
-        .add(subject(2), FingerprintPayload::insert(vec![3]).encode())
+        .add(
+            subject(2),
+            FingerprintPayload::insert(vec![3]).encode().unwrap(),
+        )
         .await
         .unwrap();
     let ack = batch
-        .commit(subject(3), FingerprintPayload::delete().encode())
+        .commit(subject(3), FingerprintPayload::delete().encode().unwrap())
         .await
         .unwrap();
     assert_eq!(ack.batch_size, 3);
     // A newer state of fingerprint 1 replaces the older one (compaction).
-    js.publish(subject(1), FingerprintPayload::insert(vec![9]).encode())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(
+        subject(1),
+        FingerprintPayload::insert(vec![9]).encode().unwrap(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let mut stream = js.get_stream("fpindex").await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.state.messages, 3);
@@ -112,7 +121,7 @@ async fn nats_msg_id_deduplicates_a_retried_write() {
     let subject = fingerprint_subject("fpindex", "main", 5);
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "request-1");
-    let payload = FingerprintPayload::insert(vec![1]).encode();
+    let payload = FingerprintPayload::insert(vec![1]).encode().unwrap();
     let first = js
         .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
         .await
@@ -143,7 +152,7 @@ async fn nats_msg_id_inside_an_atomic_batch_is_refused_and_nothing_is_stored() {
         h.insert("Nats-Msg-Id", msg_id);
         OutboundMessage::new(
             fingerprint_subject("fpindex", "main", id).into(),
-            FingerprintPayload::insert(vec![id]).encode(),
+            FingerprintPayload::insert(vec![id]).encode().unwrap(),
             Some(h),
         )
     };
@@ -203,7 +212,7 @@ async fn a_request_marker_makes_a_retried_batch_fail_whole() {
         batch
             .add(
                 fingerprint_subject("fpindex", "main", 1),
-                FingerprintPayload::insert(vec![1]).encode(),
+                FingerprintPayload::insert(vec![1]).encode().unwrap(),
             )
             .await
             .unwrap();
@@ -232,7 +241,7 @@ async fn expected_version_is_checked_against_the_whole_index_inside_a_batch() {
     let put = |id: u32| {
         (
             fingerprint_subject("fpindex", "main", id),
-            FingerprintPayload::insert(vec![id]).encode(),
+            FingerprintPayload::insert(vec![id]).encode().unwrap(),
         )
     };
     for id in [1, 2] {
@@ -242,7 +251,7 @@ async fn expected_version_is_checked_against_the_whole_index_inside_a_batch() {
     // Another index's writes do not move this index's version.
     js.publish(
         fingerprint_subject("fpindex", "other", 1),
-        FingerprintPayload::delete().encode(),
+        FingerprintPayload::delete().encode().unwrap(),
     )
     .await
     .unwrap()
@@ -286,7 +295,7 @@ async fn a_filtered_purge_below_a_sequence_keeps_that_sequence() {
     for id in [1, 2] {
         js.publish(
             fingerprint_subject("fpindex", "main", id),
-            FingerprintPayload::insert(vec![id]).encode(),
+            FingerprintPayload::insert(vec![id]).encode().unwrap(),
         )
         .await
         .unwrap()
@@ -295,7 +304,7 @@ async fn a_filtered_purge_below_a_sequence_keeps_that_sequence() {
     }
     js.publish(
         fingerprint_subject("fpindex", "other", 1),
-        FingerprintPayload::insert(vec![1]).encode(),
+        FingerprintPayload::insert(vec![1]).encode().unwrap(),
     )
     .await
     .unwrap()

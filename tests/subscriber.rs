@@ -42,7 +42,10 @@ async fn publish(
             FingerprintPayload::insert(h)
         };
         let ack = js
-            .publish(fingerprint_subject("fpindex", "main", id), payload.encode())
+            .publish(
+                fingerprint_subject("fpindex", "main", id),
+                payload.encode().unwrap(),
+            )
             .await
             .unwrap()
             .await
@@ -51,7 +54,7 @@ async fn publish(
         if i % 5 == 0 {
             js.publish(
                 fingerprint_subject("fpindex", "other", id),
-                FingerprintPayload::insert(vec![1]).encode(),
+                FingerprintPayload::insert(vec![1]).encode().unwrap(),
             )
             .await
             .unwrap()

@@ -23,6 +23,7 @@ pub mod index_supervisor;
 pub mod index_writer;
 pub mod lifecycle;
 pub mod node;
+pub mod panic;
 pub mod registry;
 pub mod replication;
 pub mod restart;

@@ -1,14 +1,16 @@
 //! IndexRegistry: creates, deletes, opens and looks up indexes.
 //!
-//! Layout under the data directory: `indexes/<name>/<generation>/` holds one
-//! engine index (generation as 20 digits); `lineage.json` records the last
-//! generation minted for every name ever created, so a delete followed by a
-//! create always gets a newer generation. On start the newest generation of
-//! every name is opened (engine recovery runs) and gets an IndexSupervisor;
-//! older or unfinished generation directories are removed.
+//! The data directory's layout and its durable steps (create, delete, the
+//! lineage of generations) are the engine's `Catalog`: `indexes/<name>/<generation>/`
+//! holds one engine index; `lineage.json` records the last generation minted
+//! for every name ever created, so a delete followed by a create always gets
+//! a newer generation. On start the newest generation of every name is opened
+//! (engine recovery runs) and gets an IndexSupervisor; older or unfinished
+//! generation directories are removed.
 //!
-//! A delete renames `indexes/<name>` out of the way (atomic), then removes it;
-//! searches still holding the old snapshot finish normally. Because every
+//! A delete renames `indexes/<name>` out of the way (durably: the delete is
+//! acknowledged only once the rename is synced), then removes it; searches
+//! still holding the old snapshot finish normally. Because every
 //! generation has its own directory, a task of the deleted index that is still
 //! running (a checkpoint, say) can never write into a newer index of the same
 //! name: its paths no longer exist, so it fails harmlessly.
@@ -24,12 +26,13 @@ use crate::lifecycle::{LifecycleWatcher, WatcherArgs, WatcherMsg};
 use crate::replication::Replication;
 use crate::restart::RestartTracker;
 use crate::stream::IndexRecord;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use fpnode_segments::catalog::{Catalog, Lineage};
 use fpnode_segments::index::IndexOptions;
-use fpnode_segments::{Generation, Index, Position};
+use fpnode_segments::{Index, Position};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::handle::IndexHandle;
@@ -37,8 +40,7 @@ use crate::index_supervisor::{
     Child, IndexSupArgs, IndexSupMsg, IndexSupervisor, SupervisionOptions,
 };
 
-const INDEXES_DIR: &str = "indexes";
-const LINEAGE_FILE: &str = "lineage.json";
+pub use fpnode_segments::catalog::{index_path, valid_index_name};
 
 /// `PUT /:index` options.
 #[derive(Debug, Clone, Default)]
@@ -68,15 +70,6 @@ pub enum RegistryError {
     InvalidIndexName,
     #[error("storage error: {0}")]
     Storage(String),
-}
-
-/// `[A-Za-z0-9_-]{1,255}`, as fpindex accepts.
-pub fn valid_index_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub enum RegistryMsg {
@@ -120,9 +113,10 @@ pub struct RegistryArgs {
 
 pub struct RegistryState {
     args: RegistryArgs,
+    catalog: Catalog,
     indexes: HashMap<String, (Arc<IndexHandle>, ActorRef<IndexSupMsg>)>,
     restarts: HashMap<String, RestartTracker>,
-    lineage: BTreeMap<String, u64>,
+    lineage: Lineage,
     watcher: Option<ActorRef<WatcherMsg>>,
     watcher_restarts: RestartTracker,
 }
@@ -145,11 +139,14 @@ impl Actor for IndexRegistry {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let dir = args.dir.join(INDEXES_DIR);
-        std::fs::create_dir_all(&dir)?;
-        let lineage = load_lineage(&args.dir)?;
+        let catalog = {
+            let (dir, fs) = (args.dir.clone(), args.index.fs.clone());
+            tokio::task::spawn_blocking(move || Catalog::open(&dir, fs)).await??
+        };
+        let lineage = catalog.lineage()?;
         let mut state = RegistryState {
             watcher_restarts: RestartTracker::new(&args.supervision),
+            catalog: catalog.clone(),
             args,
             indexes: HashMap::new(),
             restarts: HashMap::new(),
@@ -161,22 +158,11 @@ impl Actor for IndexRegistry {
         for handle in adopted {
             state.supervise(&myself, handle).await?;
         }
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with(".deleted-") || name.starts_with(".import-") {
-                std::fs::remove_dir_all(entry.path())?;
-            } else if valid_index_name(&name) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        for name in names {
+        for name in catalog.names()? {
             if state.indexes.contains_key(&name) {
                 continue;
             }
-            let Some(path) = current_generation_dir(&state.args.dir, &name)? else {
+            let Some((_, path)) = catalog.current_generation(&name)? else {
                 continue;
             };
             let opts = state.args.index.clone();
@@ -372,22 +358,18 @@ impl RegistryState {
             Some(g) => g,
             None => last + 1,
         };
-        let dir = index_path(&self.args.dir, &name, generation);
-        let opts = self.args.index.clone();
+        // The generation is durable in the lineage before its directory
+        // exists: a name never gets one generation twice.
+        self.lineage.insert(name.clone(), generation);
+        self.catalog.store_lineage(&self.lineage).map_err(storage)?;
+        let (catalog, opts, index_name) =
+            (self.catalog.clone(), self.args.index.clone(), name.clone());
         let index = tokio::task::spawn_blocking(move || {
-            if let Some(parent) = dir.parent()
-                && parent.exists()
-            {
-                // Left by a crash between creating and deleting: no live index.
-                std::fs::remove_dir_all(parent).map_err(storage)?;
-            }
-            std::fs::create_dir_all(&dir).map_err(storage)?;
-            Index::create(&dir, Generation(generation), opts).map_err(storage)
+            catalog.create_index(&index_name, generation, Position(0), opts)
         })
         .await
-        .map_err(storage)??;
-        self.lineage.insert(name.clone(), generation);
-        store_lineage(&self.args.dir, &self.lineage).map_err(storage)?;
+        .map_err(storage)?
+        .map_err(storage)?;
         self.start(myself, name, index, false)
             .await
             .map_err(storage)?;
@@ -453,24 +435,20 @@ impl RegistryState {
         }
         let last = self.lineage.entry(name.clone()).or_insert(record.g);
         *last = (*last).max(record.g);
+        self.catalog.store_lineage(&self.lineage)?;
         if record.d {
-            store_lineage(&self.args.dir, &self.lineage)?;
             return Ok(());
         }
-        let dir = index_path(&self.args.dir, &name, record.g);
-        let opts = self.args.index.clone();
-        let generation = Generation(record.g);
+        let (catalog, opts, index_name, g) = (
+            self.catalog.clone(),
+            self.args.index.clone(),
+            name.clone(),
+            record.g,
+        );
         let index = tokio::task::spawn_blocking(move || {
-            if let Some(parent) = dir.parent()
-                && parent.exists()
-            {
-                std::fs::remove_dir_all(parent)?;
-            }
-            std::fs::create_dir_all(&dir)?;
-            Ok::<_, ActorProcessingErr>(Index::create_at(&dir, generation, Position(seq), opts)?)
+            catalog.create_index(&index_name, g, Position(seq), opts)
         })
         .await??;
-        store_lineage(&self.args.dir, &self.lineage)?;
         tracing::info!(index = %name, generation = record.g, start = seq, "following a new generation");
         self.start(myself, name, index, true).await?;
         metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
@@ -507,92 +485,19 @@ impl RegistryState {
             .deleted
             .store(true, std::sync::atomic::Ordering::Release);
         sup.stop(None);
-        let dir = self.args.dir.join(INDEXES_DIR).join(&name);
-        let trash = self
-            .args
-            .dir
-            .join(INDEXES_DIR)
-            .join(format!(".deleted-{name}-{}", handle.generation));
+        let (catalog, generation) = (self.catalog.clone(), handle.generation.0);
         drop(handle);
+        // Acknowledged once the rename is durable; the files go afterwards.
+        let trash = tokio::task::spawn_blocking(move || catalog.delete_index(&name, generation))
+            .await
+            .map_err(storage)?
+            .map_err(storage)?;
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&dir, &trash).map_err(storage)?;
-            std::fs::remove_dir_all(&trash).map_err(storage)
-        })
-        .await
-        .map_err(storage)??;
+            if let Err(e) = Catalog::remove_deleted(&trash) {
+                tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
+            }
+        });
         metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
         Ok(true)
     }
-}
-
-/// Directory of generation `generation` of index `name` under a data directory.
-pub fn index_path(data_dir: &Path, name: &str, generation: u64) -> PathBuf {
-    data_dir
-        .join(INDEXES_DIR)
-        .join(name)
-        .join(format!("{generation:020}"))
-}
-
-/// The directory of the newest complete generation of `name` (one with a
-/// manifest); older and unfinished generation directories are removed.
-pub fn current_generation_dir(data_dir: &Path, name: &str) -> std::io::Result<Option<PathBuf>> {
-    let root = data_dir.join(INDEXES_DIR).join(name);
-    let mut gens: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(&root)? {
-        let entry = entry?;
-        if let Ok(g) = entry.file_name().to_string_lossy().parse::<u64>() {
-            gens.push((g, entry.path()));
-        }
-    }
-    gens.sort();
-    let mut current = None;
-    while let Some((_, path)) = gens.pop() {
-        if current.is_none() && path.join(fpnode_segments::manifest::FILE_NAME).exists() {
-            current = Some(path);
-        } else {
-            std::fs::remove_dir_all(&path)?;
-        }
-    }
-    Ok(current)
-}
-
-/// Reserves the next generation of `name` for an index built offline (`fpnode
-/// import`/`restore`) and records it, so the node and later creates agree.
-pub fn reserve_generation(data_dir: &Path, name: &str) -> std::io::Result<u64> {
-    std::fs::create_dir_all(data_dir)?;
-    let mut lineage = load_lineage(data_dir)?;
-    let g = lineage.get(name).copied().unwrap_or(0) + 1;
-    lineage.insert(name.to_string(), g);
-    store_lineage(data_dir, &lineage)?;
-    Ok(g)
-}
-
-/// Records that `name` has (at least) generation `generation`, for an index
-/// restored with the generation of its source.
-pub fn record_generation(data_dir: &Path, name: &str, generation: u64) -> std::io::Result<()> {
-    std::fs::create_dir_all(data_dir)?;
-    let mut lineage = load_lineage(data_dir)?;
-    let g = lineage.entry(name.to_string()).or_insert(generation);
-    *g = (*g).max(generation);
-    store_lineage(data_dir, &lineage)
-}
-
-fn load_lineage(dir: &Path) -> std::io::Result<BTreeMap<String, u64>> {
-    match std::fs::read(dir.join(LINEAGE_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e),
-    }
-}
-
-fn store_lineage(dir: &Path, lineage: &BTreeMap<String, u64>) -> std::io::Result<()> {
-    let tmp = dir.join("lineage.json.tmp");
-    let bytes = serde_json::to_vec_pretty(lineage).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(LINEAGE_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
 }

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::handle::WriteRequest;
 use crate::registry::{CreateIndex, RegistryError};
 use crate::stream::{
-    FingerprintPayload, IndexRecord, MetadataPayload, StreamSettings, decode_payload,
+    FingerprintPayload, IndexRecord, MetadataPayload, PayloadError, StreamSettings, decode_payload,
     encode_payload, fingerprint_subject, index_filter, index_subject, marker_subject,
     metadata_subject,
 };
@@ -78,6 +78,8 @@ pub enum PublishError {
     Conflict(RegistryError),
     #[error("stream unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Encode(#[from] PayloadError),
 }
 
 /// Whether the node is connected to NATS, and since when it is not.
@@ -369,13 +371,13 @@ impl Replication {
                     Change::Insert { hashes, .. } => FingerprintPayload::insert(hashes.clone()),
                     Change::Delete { .. } => FingerprintPayload::delete(),
                 };
-                (fingerprint_subject(prefix, index, id), payload.encode())
+                Ok((fingerprint_subject(prefix, index, id), payload.encode()?))
             })
-            .collect();
+            .collect::<Result<_, PayloadError>>()?;
         for (key, value) in &request.metadata {
             messages.push((
                 metadata_subject(prefix, index, key),
-                encode_payload(&MetadataPayload { v: value.clone() }),
+                encode_payload(&MetadataPayload { v: value.clone() })?,
             ));
         }
         if messages.is_empty() {
@@ -491,9 +493,10 @@ impl Replication {
         let mut h = HeaderMap::new();
         h.insert(EXPECTED_LAST_SUBJECT_SEQ, expected.to_string().as_str());
         let subject = index_subject(&self.opts.settings.prefix, index);
+        let payload = encode_payload(&record)?;
         let publish = async {
             self.js
-                .publish_with_headers(subject, h, encode_payload(&record))
+                .publish_with_headers(subject, h, payload)
                 .await?
                 .await
         };

@@ -7,9 +7,10 @@
 //! other (the engine serialises what must be serialised), so a long file merge
 //! never holds up checkpoints.
 //!
-//! Failure: a task error crashes the actor (returned from the handler); the
-//! IndexSupervisor restarts it, and the engine's state is unchanged by a failed
-//! task (outputs are only committed after they are durable).
+//! Failure: a task error or panic crashes the actor (returned from the
+//! handler); the IndexSupervisor restarts it, and the engine's state is
+//! unchanged by a failed task (outputs are only committed after they are
+//! durable; segments a task took are released even if it panics).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,12 +142,15 @@ impl MergerState {
             let result = if fail {
                 Err("injected failure".to_string())
             } else {
-                match task {
+                // A panicking task is reported like a failed one (the engine
+                // releases what it took), so the slot is freed and the
+                // supervisor restarts this actor instead of maintenance
+                // stopping for good.
+                crate::panic::run(|| match task {
                     Task::Checkpoint => index.checkpoint(),
                     Task::MemoryMerge => index.merge_memory(),
                     Task::FileMerge => index.merge_files(),
-                }
-                .map_err(|e| e.to_string())
+                })
             };
             let _ = me.cast(MergerMsg::Done(task, result, started.elapsed()));
         });

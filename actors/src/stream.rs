@@ -119,8 +119,8 @@ pub struct FingerprintPayload {
     pub h: Option<Vec<u32>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("payload is not a fingerprint state: {0}")]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("payload {0}")]
 pub struct PayloadError(String);
 
 impl FingerprintPayload {
@@ -132,7 +132,7 @@ impl FingerprintPayload {
         FingerprintPayload { h: None }
     }
 
-    pub fn encode(&self) -> Bytes {
+    pub fn encode(&self) -> Result<Bytes, PayloadError> {
         encode_payload(self)
     }
 
@@ -160,13 +160,16 @@ pub struct IndexRecord {
     pub d: bool,
 }
 
-/// Encodes a payload struct as a MessagePack map (cannot fail for these types).
-pub fn encode_payload<T: Serialize>(value: &T) -> Bytes {
-    Bytes::from(rmp_serde::to_vec_named(value).unwrap_or_else(|_| vec![0x80]))
+/// Encodes a payload struct as a MessagePack map. A failure is an error,
+/// never a fallback: an empty map is what a replica reads as a delete.
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Bytes, PayloadError> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(|e| PayloadError(format!("does not encode: {e}")))
 }
 
 pub fn decode_payload<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PayloadError> {
-    rmp_serde::from_slice(bytes).map_err(|e| PayloadError(e.to_string()))
+    rmp_serde::from_slice(bytes).map_err(|e| PayloadError(format!("does not decode: {e}")))
 }
 
 /// How fpnode wants its stream.
@@ -346,9 +349,9 @@ mod tests {
     #[test]
     fn payloads_encode_as_in_the_design() {
         let ins = FingerprintPayload::insert(vec![1, 2]);
-        let v: serde_json::Value = rmp_serde::from_slice(&ins.encode()).unwrap();
+        let v: serde_json::Value = rmp_serde::from_slice(&ins.encode().unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"h": [1, 2]}));
-        assert_eq!(&FingerprintPayload::delete().encode()[..], &[0x80]);
+        assert_eq!(&FingerprintPayload::delete().encode().unwrap()[..], &[0x80]);
         assert_eq!(
             FingerprintPayload::decode(&[0x80]).unwrap(),
             FingerprintPayload::delete()

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
 use crate::file_segment::{self, FileSegment, OpenOptions};
-use crate::fsutil::{le_u32, sync_dir};
+use crate::fsutil::le_u32;
 use crate::index::SEGMENTS_DIR;
 use crate::manifest::{Manifest, ManifestSegment};
 use crate::segment::Segment;
@@ -123,8 +124,9 @@ impl<R: Read> Read for CrcRead<R> {
     }
 }
 
-/// Restores an archive from `input` into the empty index directory `dir`.
-pub fn restore(input: impl Read, dir: &Path) -> Result<ArchiveHeader> {
+/// Restores an archive from `input` into the empty index directory `dir`,
+/// durably (every file and directory entry synced through `fs`).
+pub fn restore(input: impl Read, dir: &Path, fs: &Fs) -> Result<ArchiveHeader> {
     let name = Path::new("archive");
     let bad = |offset: u64, reason: &str| Error::corrupt(name, offset, reason);
     if Manifest::load(dir)?.is_some() {
@@ -171,7 +173,7 @@ pub fn restore(input: impl Read, dir: &Path) -> Result<ArchiveHeader> {
         if copied != s.size_bytes {
             return Err(bad(offset + copied, "archive cut in a segment"));
         }
-        file.sync_all().at(&path)?;
+        fs.sync_file(&file, &path)?;
         offset += copied;
     }
     let want = input.hasher.clone().finalize();
@@ -187,7 +189,7 @@ pub fn restore(input: impl Read, dir: &Path) -> Result<ArchiveHeader> {
         let path = seg_dir.join(file_segment::file_name(s.id));
         FileSegment::open(&path, Some(s.id), OpenOptions::default())?.verify_all()?;
     }
-    sync_dir(&seg_dir)?;
+    fs.sync_dir(&seg_dir)?;
     let manifest = Manifest {
         generation: header.generation,
         checkpoint_position: header.version,
@@ -200,6 +202,6 @@ pub fn restore(input: impl Read, dir: &Path) -> Result<ArchiveHeader> {
         segments: header.segments.clone(),
         metadata: header.metadata.clone(),
     };
-    manifest.store(dir)?;
+    manifest.store(dir, fs)?;
     Ok(header)
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use rayon::slice::ParallelSliceMut;
 
+use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
 use crate::file_segment::{FileSegment, FileSegmentWriter, OpenOptions};
 use crate::index::SEGMENTS_DIR;
@@ -38,6 +39,8 @@ pub struct BulkOptions {
     pub run_postings: usize,
     /// Runs merged into one final segment (at least 2).
     pub runs_per_segment: usize,
+    /// Where the final segments and manifest are made durable.
+    pub fs: Fs,
 }
 
 impl Default for BulkOptions {
@@ -45,6 +48,7 @@ impl Default for BulkOptions {
         BulkOptions {
             run_postings: 256 << 20,
             runs_per_segment: 16,
+            fs: Fs::default(),
         }
     }
 }
@@ -155,7 +159,7 @@ impl BulkBuilder {
     /// in `dir`; leaves the buffer and id set empty.
     fn write_buffer(&mut self, dir: &Path, id: SegmentId) -> Result<(PathBuf, SegmentInfo, u64)> {
         self.buf.par_sort_unstable();
-        let mut w = FileSegmentWriter::create(dir, id)?;
+        let mut w = FileSegmentWriter::create(dir, id, self.opts.fs.clone())?;
         for &p in &self.buf {
             w.push(p)?;
         }
@@ -215,7 +219,7 @@ impl BulkBuilder {
                 let id = SegmentId(next_id);
                 next_id += 1;
                 let views = compute_shadows(&group);
-                let mut w = FileSegmentWriter::create(&seg_dir, id)?;
+                let mut w = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone())?;
                 merge_postings(&views, &mut w)?;
                 let (_, info, size) =
                     w.finish(&merged_docs(&views, true), self.position, self.position)?;
@@ -244,7 +248,7 @@ impl BulkBuilder {
             segments,
             metadata: std::mem::take(&mut self.metadata),
         };
-        manifest.store(&self.dir)?;
+        manifest.store(&self.dir, &self.opts.fs)?;
         Ok(BulkReport {
             fingerprints: self.fingerprints,
             postings,

@@ -10,6 +10,8 @@
 pub mod archive;
 pub mod block;
 pub mod bulk;
+pub mod catalog;
+pub mod durable;
 pub mod error;
 pub mod file_segment;
 mod fsutil;
@@ -19,6 +21,7 @@ pub mod memory_segment;
 pub mod merge;
 pub mod merge_policy;
 mod mmap;
+pub mod power_cut;
 pub mod prefix;
 pub mod search;
 pub mod segment;
@@ -26,6 +29,7 @@ pub mod snapshot;
 pub mod types;
 pub mod wal;
 
+pub use durable::Fs;
 pub use error::{Error, Result};
 pub use index::{Index, IndexOptions, IndexStats};
 pub use search::{Hit, SearchOptions};

@@ -9,8 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{le_u32, write_atomic};
+use crate::fsutil::le_u32;
 use crate::types::{Generation, Metadata, Position, SegmentId};
 
 pub const FILE_NAME: &str = "MANIFEST";
@@ -85,8 +86,9 @@ impl Manifest {
         }
     }
 
-    pub fn store(&self, dir: &Path) -> Result<()> {
-        write_atomic(&dir.join(FILE_NAME), &self.encode()?)
+    /// Replaces the manifest of `dir` atomically and durably.
+    pub fn store(&self, dir: &Path, fs: &Fs) -> Result<()> {
+        fs.write_atomic(&dir.join(FILE_NAME), &self.encode()?)
     }
 }
 
@@ -108,7 +110,7 @@ mod tests {
             id: SegmentId(4),
             ..Default::default()
         });
-        m.store(dir.path()).unwrap();
+        m.store(dir.path(), &Fs::default()).unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), Some(m));
         let path = dir.path().join(FILE_NAME);
         let mut bytes = std::fs::read(&path).unwrap();

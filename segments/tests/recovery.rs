@@ -309,3 +309,56 @@ fn a_bulk_load_is_durable_at_checkpoints_and_never_logs_past_a_hole() {
     assert_eq!(index.position(), Position(10));
     assert!(index.snapshot().get(9).is_some() && index.snapshot().get(10).is_some());
 }
+
+/// Syncs like the OS, and panics on the next sync once armed: a stand-in for
+/// a bug anywhere inside a maintenance task.
+#[derive(Debug, Default)]
+struct PanicOnSync {
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl fpnode_segments::durable::SyncFs for PanicOnSync {
+    fn sync_file(&self, file: &fs::File, _: fpnode_segments::durable::Site) -> std::io::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic in a sync");
+        }
+        file.sync_data()
+    }
+
+    fn sync_dir(&self, dir: &Path, _: fpnode_segments::durable::Site) -> std::io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// A merge that panics halfway releases the segments it took: the next merge
+/// takes them (were they left marked busy, no merge would ever pick them
+/// again and writes would end in a permanent stall).
+#[test]
+fn a_merge_that_panics_leaves_its_segments_free_for_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let panics = std::sync::Arc::new(PanicOnSync::default());
+    let opts = IndexOptions {
+        fs: fpnode_segments::Fs::new(panics.clone()),
+        file_policy: fpnode_segments::merge_policy::TieredMergePolicy {
+            max_segments: 1,
+            ..Default::default()
+        },
+        ..IndexOptions::default()
+    };
+    let index = Index::create(tmp.path(), Generation(1), opts).unwrap();
+    for p in 1..=2 {
+        index.apply(&[batch(p, p as u32)]).unwrap();
+        assert!(index.checkpoint().unwrap());
+    }
+    assert_eq!(index.stats().file_segments, 2);
+    panics
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| index.merge_files()));
+    assert!(panicked.is_err(), "the merge was expected to panic");
+    assert_eq!(index.stats().file_segments, 2, "nothing committed");
+    assert!(index.merge_files().unwrap(), "the next merge runs");
+    assert_eq!(index.stats().file_segments, 1);
+    let snap = index.snapshot();
+    assert!(snap.get(1).is_some() && snap.get(2).is_some());
+}

@@ -142,6 +142,7 @@ fn frequent_and_long_fingerprints_search_the_same_from_memory_files_and_bulk() {
         BulkOptions {
             run_postings: 50_000,
             runs_per_segment: 2,
+            ..BulkOptions::default()
         },
     )
     .unwrap();
@@ -166,6 +167,7 @@ fn bulk_build_keeps_the_later_of_two_fingerprints_with_one_id() {
         BulkOptions {
             run_postings: 10,
             runs_per_segment: 2,
+            ..BulkOptions::default()
         },
     )
     .unwrap();

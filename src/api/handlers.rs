@@ -161,6 +161,10 @@ fn publish_error(e: PublishError) -> ApiError {
             metrics::counter!("fpnode_publish_failures_total").increment(1);
             ApiError::Unavailable
         }
+        PublishError::Encode(why) => {
+            tracing::error!(%why, "write could not be encoded for the stream");
+            ApiError::Internal
+        }
     }
 }
 

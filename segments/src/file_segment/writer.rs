@@ -14,12 +14,13 @@ use bitpacking::{BitPacker, BitPacker4x};
 
 use super::format::{self, CHUNK_SIZE, Footer, HEADER_LEN};
 use crate::block::{self, BLOCK_LEN};
+use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::sync_dir;
 use crate::segment::{DocSets, SegmentInfo};
 use crate::types::{PackedPosting, Position, SegmentId, unpack};
 
 pub struct FileSegmentWriter {
+    fs: Fs,
     tmp_path: PathBuf,
     path: PathBuf,
     id: SegmentId,
@@ -50,13 +51,14 @@ impl std::fmt::Debug for FileSegmentWriter {
 
 impl FileSegmentWriter {
     /// Starts writing segment `id` into `dir` (as a temp file until `finish`).
-    pub fn create(dir: &Path, id: SegmentId) -> Result<Self> {
+    pub fn create(dir: &Path, id: SegmentId, fs: Fs) -> Result<Self> {
         let path = dir.join(format::file_name(id));
         let tmp_path = path.with_extension("fpseg.tmp");
         let file = File::create(&tmp_path).at(&tmp_path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&format::header()).at(&tmp_path)?;
         Ok(FileSegmentWriter {
+            fs,
             tmp_path,
             path,
             id,
@@ -209,12 +211,9 @@ impl FileSegmentWriter {
             .into_inner()
             .map_err(|e| e.into_error())
             .at(&self.tmp_path)?;
-        file.sync_all().at(&self.tmp_path)?;
+        self.fs.sync_file(&file, &self.tmp_path)?;
         drop(file);
-        fs::rename(&self.tmp_path, &self.path).at(&self.path)?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
+        self.fs.rename(&self.tmp_path, &self.path)?;
         let info = SegmentInfo {
             id: segment_id,
             min_position,

@@ -14,10 +14,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::record::{self, HEADER};
+use super::record::{self, HEADER, MAX_PAYLOAD, RECORD_HEADER_LEN};
 use super::{file_name, list_files};
+use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::sync_dir;
 use crate::types::{Batch, Position};
 
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +41,7 @@ impl Default for WalOptions {
 pub struct WalWriter {
     dir: PathBuf,
     opts: WalOptions,
+    fs: Fs,
     file: Option<(PathBuf, File)>,
     file_bytes: u64,
     buf: Vec<u8>,
@@ -57,11 +58,12 @@ pub struct WalWriter {
 impl WalWriter {
     /// Opens the WAL in `dir` for appending after `last_position` (as found by
     /// replay). Appends continue in the newest existing file.
-    pub fn open(dir: &Path, last_position: Position, opts: WalOptions) -> Result<Self> {
-        std::fs::create_dir_all(dir).at(dir)?;
+    pub fn open(dir: &Path, last_position: Position, opts: WalOptions, fs: Fs) -> Result<Self> {
+        fs.create_dir_all(dir)?;
         let mut w = WalWriter {
             dir: dir.to_path_buf(),
             opts,
+            fs,
             file: None,
             file_bytes: 0,
             buf: Vec::with_capacity(1 << 20),
@@ -75,9 +77,11 @@ impl WalWriter {
             let mut file = OpenOptions::new().append(true).open(&path).at(&path)?;
             let len = file.metadata().at(&path)?.len();
             if len < HEADER.len() as u64 {
+                // Not synced here: the first append's sync makes the header
+                // durable with it, and until then a power cut leaves the same
+                // short file, which replay and this repair handle again.
                 file.set_len(0).at(&path)?;
                 file.write_all(&HEADER).at(&path)?;
-                file.sync_all().at(&path)?;
             }
             w.file_bytes = len.max(HEADER.len() as u64);
             w.file = Some((path, file));
@@ -97,6 +101,8 @@ impl WalWriter {
     }
 
     /// Buffers `batch`. Its position must be after every batch appended before.
+    /// A batch that does not encode, or whose record the reader would refuse
+    /// (a payload over 1 GiB), is refused here and leaves nothing behind.
     pub fn append(&mut self, batch: &Batch) -> Result<()> {
         self.check_poison()?;
         if batch.position <= self.last_appended {
@@ -109,8 +115,17 @@ impl WalWriter {
             self.rotate(batch.position)?;
         }
         let before = self.buf.len();
-        record::encode(batch, &mut self.buf)
-            .map_err(|e| Error::InvalidInput(format!("batch does not encode: {e}")))?;
+        if let Err(e) = record::encode(batch, &mut self.buf) {
+            self.buf.truncate(before);
+            return Err(Error::InvalidInput(format!("batch does not encode: {e}")));
+        }
+        let payload = self.buf.len() - before - RECORD_HEADER_LEN;
+        if payload > MAX_PAYLOAD {
+            self.buf.truncate(before);
+            return Err(Error::InvalidInput(format!(
+                "batch too large for one WAL record: {payload} bytes encoded, at most {MAX_PAYLOAD}"
+            )));
+        }
         self.file_bytes += (self.buf.len() - before) as u64;
         self.last_appended = batch.position;
         Ok(())
@@ -143,16 +158,23 @@ impl WalWriter {
         file.write_all(&self.buf).at(&*path)?;
         self.buf.clear();
         if self.opts.fsync {
-            file.sync_data().at(&*path)?;
+            self.fs.sync_file(file, path)?;
         }
         Ok(())
     }
 
     /// Makes what is buffered durable, then starts a new file named `first`.
+    /// Any failure poisons the writer: a half-made file (created, header
+    /// written, its name perhaps not durable) must not be appended to nor
+    /// created again.
     fn rotate(&mut self, first: Position) -> Result<()> {
+        self.try_rotate(first)
+            .inspect_err(|e| self.poisoned = Some(e.to_string()))
+    }
+
+    fn try_rotate(&mut self, first: Position) -> Result<()> {
         if !self.buf.is_empty() {
-            self.write_and_sync()
-                .inspect_err(|e| self.poisoned = Some(e.to_string()))?;
+            self.write_and_sync()?;
         }
         let path = self.dir.join(file_name(first));
         let mut file = OpenOptions::new()
@@ -161,8 +183,11 @@ impl WalWriter {
             .open(&path)
             .at(&path)?;
         file.write_all(&HEADER).at(&path)?;
-        file.sync_all().at(&path)?;
-        sync_dir(&self.dir)?;
+        // The new name must be durable before a record in this file is
+        // acknowledged. The header is not synced on its own: the first
+        // record's sync covers it, and a newest file cut short before that is
+        // repaired on open.
+        self.fs.sync_dir(&self.dir)?;
         self.file = Some((path, file));
         self.file_bytes = HEADER.len() as u64;
         Ok(())
@@ -181,9 +206,9 @@ impl WalWriter {
                 removed += 1;
             }
         }
-        if removed > 0 {
-            sync_dir(&self.dir)?;
-        }
+        // The removals are not synced: a file that comes back after a power
+        // cut holds only positions the checkpoint covers, which replay skips,
+        // and the next call removes it again.
         Ok(removed)
     }
 
