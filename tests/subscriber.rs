@@ -152,8 +152,8 @@ async fn a_writer_failure_during_replay_loses_no_message() {
     let last = publish(&js, 1, 1500, &mut model).await;
     let dir = tempfile::tempdir().unwrap();
     let (index, handle, sup) = replica(dir.path()).await;
-    let first_writer = handle.writer().unwrap().get_id();
-    // The writer's first flush fails, with the next batch already in flight.
+    let first_writer = handle.batcher().unwrap().get_id();
+    // The pipeline's first publish fails, with the next batch already in flight.
     sup.cast(IndexSupMsg::InjectFailure(Child::Writer)).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (_sub, _) = Actor::spawn(
@@ -172,7 +172,7 @@ async fn a_writer_failure_during_replay_loses_no_message() {
     .unwrap();
     wait_for(&index, last).await;
     assert_ne!(
-        handle.writer().unwrap().get_id(),
+        handle.batcher().unwrap().get_id(),
         first_writer,
         "the injected failure never happened"
     );

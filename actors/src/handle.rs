@@ -10,7 +10,7 @@ use fpnode_segments::{Change, Generation, Index, MetadataDelta, Position};
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
-use crate::index_writer::WriterMsg;
+use crate::batcher::BatcherMsg;
 
 /// One `_update` (or single-fingerprint write) as the writer receives it.
 #[derive(Debug, Clone, Default)]
@@ -97,8 +97,10 @@ pub struct IndexHandle {
     pub name: String,
     pub generation: Generation,
     pub index: Arc<Index>,
-    pub(crate) writer: RwLock<Option<ActorRef<WriterMsg>>>,
-    /// Writes in flight (queued or being applied) for this index.
+    /// The first stage of the index's write pipeline, while it runs.
+    pub(crate) batcher: RwLock<Option<ActorRef<BatcherMsg>>>,
+    /// Writes in flight (queued or being applied) for this index: the
+    /// Batcher's admission bound.
     pub write_permits: Arc<Semaphore>,
     pub(crate) healthy: AtomicBool,
     pub(crate) deleted: AtomicBool,
@@ -112,7 +114,7 @@ impl IndexHandle {
             name,
             generation: index.generation(),
             index,
-            writer: RwLock::new(None),
+            batcher: RwLock::new(None),
             write_permits: Arc::new(Semaphore::new(max_writes_in_flight)),
             healthy: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
@@ -163,9 +165,9 @@ impl IndexHandle {
         self.healthy.load(Ordering::Acquire) && !self.deleted.load(Ordering::Acquire)
     }
 
-    /// The index's current writer, if it is running.
-    pub fn writer(&self) -> Option<ActorRef<WriterMsg>> {
-        self.writer
+    /// The index's write pipeline, if it is running.
+    pub fn batcher(&self) -> Option<ActorRef<BatcherMsg>> {
+        self.batcher
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -219,16 +221,13 @@ impl IndexHandle {
             .await
             .map_err(|_| WriteError::Overloaded("too many writes in flight".into()))?
             .map_err(|_| WriteError::Unavailable("index is closing".into()))?;
-        let writer = self
-            .writer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let batcher = self
+            .batcher()
             .ok_or_else(|| WriteError::Unavailable("index writer is restarting".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let reply: RpcReplyPort<Result<Position, WriteError>> = tx.into();
-        writer
-            .cast(WriterMsg::Write(request, reply))
+        batcher
+            .cast(BatcherMsg::Write(request, reply))
             .map_err(|_| WriteError::Unavailable("index writer is restarting".into()))?;
         let result = rx
             .await

@@ -1,7 +1,10 @@
-//! IndexSupervisor: one per open index; owns its IndexWriter and SegmentMerger.
+//! IndexSupervisor: one per open index; owns its write pipeline (Batcher,
+//! WalWriter, IndexWriter) and its SegmentMerger.
 //!
 //! Steps: spawns its children linked (in replica mode also the index's
-//! StreamSubscriber). When a child fails, the failure is
+//! StreamSubscriber). The three pipeline actors are restarted together (one
+//! for all): the Batcher numbers writes from what the engine has logged, so
+//! it must not outlive the stages after it. When a child fails, the failure is
 //! counted (`fpnode_actor_restarts_total`) and the child is restarted after an
 //! exponential backoff, from durable state (the engine's WAL and manifest; a
 //! writer's unanswered requests are answered `Unavailable`, never acknowledged).
@@ -14,12 +17,14 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::batcher::{Batcher, BatcherArgs, BatcherMsg};
 use crate::handle::IndexHandle;
 use crate::index_writer::{IndexWriter, WriterArgs, WriterMsg};
 use crate::replication::Replication;
 use crate::restart::RestartTracker;
 use crate::segment_merger::{MergerArgs, MergerMsg, SegmentMerger};
 use crate::stream_subscriber::{StreamSubscriber, SubscriberArgs, SubscriberMsg};
+use crate::wal_writer::{WalMsg, WalWriter, WalWriterArgs};
 
 #[derive(Debug, Clone)]
 pub struct SupervisionOptions {
@@ -28,6 +33,10 @@ pub struct SupervisionOptions {
     pub backoff: Duration,
     pub max_backoff: Duration,
     pub merger_tick: Duration,
+    /// The Batcher cuts a group at once when it holds this many changes.
+    pub max_group_changes: usize,
+    /// Groups in flight between the Batcher's cut and the answer.
+    pub group_credits: usize,
 }
 
 impl Default for SupervisionOptions {
@@ -38,6 +47,8 @@ impl Default for SupervisionOptions {
             backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             merger_tick: Duration::from_millis(100),
+            max_group_changes: 32_768,
+            group_credits: 3,
         }
     }
 }
@@ -45,7 +56,10 @@ impl Default for SupervisionOptions {
 /// The actors a fault can be injected into (tests only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Child {
+    /// The write pipeline's last stage; restarting it restarts the pipeline.
     Writer,
+    Batcher,
+    WalWriter,
     Merger,
     /// Replica mode: the index's StreamSubscriber.
     Subscriber,
@@ -59,6 +73,8 @@ impl Child {
     pub fn name(self) -> &'static str {
         match self {
             Child::Writer => "index_writer",
+            Child::Batcher => "batcher",
+            Child::WalWriter => "wal_writer",
             Child::Merger => "segment_merger",
             Child::Subscriber => "stream_subscriber",
             Child::Supervisor => "index_supervisor",
@@ -69,6 +85,8 @@ impl Child {
     pub fn from_name(name: &str) -> Option<Child> {
         [
             Child::Writer,
+            Child::Batcher,
+            Child::WalWriter,
             Child::Merger,
             Child::Subscriber,
             Child::Supervisor,
@@ -98,6 +116,8 @@ pub struct IndexSupState {
     opts: SupervisionOptions,
     replication: Option<Arc<Replication>>,
     writer: Option<ActorRef<WriterMsg>>,
+    wal_writer: Option<ActorRef<WalMsg>>,
+    batcher: Option<ActorRef<BatcherMsg>>,
     merger: Option<ActorRef<MergerMsg>>,
     subscriber: Option<ActorRef<SubscriberMsg>>,
     failures: [RestartTracker; 3],
@@ -123,12 +143,16 @@ impl Actor for IndexSupervisor {
             opts: args.opts,
             replication: args.replication,
             writer: None,
+            wal_writer: None,
+            batcher: None,
             merger: None,
             subscriber: None,
         };
-        state.spawn(myself.get_cell(), Child::Writer).await?;
-        state.spawn(myself.get_cell(), Child::Merger).await?;
-        state.spawn(myself.get_cell(), Child::Subscriber).await?;
+        // Boxed: the nested actor start-ups make a future too deep for the
+        // compiler's layout limit otherwise.
+        Box::pin(state.spawn(myself.get_cell(), Child::Writer)).await?;
+        Box::pin(state.spawn(myself.get_cell(), Child::Merger)).await?;
+        Box::pin(state.spawn(myself.get_cell(), Child::Subscriber)).await?;
         Ok(state)
     }
 
@@ -141,12 +165,22 @@ impl Actor for IndexSupervisor {
         match msg {
             IndexSupMsg::Restart(child) => {
                 if state.handle.is_healthy() {
-                    state.spawn(myself.get_cell(), child).await?;
+                    Box::pin(state.spawn(myself.get_cell(), child)).await?;
                 }
             }
             IndexSupMsg::InjectFailure(Child::Writer) => {
                 if let Some(w) = &state.writer {
                     w.cast(WriterMsg::InjectFailure)?;
+                }
+            }
+            IndexSupMsg::InjectFailure(Child::WalWriter) => {
+                if let Some(w) = &state.wal_writer {
+                    w.cast(WalMsg::InjectFailure)?;
+                }
+            }
+            IndexSupMsg::InjectFailure(Child::Batcher) => {
+                if let Some(b) = &state.batcher {
+                    b.cast(BatcherMsg::InjectFailure)?;
                 }
             }
             IndexSupMsg::InjectFailure(Child::Merger) => {
@@ -179,12 +213,13 @@ impl Actor for IndexSupervisor {
             };
             tracing::error!(index = %state.handle.name, child = child.name(), error = %err, "child failed");
             metrics::counter!("fpnode_actor_restarts_total", "actor" => child.name()).increment(1);
-            state.clear(child);
-            let slot = match child {
-                Child::Merger => 1,
-                Child::Subscriber => 2,
-                _ => 0,
+            let (child, slot) = match child {
+                Child::Merger => (Child::Merger, 1),
+                Child::Subscriber => (Child::Subscriber, 2),
+                // One for all: the rest of the pipeline stops with it.
+                _ => (Child::Writer, 0),
             };
+            state.clear(child);
             let tracker = &mut state.failures[slot];
             let Some(backoff) = tracker.failed() else {
                 state.handle.mark_unhealthy(child.name());
@@ -212,15 +247,37 @@ impl IndexSupState {
     async fn spawn(&mut self, me: ActorCell, child: Child) -> Result<(), ActorProcessingErr> {
         let index = self.handle.index.clone();
         match child {
-            Child::Writer => {
-                let (w, _) =
-                    Actor::spawn_linked(None, IndexWriter, WriterArgs { index }, me).await?;
+            Child::Writer | Child::Batcher | Child::WalWriter => {
+                // Last stage first: each stage is given the next one.
+                let (w, _) = Actor::spawn_linked(
+                    None,
+                    IndexWriter,
+                    WriterArgs {
+                        index: index.clone(),
+                    },
+                    me.clone(),
+                )
+                .await?;
+                self.writer = Some(w.clone());
+                let args = WalWriterArgs {
+                    index: index.clone(),
+                    index_writer: w,
+                };
+                let (l, _) = Actor::spawn_linked(None, WalWriter, args, me.clone()).await?;
+                self.wal_writer = Some(l.clone());
+                let args = BatcherArgs {
+                    index,
+                    wal_writer: l,
+                    max_group_changes: self.opts.max_group_changes,
+                    group_credits: self.opts.group_credits,
+                };
+                let (b, _) = Actor::spawn_linked(None, Batcher, args, me).await?;
                 *self
                     .handle
-                    .writer
+                    .batcher
                     .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
-                self.writer = Some(w);
+                    .unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+                self.batcher = Some(b);
             }
             Child::Supervisor | Child::Registry => {}
             Child::Subscriber => {
@@ -251,12 +308,13 @@ impl IndexSupState {
     }
 
     fn which(&self, cell: &ActorCell) -> Option<Child> {
-        if self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.get_id() == cell.get_id())
-        {
+        let id = cell.get_id();
+        if self.writer.as_ref().is_some_and(|w| w.get_id() == id) {
             Some(Child::Writer)
+        } else if self.wal_writer.as_ref().is_some_and(|w| w.get_id() == id) {
+            Some(Child::WalWriter)
+        } else if self.batcher.as_ref().is_some_and(|b| b.get_id() == id) {
+            Some(Child::Batcher)
         } else if self
             .merger
             .as_ref()
@@ -276,13 +334,24 @@ impl IndexSupState {
 
     fn clear(&mut self, child: Child) {
         match child {
-            Child::Writer => {
-                self.writer = None;
+            Child::Writer | Child::Batcher | Child::WalWriter => {
                 *self
                     .handle
-                    .writer
+                    .batcher
                     .write()
                     .unwrap_or_else(|e| e.into_inner()) = None;
+                // Whichever stage failed, the others stop with it; their
+                // unanswered clients are answered `Unavailable` when their
+                // reply ports drop.
+                if let Some(b) = self.batcher.take() {
+                    b.stop(None);
+                }
+                if let Some(l) = self.wal_writer.take() {
+                    l.stop(None);
+                }
+                if let Some(w) = self.writer.take() {
+                    w.stop(None);
+                }
             }
             Child::Merger => self.merger = None,
             Child::Subscriber => self.subscriber = None,

@@ -6,7 +6,9 @@
 //! └── IndexRegistry                 create / delete / look up indexes
 //!     ├── LifecycleWatcher          (replica) index records from the stream
 //!     └── IndexSupervisor(name)     restarts its children from durable state
-//!         ├── IndexWriter           group-commits writes (WAL fsync + apply)
+//!         ├── Batcher               cuts writes into groups, prepares them
+//!         ├── WalWriter             logs a group: WAL append + one fsync
+//!         ├── IndexWriter           publishes logged groups, answers clients
 //!         ├── SegmentMerger         checkpoints, memory merges, file merges
 //!         └── StreamSubscriber      (replica) applies the index's stream
 //! SearchPool                        worker threads behind a bounded queue
@@ -18,6 +20,7 @@
 //! from [`IndexHandle::write_permits`] until answered, the search queue has a
 //! fixed depth and sheds load.
 
+pub mod batcher;
 pub mod handle;
 pub mod index_supervisor;
 pub mod index_writer;
@@ -31,6 +34,8 @@ pub mod search_pool;
 pub mod segment_merger;
 pub mod stream;
 pub mod stream_subscriber;
+pub mod wal_writer;
+pub mod write_path;
 
 pub use handle::{IndexHandle, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};

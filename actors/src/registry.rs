@@ -259,7 +259,7 @@ impl Actor for IndexRegistry {
             tracing::error!(index = %name, error = %err, "index supervisor failed");
             metrics::counter!("fpnode_actor_restarts_total", "actor" => "index_supervisor")
                 .increment(1);
-            *handle.writer.write().unwrap_or_else(|e| e.into_inner()) = None;
+            *handle.batcher.write().unwrap_or_else(|e| e.into_inner()) = None;
             let opts = state.args.supervision.clone();
             let tracker = state
                 .restarts

@@ -45,8 +45,8 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
+use crate::batcher::BatcherMsg;
 use crate::handle::IndexHandle;
-use crate::index_writer::WriterMsg;
 use crate::replication::{Link, backoff, wait_to_retry};
 use crate::stream::{
     FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload, index_filter,
@@ -399,17 +399,17 @@ impl SubscriberState {
             return Ok(());
         }
         let caught_up = pending == Some(0) || self.target.is_some_and(|t| last >= t);
-        let writer = self
+        let batcher = self
             .args
             .handle
-            .writer()
+            .batcher()
             .ok_or_else(|| "index writer is restarting".to_string())?;
         let after = Position(self.after);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut batch = Batch::new(Position(last), changes);
         batch.metadata = metadata;
-        writer
-            .cast(WriterMsg::Apply(batch, after, tx.into()))
+        batcher
+            .cast(BatcherMsg::Apply(batch, after, tx.into()))
             .map_err(|e| e.to_string())?;
         self.after = last;
         self.failures = 0;

@@ -1,5 +1,17 @@
-//! The write path: wait out a stall, log the batches (one fsync), apply them
-//! as memory segments and publish the new snapshot.
+//! The write path, in three steps a pipeline can overlap (docs/architecture.md):
+//!
+//! 1. [`Index::prepare`]: wait out a stall, check the batches, build them
+//!    into one memory segment. CPU only; no lock held while building.
+//! 2. [`Index::log`]: append them to the WAL and fsync once (group commit).
+//!    Groups must come in position order; the group is then durable, and kept
+//!    in the engine until published, so a caller that fails between the two
+//!    steps can never leave a logged group out of the index.
+//! 3. [`Index::publish_logged`]: publish every logged group, in order, into
+//!    the snapshot searches read.
+//!
+//! While group N is being fsynced, group N+1 can be prepared and group N-1
+//! published: the three take different locks. [`Index::apply`] runs the three
+//! in one call, for callers that do not pipeline.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +20,33 @@ use std::time::Instant;
 use super::{Index, MemoryEntry, State, lock};
 use crate::error::{Error, Result};
 use crate::memory_segment;
+use crate::segment::Segment;
 use crate::types::{Batch, Position, apply_metadata_delta};
+
+/// Batches checked and built into one memory segment, ready to be logged.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    batches: Vec<Batch>,
+    /// The group's batches as one memory segment (as if applied one after
+    /// the other): a group of many small writes adds one segment for
+    /// searches to visit, not one per write.
+    segment: Option<Segment>,
+}
+
+impl Prepared {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// Position of the newest batch, if any.
+    pub fn last_position(&self) -> Option<Position> {
+        self.batches.last().map(|b| b.position)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+}
 
 impl Index {
     fn stalled(&self, st: &State) -> Option<(usize, usize)> {
@@ -32,10 +70,11 @@ impl Index {
         self.stalled(&lock(&self.state)).is_some()
     }
 
-    /// Logs `batches` durably (one fsync for all) and applies them. Batches at or
-    /// before the applied position are skipped (applying is idempotent); the rest
-    /// must have strictly increasing positions. Returns the applied position.
-    pub fn apply(&self, batches: &[Batch]) -> Result<Position> {
+    /// Step 1: waits while maintenance is behind (failing with `WriteStall`
+    /// after `stall_timeout`), drops batches at or before the published
+    /// position (applying is idempotent), checks the rest have strictly
+    /// increasing positions and builds them into one memory segment.
+    pub fn prepare(&self, batches: Vec<Batch>) -> Result<Prepared> {
         let mut st = lock(&self.state);
         if let Some(why) = &st.poisoned {
             return Err(Error::Poisoned(why.clone()));
@@ -60,12 +99,13 @@ impl Index {
                 .stall_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        let mut last = st.applied;
-        let mut fresh = Vec::with_capacity(batches.len());
-        for b in batches {
-            if b.position <= st.applied {
-                continue;
-            }
+        let applied = st.applied;
+        let batches: Vec<Batch> = batches
+            .into_iter()
+            .filter(|b| b.position > applied)
+            .collect();
+        let mut last = applied;
+        for b in &batches {
             if b.position <= last {
                 return Err(Error::PositionNotIncreasing {
                     last,
@@ -73,39 +113,104 @@ impl Index {
                 });
             }
             last = b.position;
-            let id = st.next_id();
-            fresh.push((b, memory_segment::build(id, b)?));
         }
-        if fresh.is_empty() {
-            return Ok(st.applied);
+        if batches.is_empty() {
+            return Ok(Prepared::default());
+        }
+        let id = st.next_id();
+        drop(st);
+        let segment = memory_segment::build_many(id, &batches)?;
+        Ok(Prepared {
+            batches,
+            segment: Some(segment),
+        })
+    }
+
+    /// Step 2: appends a prepared group to the WAL and fsyncs once. Groups
+    /// must follow each other: a group whose first position is not after
+    /// the last logged one is refused (`PositionNotIncreasing`). Returns the
+    /// position now durable. In bulk load nothing is written (see
+    /// [`Index::set_bulk_load`]). A failed write or fsync poisons the WAL.
+    pub fn log(&self, prepared: Prepared) -> Result<Position> {
+        let mut wal = lock(&self.wal);
+        let (Some(first), Some(last)) = (prepared.batches.first(), prepared.last_position()) else {
+            return Ok(wal.logged);
+        };
+        if first.position <= wal.logged {
+            return Err(Error::PositionNotIncreasing {
+                last: wal.logged,
+                got: first.position,
+            });
         }
         // Bulk load: not logged. A crash loses what was applied since the last
         // checkpoint and the index reopens at that checkpoint's position; the
         // caller (a replica bootstrapping) applies those batches again.
-        if self.is_bulk_load() || st.unlogged.is_some() {
-            st.unlogged = Some(last);
+        if self.is_bulk_load() || wal.unlogged.is_some() {
+            wal.unlogged = Some(last);
+            self.unlogged.store(last.0, Ordering::Release);
         } else {
-            for (b, _) in &fresh {
-                st.wal.append(b)?;
+            for b in &prepared.batches {
+                wal.writer.append(b)?;
             }
-            if let Err(e) = st.wal.sync() {
-                st.poisoned = Some(e.to_string());
-                return Err(e);
-            }
+            wal.writer.sync()?;
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
+        wal.logged = last;
+        // Queued under the WAL lock, so groups queue in the order they were
+        // logged.
+        lock(&self.logged).push_back(prepared);
+        Ok(last)
+    }
+
+    /// Step 3: publishes every logged group, oldest first, into the snapshot
+    /// searches read. Returns the published position.
+    pub fn publish_logged(&self) -> Result<Position> {
+        let mut st = lock(&self.state);
+        let groups: Vec<Prepared> = lock(&self.logged).drain(..).collect();
+        if groups.is_empty() {
+            return Ok(st.applied);
+        }
         let mut snapshot = (*self.snapshot.load_full()).clone();
-        for (b, seg) in fresh {
-            apply_metadata_delta(&mut st.metadata, &b.metadata);
-            let seg = Arc::new(seg);
-            snapshot = snapshot.with_new_segment(seg.clone());
+        for group in groups {
+            let (Some(last), Some(segment)) = (group.last_position(), group.segment) else {
+                continue;
+            };
+            // Logged groups follow each other and the published position.
+            if last <= st.applied {
+                continue;
+            }
+            for b in &group.batches {
+                apply_metadata_delta(&mut st.metadata, &b.metadata);
+            }
+            let segment = Arc::new(segment);
+            snapshot = snapshot.with_new_segment(segment.clone());
             st.memory.push(MemoryEntry {
-                segment: seg,
+                segment,
                 created: Instant::now(),
             });
+            st.applied = last;
         }
-        st.applied = last;
-        self.publish(&st, snapshot);
-        Ok(last)
+        self.publish_snapshot(&st, snapshot);
+        Ok(st.applied)
+    }
+
+    /// Position of the newest logged batch (durable, or applied unlogged in
+    /// bulk load), published or not: where the next group must start after.
+    pub fn logged_position(&self) -> Position {
+        lock(&self.wal).logged
+    }
+
+    /// Logs `batches` durably (one fsync for all) and applies them: the three
+    /// steps in one call. Batches at or before the applied position are
+    /// skipped (applying is idempotent); the rest must have strictly
+    /// increasing positions. Returns the applied position. Callers may call
+    /// this from several threads; one runs at a time.
+    pub fn apply(&self, batches: &[Batch]) -> Result<Position> {
+        let _one = lock(&self.apply_lock);
+        let prepared = self.prepare(batches.to_vec())?;
+        if !prepared.is_empty() {
+            self.log(prepared)?;
+        }
+        self.publish_logged()
     }
 }

@@ -73,7 +73,7 @@ impl Index {
                 st.memory_postings() >= self.checkpoint_threshold()
                     || oldest.created.elapsed() >= self.opts.checkpoint_age
                     // Bulk load over: make it durable so logging can resume.
-                    || (st.unlogged.is_some() && !self.is_bulk_load())
+                    || (self.has_unlogged() && !self.is_bulk_load())
             }
         }
     }
@@ -139,11 +139,15 @@ impl Index {
         // The checkpointed segments are still the oldest memory segments: merges
         // only take segments no task holds, and new ones arrive at the end.
         st.memory.drain(..views.len());
-        if st.unlogged.is_some_and(|u| u <= max_pos) {
-            st.unlogged = None;
-        }
-        st.wal.remove_covered(max_pos)?;
         self.republish(st, &self.counters.checkpoints);
+        // After the state lock is released: the WAL lock may wait for an
+        // fsync, which must not hold up searches' and writers' state.
+        let mut wal = lock(&self.wal);
+        if wal.unlogged.is_some_and(|u| u <= max_pos) {
+            wal.unlogged = None;
+            self.unlogged.store(0, Ordering::Release);
+        }
+        wal.writer.remove_covered(max_pos)?;
         Ok(true)
     }
 

@@ -2,8 +2,13 @@
 //! published snapshot.
 //!
 //! Who serialises what:
-//! - `state` (mutex): the writer side: WAL, segment lists, manifest. Held while a
-//!   batch is logged and applied, and briefly to plan and commit maintenance.
+//! - `state` (mutex): segment lists, manifest, published position. Held
+//!   briefly to prepare a group, to publish one, and to plan and commit
+//!   maintenance.
+//! - `wal` (mutex): the WAL writer and the logged position; held for one
+//!   group's append and fsync, never while taking `state` (lock order:
+//!   `state` before `wal` before `logged`).
+//! - `logged` (mutex): groups logged and not yet published.
 //! - `checkpoint_lock`: one checkpoint at a time.
 //! - `memory_merge_lock`: one memory merge at a time (beside a checkpoint, on
 //!   memory segments that arrived after the checkpoint took all it found).
@@ -30,7 +35,9 @@ mod apply;
 mod maintenance;
 mod open;
 
-use std::collections::HashSet;
+pub use apply::Prepared;
+
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -135,7 +142,6 @@ struct MemoryEntry {
 }
 
 struct State {
-    wal: WalWriter,
     manifest: Manifest,
     files: Vec<Arc<Segment>>,
     memory: Vec<MemoryEntry>,
@@ -144,6 +150,13 @@ struct State {
     applied: Position,
     metadata: Metadata,
     poisoned: Option<String>,
+}
+
+/// The WAL side of the write path: whoever holds it logs one group at a time.
+struct WalState {
+    writer: WalWriter,
+    /// Newest position logged (or applied unlogged in bulk load).
+    logged: Position,
     /// Newest position applied without the WAL (bulk load) and not yet in a
     /// file segment. While set nothing is logged, so the WAL never holds a
     /// batch that follows a hole; the next checkpoint covering it clears it.
@@ -178,6 +191,14 @@ pub struct Index {
     opts: IndexOptions,
     _lock: File,
     state: Mutex<State>,
+    wal: Mutex<WalState>,
+    /// Groups logged and not yet published, oldest first.
+    logged: Mutex<VecDeque<Prepared>>,
+    /// `WalState::unlogged` for readers that must not wait on an fsync (0:
+    /// none).
+    unlogged: AtomicU64,
+    /// One `apply` (prepare, log, publish) at a time.
+    apply_lock: Mutex<()>,
     maintained: Condvar,
     checkpoint_lock: Mutex<()>,
     memory_merge_lock: Mutex<()>,
@@ -228,9 +249,10 @@ impl Index {
         IndexStats {
             generation: st.manifest.generation,
             applied: st.applied,
-            durable: match st.unlogged {
-                Some(_) => st.manifest.checkpoint_position,
-                None => st.applied,
+            durable: if self.has_unlogged() {
+                st.manifest.checkpoint_position
+            } else {
+                st.applied
             },
             checkpoint_position: st.manifest.checkpoint_position,
             num_docs: self.snapshot.load().num_docs,
@@ -242,7 +264,7 @@ impl Index {
         }
     }
 
-    fn publish(&self, st: &State, snapshot: Snapshot) {
+    fn publish_snapshot(&self, st: &State, snapshot: Snapshot) {
         let snapshot = Snapshot {
             position: st.applied,
             checkpoint_position: st.manifest.checkpoint_position,
@@ -258,7 +280,7 @@ impl Index {
     /// shadows recomputed, count the task, and wake writers waiting on a stall.
     fn republish(&self, st: MutexGuard<'_, State>, counter: &AtomicU64) {
         let snap = self.snapshot.load().with_segments(&st.all_segments());
-        self.publish(&st, snap);
+        self.publish_snapshot(&st, snap);
         counter.fetch_add(1, Ordering::Relaxed);
         drop(st);
         self.maintained.notify_all();
@@ -281,6 +303,6 @@ impl Index {
     /// True while some applied batches are only in memory (bulk load): the
     /// next checkpoint makes them durable.
     pub fn has_unlogged(&self) -> bool {
-        lock(&self.state).unlogged.is_some()
+        self.unlogged.load(Ordering::Acquire) != 0
     }
 }

@@ -1,15 +1,18 @@
 //! Creating an index, and opening one: verify its segments, remove orphans,
 //! replay the WAL into memory segments.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::{Counters, Index, IndexOptions, LOCK_FILE, MemoryEntry, SEGMENTS_DIR, State, WAL_DIR};
+use super::{
+    Counters, Index, IndexOptions, LOCK_FILE, MemoryEntry, SEGMENTS_DIR, State, WAL_DIR, WalState,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::file_segment::{self, FileSegment};
 use crate::manifest::Manifest;
@@ -120,8 +123,12 @@ impl Index {
         let wal = WalWriter::open(&wal_dir, outcome.last_position, opts.wal, opts.fs.clone())?;
         let applied = outcome.last_position.max(manifest.checkpoint_position);
 
+        let wal = WalState {
+            writer: wal,
+            logged: applied,
+            unlogged: None,
+        };
         let state = State {
-            wal,
             manifest,
             files,
             memory,
@@ -129,7 +136,6 @@ impl Index {
             applied,
             metadata,
             poisoned: None,
-            unlogged: None,
         };
         let base = Snapshot {
             generation: state.manifest.generation,
@@ -145,6 +151,10 @@ impl Index {
             opts,
             _lock: lock_file,
             state: Mutex::new(state),
+            wal: Mutex::new(wal),
+            logged: Mutex::new(VecDeque::new()),
+            unlogged: AtomicU64::new(0),
+            apply_lock: Mutex::new(()),
             maintained: Condvar::new(),
             checkpoint_lock: Mutex::new(()),
             memory_merge_lock: Mutex::new(()),

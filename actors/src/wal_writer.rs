@@ -1,0 +1,97 @@
+//! WalWriter: the second stage of an index's write pipeline
+//! (docs/architecture.md). It owns the index's WAL: each prepared group is
+//! appended and fsynced once (group commit) on a blocking thread, then handed
+//! to the IndexWriter to publish. While it waits on one group's fsync, the
+//! Batcher prepares the next and the IndexWriter publishes the previous.
+//!
+//! Failure: a failed append or fsync poisons the WAL (docs/durability.md);
+//! the group is answered `Unavailable` (never acknowledged) and the actor
+//! crashes, so the IndexSupervisor restarts the pipeline, which then fails
+//! fast until the index is reopened.
+
+use std::sync::Arc;
+
+use fpnode_segments::{Error as EngineError, Index};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::handle::WriteError;
+use crate::index_writer::WriterMsg;
+use crate::write_path::Group;
+
+pub enum WalMsg {
+    /// Log a prepared group, then pass it on to be published.
+    Log(Box<Group>),
+    /// Test hook: fail the next group as an I/O error would.
+    InjectFailure,
+}
+
+pub struct WalWriter;
+
+pub struct WalWriterArgs {
+    pub index: Arc<Index>,
+    pub index_writer: ActorRef<WriterMsg>,
+}
+
+pub struct WalWriterState {
+    index: Arc<Index>,
+    index_writer: ActorRef<WriterMsg>,
+    fail_next: bool,
+}
+
+impl Actor for WalWriter {
+    type Msg = WalMsg;
+    type State = WalWriterState;
+    type Arguments = WalWriterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(WalWriterState {
+            index: args.index,
+            index_writer: args.index_writer,
+            fail_next: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WalMsg::Log(group) => {
+                let Group { prepared, answers } = *group;
+                let index = state.index.clone();
+                let fail = std::mem::take(&mut state.fail_next);
+                let count = prepared.len();
+                let logged = tokio::task::spawn_blocking(move || {
+                    if fail {
+                        return Err(EngineError::Poisoned("injected failure".into()));
+                    }
+                    index.log(prepared)
+                })
+                .await?;
+                match logged {
+                    Ok(_) => {
+                        metrics::histogram!("fpnode_write_group_size").record(count as f64);
+                        if let Err(e) = state.index_writer.cast(WriterMsg::Publish(answers)) {
+                            return Err(format!("the index writer is gone: {e}").into());
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        answers.fail(WriteError::Unavailable(e.to_string()));
+                        Err(Box::new(e))
+                    }
+                }
+            }
+            WalMsg::InjectFailure => {
+                state.fail_next = true;
+                Ok(())
+            }
+        }
+    }
+}
