@@ -212,48 +212,65 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     }
     let catalog = Catalog::open(&args.dir, Default::default())
         .with_context(|| format!("cannot open the data directory {}", args.dir.display()))?;
+    let mut failed = Vec::new();
     for name in catalog.names()? {
         let Some((_, dir)) = catalog.current_generation(&name)? else {
             continue;
         };
-        let index = Index::open(&dir, IndexOptions::default())
-            .with_context(|| format!("cannot open index {name}"))?;
-        let s = index.stats();
-        println!("index {name}");
-        println!("  generation        {}", s.generation);
-        println!("  version           {}", s.applied);
-        println!("  checkpoint        {}", s.checkpoint_position);
-        println!("  fingerprints      {}", s.num_docs);
-        println!(
-            "  memory segments   {} ({} postings, replayed from the WAL)",
-            s.memory_segments, s.memory_postings
+        // One damaged index is reported, and the others are still inspected.
+        if let Err(e) = inspect_index(&name, &dir, args.verify) {
+            println!("index {name}\n  FAILED: {e:#}");
+            failed.push(format!("{name}: {e:#}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} index(es) failed to open or verify:\n{}",
+            failed.len(),
+            failed.join("\n")
         );
-        println!("  WAL bytes         {}", dir_bytes(&dir.join(WAL_DIR)));
-        println!(
-            "  file segments     {} ({} bytes)",
-            s.file_segments, s.file_bytes
-        );
-        let snap = index.snapshot();
-        for v in &snap.segments {
-            let seg = &v.segment;
-            if let Some(f) = seg.as_file() {
-                if args.verify {
-                    f.verify_all()
-                        .with_context(|| format!("verifying {}", f.path().display()))?;
-                }
-                println!(
-                    "    {}  versions {}..={}  {} postings  {} bytes  {:.3} B/posting  {} ids  {} tombstones{}",
-                    seg.info.id,
-                    seg.info.min_position,
-                    seg.info.max_position,
-                    seg.info.num_postings,
-                    seg.size_bytes(),
-                    seg.size_bytes() as f64 / seg.info.num_postings.max(1) as f64,
-                    seg.docs.defined.len(),
-                    seg.docs.deleted.len(),
-                    if args.verify { "  verified" } else { "" }
-                );
+    }
+    Ok(())
+}
+
+fn inspect_index(name: &str, dir: &Path, verify: bool) -> anyhow::Result<()> {
+    let index = Index::open(dir, IndexOptions::default())
+        .with_context(|| format!("cannot open index {name}"))?;
+    let s = index.stats();
+    println!("index {name}");
+    println!("  generation        {}", s.generation);
+    println!("  version           {}", s.applied);
+    println!("  checkpoint        {}", s.checkpoint_position);
+    println!("  fingerprints      {}", s.num_docs);
+    println!(
+        "  memory segments   {} ({} postings, replayed from the WAL)",
+        s.memory_segments, s.memory_postings
+    );
+    println!("  WAL bytes         {}", dir_bytes(&dir.join(WAL_DIR)));
+    println!(
+        "  file segments     {} ({} bytes)",
+        s.file_segments, s.file_bytes
+    );
+    let snap = index.snapshot();
+    for v in &snap.segments {
+        let seg = &v.segment;
+        if let Some(f) = seg.as_file() {
+            if verify {
+                f.verify_all()
+                    .with_context(|| format!("verifying {}", f.path().display()))?;
             }
+            println!(
+                "    {}  versions {}..={}  {} postings  {} bytes  {:.3} B/posting  {} ids  {} tombstones{}",
+                seg.info.id,
+                seg.info.min_position,
+                seg.info.max_position,
+                seg.info.num_postings,
+                seg.size_bytes(),
+                seg.size_bytes() as f64 / seg.info.num_postings.max(1) as f64,
+                seg.docs.defined.len(),
+                seg.docs.deleted.len(),
+                if verify { "  verified" } else { "" }
+            );
         }
     }
     Ok(())

@@ -367,3 +367,125 @@ async fn a_failure_in_any_write_stage_restarts_the_pipeline_and_loses_nothing() 
     acked.extend(put_many(&api, 10..30).await);
     assert_present(&api, &acked).await;
 }
+
+/// A search that panics answers that one request `500 SearchFailed` and its
+/// worker is replaced: more panics than there are workers, and the node still
+/// answers every search after each, with the pool back at full size.
+#[tokio::test]
+async fn a_panicking_search_answers_500_and_its_worker_is_replaced() {
+    let node = Node::start(&["--enable-fault-injection", "--search-threads", "2"]).await;
+    let api = Api::json(&node);
+    api.call("PUT", "/idx", None).await;
+    put_many(&api, 1..5).await;
+    let search = || {
+        let api = api.clone();
+        async move {
+            let call = api.call(
+                "POST",
+                "/idx/_search",
+                Some(json!({ "query": hashes(3), "limit": 1 })),
+            );
+            tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("a search hung: no worker left to run it")
+        }
+    };
+    for round in 0..5 {
+        inject(&api, "search_worker").await;
+        let r = search().await;
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (500, json!({ "error": "SearchFailed" })),
+            "round {round}"
+        );
+        let r = search().await;
+        assert_eq!(r.status, 200, "round {round}: {:?}", r.body);
+        assert_eq!(r.body["results"][0]["id"], json!(3));
+    }
+    assert!(metric(&api, "fpnode_search_worker_restarts_total").await >= 5.0);
+    let mut live = 0.0;
+    for _ in 0..100 {
+        live = metric(&api, "fpnode_search_workers").await;
+        if live == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(live, 2.0, "search workers running");
+}
+
+/// Creates and deletes of many names at once (their file-system steps run
+/// off the registry's mailbox, side by side): every one gets a 200 or a 404,
+/// and the lineage keeps every generation across a SIGKILL, so a deleted
+/// name never gets a generation twice. (The order of steps on one name is
+/// checked deterministically in actors/tests/registry.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_and_deletes_keep_every_generation_across_a_kill() {
+    let mut node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+    let mut tasks = Vec::new();
+    for name in names.clone() {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            // Not awaited one by one: the three requests queue on the name.
+            let path = format!("/{name}");
+            let (a, b, c) = tokio::join!(
+                api.call("PUT", &path, None),
+                async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    api.call("DELETE", &path, None).await
+                },
+                async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    api.call("PUT", &path, None).await
+                }
+            );
+            (name, a, b, c)
+        }));
+    }
+    for t in tasks {
+        let (name, a, b, c) = t.await.unwrap();
+        for r in [&a, &b, &c] {
+            assert!(
+                r.status == 200 || r.status == 404,
+                "{name}: {} {:?}",
+                r.status,
+                r.body
+            );
+        }
+        assert_eq!(c.status, 200, "{name}: create {:?}", c.body);
+    }
+    // Whatever order the three arrived in, make sure the name exists; after a
+    // kill, delete + create must mint a newer generation.
+    let mut before = Vec::new();
+    for name in &names {
+        if api
+            .call("GET", &format!("/{name}/_status"), None)
+            .await
+            .status
+            == 404
+        {
+            assert_eq!(api.call("PUT", &format!("/{name}"), None).await.status, 200);
+        }
+        let s = api.call("GET", &format!("/{name}/_status"), None).await;
+        assert_eq!(s.status, 200, "{name}");
+        before.push(s.body["generation"].as_u64().unwrap());
+    }
+    // Deleted: only the lineage remembers their generations now.
+    for name in &names {
+        assert_eq!(
+            api.call("DELETE", &format!("/{name}"), None).await.status,
+            200
+        );
+    }
+    node.kill();
+    node.spawn().await;
+    let api = Api::json(&node);
+    for (name, g) in names.iter().zip(before) {
+        let r = api.call("PUT", &format!("/{name}"), None).await;
+        assert_eq!(r.status, 200);
+        let now = r.body["generation"].as_u64().unwrap();
+        assert!(now > g, "{name}: generation {now} after {g}: minted twice");
+    }
+}

@@ -13,8 +13,10 @@
 //! goes to the WalWriter.
 //!
 //! Numbering follows the engine's logged position, read when the actor
-//! starts: a pipeline restarted after a failure continues after what is
-//! durable, never reuses a position.
+//! starts after taking a new fence (`Index::fence`): a log the replaced
+//! pipeline still had on its way is refused from then on, so a restarted
+//! pipeline continues after what is durable and never reuses a position;
+//! what the old one logged and did not publish is published first.
 //!
 //! Failure: a write stall answers the group `Overloaded`, an invalid id
 //! `Invalid`, and the numbering is not advanced; any other error answers the
@@ -24,7 +26,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fpnode_segments::{Batch, Error as EngineError, Index, Position};
+use fpnode_segments::{Batch, Error as EngineError, Fence, Index, Position};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
@@ -72,6 +74,7 @@ pub struct BatcherState {
     cut_scheduled: bool,
     /// Position of the last batch numbered (sent down the pipeline).
     numbered: u64,
+    fence: Fence,
     fail_next: bool,
 }
 
@@ -85,10 +88,16 @@ impl Actor for Batcher {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // Waits for a log still running from a previous pipeline (it holds
-        // the WAL lock), so numbering starts after everything logged.
+        // Fences off the pipeline this one replaces, publishes what it
+        // logged, and numbers after everything logged.
         let index = args.index.clone();
-        let logged = tokio::task::spawn_blocking(move || index.logged_position()).await?;
+        let (fence, logged) = tokio::task::spawn_blocking(move || {
+            let fence = index.fence();
+            index
+                .publish_logged()
+                .map(|_| (fence, index.logged_position()))
+        })
+        .await??;
         Ok(BatcherState {
             index: args.index,
             wal_writer: args.wal_writer,
@@ -98,6 +107,7 @@ impl Actor for Batcher {
             pending_changes: 0,
             cut_scheduled: false,
             numbered: logged.0,
+            fence,
             fail_next: false,
         })
     }
@@ -228,7 +238,11 @@ impl BatcherState {
         match prepared {
             Ok(prepared) => {
                 self.numbered = last.0;
-                let group = Group { prepared, answers };
+                let group = Group {
+                    prepared,
+                    fence: self.fence,
+                    answers,
+                };
                 if let Err(e) = self.wal_writer.cast(WalMsg::Log(Box::new(group))) {
                     return Err(format!("the WAL writer is gone: {e}").into());
                 }

@@ -67,6 +67,9 @@ pub enum Child {
     Supervisor,
     /// The IndexRegistry.
     Registry,
+    /// A search worker (node-wide; the index is ignored): the next search
+    /// panics.
+    SearchWorker,
 }
 
 impl Child {
@@ -79,6 +82,7 @@ impl Child {
             Child::Subscriber => "stream_subscriber",
             Child::Supervisor => "index_supervisor",
             Child::Registry => "index_registry",
+            Child::SearchWorker => "search_worker",
         }
     }
 
@@ -91,6 +95,7 @@ impl Child {
             Child::Subscriber,
             Child::Supervisor,
             Child::Registry,
+            Child::SearchWorker,
         ]
         .into_iter()
         .find(|c| c.name() == name)
@@ -196,7 +201,7 @@ impl Actor for IndexSupervisor {
             IndexSupMsg::InjectFailure(Child::Supervisor) => {
                 return Err("injected failure".into());
             }
-            IndexSupMsg::InjectFailure(Child::Registry) => {}
+            IndexSupMsg::InjectFailure(Child::Registry | Child::SearchWorker) => {}
         }
         Ok(())
     }
@@ -279,7 +284,7 @@ impl IndexSupState {
                     .unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
                 self.batcher = Some(b);
             }
-            Child::Supervisor | Child::Registry => {}
+            Child::Supervisor | Child::Registry | Child::SearchWorker => {}
             Child::Subscriber => {
                 let Some(r) = &self.replication else {
                     return Ok(());
@@ -355,7 +360,7 @@ impl IndexSupState {
             }
             Child::Merger => self.merger = None,
             Child::Subscriber => self.subscriber = None,
-            Child::Supervisor | Child::Registry => {}
+            Child::Supervisor | Child::Registry | Child::SearchWorker => {}
         }
     }
 }

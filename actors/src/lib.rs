@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! NodeSupervisor
+//! ├── SearchSupervisor              search worker threads behind a bounded queue;
+//! │                                 a panicking search's worker is replaced
 //! └── IndexRegistry                 create / delete / look up indexes
 //!     ├── LifecycleWatcher          (replica) index records from the stream
 //!     └── IndexSupervisor(name)     restarts its children from durable state
@@ -11,7 +13,6 @@
 //!         ├── IndexWriter           publishes logged groups, answers clients
 //!         ├── SegmentMerger         checkpoints, memory merges, file merges
 //!         └── StreamSubscriber      (replica) applies the index's stream
-//! SearchPool                        worker threads behind a bounded queue
 //! ```
 //!
 //! Blocking work (fsync, merges, searches) never runs on the async executor:
@@ -31,6 +32,7 @@ pub mod registry;
 pub mod replication;
 pub mod restart;
 pub mod search_pool;
+pub mod search_supervisor;
 pub mod segment_merger;
 pub mod stream;
 pub mod stream_subscriber;

@@ -1,22 +1,26 @@
 //! NodeSupervisor and the `Node` handle the HTTP layer holds.
 //!
-//! The NodeSupervisor spawns the IndexRegistry linked and restarts it (with a
-//! short backoff) if it fails; the registry reopens every index from disk.
+//! The NodeSupervisor spawns the SearchSupervisor and the IndexRegistry
+//! linked, and restarts either (with a short backoff) if it fails; a new
+//! registry adopts the indexes already open, a new search supervisor brings
+//! the search workers back to the pool's size.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use fpnode_segments::index::IndexOptions;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::RwLock;
 
 use crate::handle::IndexHandle;
 use crate::index_supervisor::{Child, SupervisionOptions};
 use crate::registry::{
-    CreateIndex, CreateOutcome, IndexRegistry, RegistryArgs, RegistryError, RegistryMsg,
+    CreateIndex, CreateOutcome, IndexRegistry, OpenIndexes, RegistryArgs, RegistryError,
+    RegistryMsg,
 };
-use crate::search_pool::SearchPool;
+use crate::search_pool::{SearchPool, SearchWork};
+use crate::search_supervisor::{SearchSupArgs, SearchSupMsg, SearchSupervisor, SupervisorSlot};
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -30,10 +34,16 @@ pub struct NodeOptions {
     pub replication: Option<Arc<crate::replication::Replication>>,
 }
 
-/// The running node: where requests go.
+/// The current IndexRegistry, set by the NodeSupervisor whenever it starts
+/// one (empty while it restarts): read lock-free, never polled.
+type RegistrySlot = Arc<ArcSwapOption<ActorRef<RegistryMsg>>>;
+
+/// The running node: where requests go. Lookups read the registry's
+/// published map; only creates and deletes message the registry.
 #[derive(Clone)]
 pub struct Node {
-    registry: Arc<RwLock<ActorRef<RegistryMsg>>>,
+    registry: RegistrySlot,
+    open: OpenIndexes,
     supervisor: ActorRef<NodeMsg>,
     pub search: SearchPool,
 }
@@ -48,24 +58,51 @@ impl std::fmt::Debug for Node {
 pub enum NodeError {
     #[error("node is restarting its index registry")]
     Unavailable,
+    /// The index's files failed to open at start.
+    #[error("index {0} failed to open: {1}")]
+    IndexFailed(String, String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
 
 pub enum NodeMsg {
     RestartRegistry,
+    RestartSearch,
 }
 
 struct NodeSupervisor;
 
 struct NodeArgs {
     registry: RegistryArgs,
-    slot: Arc<RwLock<Option<ActorRef<RegistryMsg>>>>,
+    slot: RegistrySlot,
+    search: SearchWork,
 }
 
 struct NodeState {
     registry: RegistryArgs,
-    slot: Arc<RwLock<Option<ActorRef<RegistryMsg>>>>,
+    slot: RegistrySlot,
+    search: SearchWork,
+    search_slot: SupervisorSlot,
+}
+
+impl NodeState {
+    async fn spawn_search(&self, me: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let args = SearchSupArgs {
+            work: self.search.clone(),
+            slot: self.search_slot.clone(),
+        };
+        Actor::spawn_linked(None, SearchSupervisor, args, me.get_cell()).await?;
+        Ok(())
+    }
+
+    fn is_search(&self, cell: &ractor::ActorCell) -> bool {
+        let current: Option<ActorRef<SearchSupMsg>> = self
+            .search_slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        current.is_some_and(|s| s.get_id() == cell.get_id())
+    }
 }
 
 impl Actor for NodeSupervisor {
@@ -85,11 +122,15 @@ impl Actor for NodeSupervisor {
             myself.get_cell(),
         )
         .await?;
-        *args.slot.write().await = Some(r);
-        Ok(NodeState {
+        args.slot.store(Some(Arc::new(r)));
+        let state = NodeState {
             registry: args.registry,
             slot: args.slot,
-        })
+            search: args.search,
+            search_slot: Arc::default(),
+        };
+        state.spawn_search(&myself).await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -99,15 +140,33 @@ impl Actor for NodeSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            // A restart that fails is retried, never allowed to take the
+            // NodeSupervisor (and with it every index) down.
             NodeMsg::RestartRegistry => {
-                let (r, _) = Actor::spawn_linked(
+                match Actor::spawn_linked(
                     None,
                     IndexRegistry,
                     state.registry.clone(),
                     myself.get_cell(),
                 )
-                .await?;
-                *state.slot.write().await = Some(r);
+                .await
+                {
+                    Ok((r, _)) => state.slot.store(Some(Arc::new(r))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "index registry did not restart; retrying");
+                        metrics::counter!("fpnode_actor_restarts_total", "actor" => "index_registry")
+                            .increment(1);
+                        myself.send_after(Duration::from_secs(1), || NodeMsg::RestartRegistry);
+                    }
+                }
+            }
+            NodeMsg::RestartSearch => {
+                if let Err(e) = state.spawn_search(&myself).await {
+                    tracing::error!(error = %e, "search supervisor did not restart; retrying");
+                    metrics::counter!("fpnode_actor_restarts_total", "actor" => "search_supervisor")
+                        .increment(1);
+                    myself.send_after(Duration::from_secs(1), || NodeMsg::RestartSearch);
+                }
             }
         }
         Ok(())
@@ -119,11 +178,19 @@ impl Actor for NodeSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(_, err) = event {
+        if let SupervisionEvent::ActorFailed(cell, err) = event {
+            if state.is_search(&cell) {
+                tracing::error!(error = %err, "search supervisor failed; restarting it");
+                metrics::counter!("fpnode_actor_restarts_total", "actor" => "search_supervisor")
+                    .increment(1);
+                *state.search_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                myself.send_after(Duration::from_millis(200), || NodeMsg::RestartSearch);
+                return Ok(());
+            }
             tracing::error!(error = %err, "index registry failed; restarting it");
             metrics::counter!("fpnode_actor_restarts_total", "actor" => "index_registry")
                 .increment(1);
-            *state.slot.write().await = None;
+            state.slot.store(None);
             myself.send_after(Duration::from_millis(200), || NodeMsg::RestartRegistry);
         }
         Ok(())
@@ -133,70 +200,59 @@ impl Actor for NodeSupervisor {
 impl Node {
     /// Starts the supervision tree: opens every index under `opts.dir`.
     pub async fn start(opts: NodeOptions) -> Result<Node, ActorProcessingErr> {
-        let search = SearchPool::new(opts.search_threads, opts.search_queue)?;
-        let slot = Arc::new(RwLock::new(None));
+        let (search, work) = SearchPool::new(opts.search_threads, opts.search_queue);
+        let slot: RegistrySlot = Arc::default();
+        let open = OpenIndexes::default();
         let args = NodeArgs {
             registry: RegistryArgs {
                 dir: opts.dir.clone(),
                 index: opts.index.clone(),
                 supervision: opts.supervision.clone(),
                 max_writes_in_flight: opts.max_writes_in_flight,
-                open: Default::default(),
+                open: open.clone(),
+                tasks: Arc::default(),
                 replication: opts.replication.clone(),
             },
             slot: slot.clone(),
+            search: work,
         };
         let (supervisor, _) = Actor::spawn(None, NodeSupervisor, args).await?;
-        let registry = slot
-            .read()
-            .await
-            .clone()
-            .ok_or("index registry did not start")?;
-        // From here on the node reads the registry through `registry_ref`.
-        let node = Node {
-            registry: Arc::new(RwLock::new(registry)),
+        Ok(Node {
+            registry: slot,
+            open,
             supervisor,
             search,
-        };
-        let watch = node.registry.clone();
-        let slot_watch = slot.clone();
-        tokio::spawn(async move {
-            // Follow registry restarts.
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(r) = slot_watch.read().await.clone() {
-                    let mut cur = watch.write().await;
-                    if cur.get_id() != r.get_id() {
-                        *cur = r;
-                    }
-                }
-            }
-        });
-        Ok(node)
+        })
     }
 
-    async fn registry(&self) -> ActorRef<RegistryMsg> {
-        self.registry.read().await.clone()
+    fn registry(&self) -> Result<ActorRef<RegistryMsg>, NodeError> {
+        self.registry
+            .load_full()
+            .map(|r| ActorRef::clone(&r))
+            .ok_or(NodeError::Unavailable)
     }
 
+    /// The open index `name`, from the published map (no message, no lock);
+    /// an index being created is waited for (up to 5 s).
     pub async fn get(&self, name: &str) -> Result<Option<Arc<IndexHandle>>, NodeError> {
-        let r = self.registry().await;
-        ractor::call!(r, RegistryMsg::Get, name.to_string()).map_err(|_| NodeError::Unavailable)
+        self.open
+            .get(name, Duration::from_secs(5))
+            .await
+            .map_err(|why| NodeError::IndexFailed(name.to_string(), why))
     }
 
     pub async fn list(&self) -> Result<Vec<Arc<IndexHandle>>, NodeError> {
-        let r = self.registry().await;
-        ractor::call!(r, RegistryMsg::List).map_err(|_| NodeError::Unavailable)
+        Ok(self.open.load().open.values().cloned().collect())
     }
 
     pub async fn create(&self, name: &str, req: CreateIndex) -> Result<CreateOutcome, NodeError> {
-        let r = self.registry().await;
+        let r = self.registry()?;
         Ok(ractor::call!(r, RegistryMsg::Create, name.to_string(), req)
             .map_err(|_| NodeError::Unavailable)??)
     }
 
     pub async fn delete(&self, name: &str, expect_exists: bool) -> Result<bool, NodeError> {
-        let r = self.registry().await;
+        let r = self.registry()?;
         Ok(
             ractor::call!(r, RegistryMsg::Delete, name.to_string(), expect_exists)
                 .map_err(|_| NodeError::Unavailable)??,
@@ -205,8 +261,13 @@ impl Node {
 
     /// Test hook (enabled by the binary's `--enable-fault-injection`).
     pub async fn inject_failure(&self, name: &str, child: Child) {
-        let r = self.registry().await;
-        let _ = r.cast(RegistryMsg::InjectFailure(name.to_string(), child));
+        if child == Child::SearchWorker {
+            self.search.inject_panic();
+            return;
+        }
+        if let Ok(r) = self.registry() {
+            let _ = r.cast(RegistryMsg::InjectFailure(name.to_string(), child));
+        }
     }
 
     /// Stops every actor; indexes are closed (their WAL is already durable;

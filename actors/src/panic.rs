@@ -17,6 +17,11 @@ pub fn message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Runs `f`; a panic comes back as `Err(<message>)`.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| message(&*payload))
+}
+
 /// Runs `f`; a panic comes back as `Err("panicked: <message>")`.
 pub fn run<T, E: ToString>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {

@@ -6,7 +6,19 @@
 //! for every name ever created, so a delete followed by a create always gets
 //! a newer generation. On start the newest generation of every name is opened
 //! (engine recovery runs) and gets an IndexSupervisor; older or unfinished
-//! generation directories are removed.
+//! generation directories are removed. An index that fails to open does not
+//! stop the node: it is logged, counted (`fpnode_index_open_failures_total`)
+//! and published as failed, and requests for it answer `503 IndexFailed`
+//! until it is deleted or repaired and the node restarted.
+//!
+//! Off the hot path (docs/architecture.md): requests never ask the registry
+//! where an index is. It publishes the open indexes (and those that failed
+//! to open) in a lock-free map that the HTTP layer reads. Its mailbox does
+//! only in-memory steps: the file-system steps of a create, a delete or a
+//! lifecycle record (lineage fsync, directories, rename, removal) run on
+//! blocking threads and report back with `Finished`; while they run, later
+//! requests for the same name wait in a per-name queue, so steps on one name
+//! never interleave, and other names are not held up.
 //!
 //! A delete renames `indexes/<name>` out of the way (durably: the delete is
 //! acknowledged only once the rename is synced), then removes it; searches
@@ -28,7 +40,9 @@ use crate::restart::RestartTracker;
 use crate::stream::IndexRecord;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use fpnode_segments::catalog::{Catalog, Lineage};
 use fpnode_segments::index::IndexOptions;
@@ -70,19 +84,52 @@ pub enum RegistryError {
     InvalidIndexName,
     #[error("storage error: {0}")]
     Storage(String),
+    /// The index's files did not open at start; it serves nothing until it
+    /// is deleted, or repaired and the node restarted.
+    #[error("index failed to open: {0}")]
+    IndexFailed(String),
+    /// Too many requests wait on this index's create or delete.
+    #[error("too many requests wait on this index")]
+    Busy,
+}
+
+type CreateReply = RpcReplyPort<Result<CreateOutcome, RegistryError>>;
+type DeleteReply = RpcReplyPort<Result<bool, RegistryError>>;
+
+/// The file-system steps for a name finished, off the mailbox.
+pub enum Finished {
+    /// A new generation was created (or failed to be); `reply` is the
+    /// client's (none for a lifecycle record).
+    Created {
+        generation: u64,
+        index: Result<Box<Index>, String>,
+        reply: Option<CreateReply>,
+        loading: bool,
+    },
+    /// A delete or a record's drop is done (a client was answered by the
+    /// task itself).
+    Deleted,
+    /// A lifecycle record could not be applied: the registry fails and is
+    /// restarted, and the watcher hands the records over again.
+    Failed(String),
+}
+
+/// A request for a name whose file-system steps are running.
+enum Deferred {
+    Create(CreateIndex, CreateReply),
+    Delete(bool, DeleteReply),
+    Record(IndexRecord, u64),
 }
 
 pub enum RegistryMsg {
     /// Restart the IndexSupervisor of an index after it failed.
-    RestartIndex(String),
-    Get(String, RpcReplyPort<Option<Arc<IndexHandle>>>),
-    List(RpcReplyPort<Vec<Arc<IndexHandle>>>),
-    Create(
-        String,
-        CreateIndex,
-        RpcReplyPort<Result<CreateOutcome, RegistryError>>,
-    ),
-    Delete(String, bool, RpcReplyPort<Result<bool, RegistryError>>),
+    /// Restart the IndexSupervisor of generation `.1` of an index after it
+    /// failed (skipped if that generation is gone or supervised again).
+    RestartIndex(String, u64),
+    Create(String, CreateIndex, CreateReply),
+    Delete(String, bool, DeleteReply),
+    /// The file-system steps of a create, delete or record are done.
+    Finished(String, Finished),
     /// Test hook: make a child of an index fail.
     InjectFailure(String, Child),
     /// Replica mode: the latest lifecycle record of an index, and its sequence.
@@ -95,10 +142,90 @@ pub enum RegistryMsg {
 
 pub struct IndexRegistry;
 
-/// Indexes open in this process. Outlives a registry restart, so the next
-/// registry adopts them instead of reopening them from disk (the old engine
+/// What the registry publishes for lookups.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Indexes open in this process (also while their supervisor restarts).
+    pub open: HashMap<String, Arc<IndexHandle>>,
+    /// Indexes whose files failed to open: generation and why.
+    pub failed: HashMap<String, (u64, String)>,
+    /// Names being created now (file-system steps running): a lookup waits
+    /// for them rather than answer "not found" for an index about to exist.
+    pub creating: std::collections::HashSet<String>,
+}
+
+/// The published indexes: read lock-free by every request, written only by
+/// the registry. Outlives a registry restart, so the next registry adopts
+/// the open indexes instead of reopening them from disk (the old engine
 /// objects may still be in use and hold the index lock).
-pub type OpenIndexes = Arc<std::sync::Mutex<HashMap<String, Arc<IndexHandle>>>>;
+#[derive(Debug, Default)]
+pub struct Indexes {
+    current: ArcSwap<Published>,
+    /// Woken at every change.
+    changed: tokio::sync::Notify,
+}
+
+impl Indexes {
+    pub fn load(&self) -> arc_swap::Guard<Arc<Published>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Published> {
+        self.current.load_full()
+    }
+
+    /// The open index `name`; if it is being created, waits for it (at most
+    /// `wait`). `Err` carries why it failed to open.
+    pub async fn get(
+        &self,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<Arc<IndexHandle>>, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            let published = self.current.load();
+            if let Some((_, why)) = published.failed.get(name) {
+                return Err(why.clone());
+            }
+            if let Some(h) = published.open.get(name) {
+                return Ok(Some(h.clone()));
+            }
+            if !published.creating.contains(name)
+                || tokio::time::timeout_at(deadline, changed).await.is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+pub type OpenIndexes = Arc<Indexes>;
+
+/// What outlives a registry incarnation besides the published map: the
+/// file-system tasks it started keep running after it failed.
+#[derive(Debug, Default)]
+pub struct RegistryTasks {
+    /// Held (read) by every running file-system task; a starting registry
+    /// takes it (write) before it looks at the disk, so it never sees a
+    /// create, delete or removal half done by its predecessor.
+    in_flight: Arc<tokio::sync::RwLock<()>>,
+    /// Held while `lineage.json` is written, so writes never go back.
+    lineage_writes: Arc<Mutex<()>>,
+}
+
+/// Requests that may wait on one name; more are refused (`Busy`).
+const MAX_DEFERRED: usize = 64;
+
+/// Changes the published map (the registry is its only writer).
+fn publish(open: &OpenIndexes, change: impl FnOnce(&mut Published)) {
+    let mut next = Published::clone(&open.current.load());
+    change(&mut next);
+    metrics::gauge!("fpnode_indexes").set(next.open.len() as f64);
+    metrics::gauge!("fpnode_indexes_failed").set(next.failed.len() as f64);
+    open.current.store(Arc::new(next));
+    open.changed.notify_waiters();
+}
 
 #[derive(Clone)]
 pub struct RegistryArgs {
@@ -107,6 +234,8 @@ pub struct RegistryArgs {
     pub supervision: SupervisionOptions,
     pub max_writes_in_flight: usize,
     pub open: OpenIndexes,
+    /// Shared by every incarnation of the registry.
+    pub tasks: Arc<RegistryTasks>,
     /// Replica mode: the stream the indexes follow.
     pub replication: Option<Arc<Replication>>,
 }
@@ -116,13 +245,29 @@ pub struct RegistryState {
     catalog: Catalog,
     indexes: HashMap<String, (Arc<IndexHandle>, ActorRef<IndexSupMsg>)>,
     restarts: HashMap<String, RestartTracker>,
-    lineage: Lineage,
+    /// Last generation minted per name, as the tasks store it.
+    lineage: Arc<Mutex<Lineage>>,
+    /// Names whose file-system steps are running, with what waits for them.
+    busy: HashMap<String, Vec<Deferred>>,
     watcher: Option<ActorRef<WatcherMsg>>,
     watcher_restarts: RestartTracker,
 }
 
-fn open_map(open: &OpenIndexes) -> std::sync::MutexGuard<'_, HashMap<String, Arc<IndexHandle>>> {
-    open.lock().unwrap_or_else(|e| e.into_inner())
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the lineage as it is now (run on a blocking thread). Writes are
+/// serialised and each takes its snapshot under the write lock, so the last
+/// one written holds every generation reserved before it.
+fn store_lineage(
+    catalog: &Catalog,
+    lineage: &Mutex<Lineage>,
+    writes: &Mutex<()>,
+) -> Result<(), String> {
+    let _one = locked(writes);
+    let snapshot = locked(lineage).clone();
+    catalog.store_lineage(&snapshot).map_err(|e| e.to_string())
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> RegistryError {
@@ -139,6 +284,8 @@ impl Actor for IndexRegistry {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Tasks a failed predecessor started finish first.
+        let _quiet = args.tasks.in_flight.clone().write_owned().await;
         let catalog = {
             let (dir, fs) = (args.dir.clone(), args.index.fs.clone());
             tokio::task::spawn_blocking(move || Catalog::open(&dir, fs)).await??
@@ -150,24 +297,39 @@ impl Actor for IndexRegistry {
             args,
             indexes: HashMap::new(),
             restarts: HashMap::new(),
-            lineage,
+            lineage: Arc::new(Mutex::new(lineage)),
+            busy: HashMap::new(),
             watcher: None,
         };
         // Indexes a previous incarnation of the registry had open: adopt them.
-        let adopted: Vec<Arc<IndexHandle>> = open_map(&state.args.open).values().cloned().collect();
-        for handle in adopted {
-            state.supervise(&myself, handle).await?;
+        // Creations a failed predecessor started are over (see `_quiet`).
+        publish(&state.args.open, |p| p.creating.clear());
+        let published = state.args.open.load_full();
+        for handle in published.open.values() {
+            state.supervise(&myself, handle.clone()).await?;
         }
         for name in catalog.names()? {
-            if state.indexes.contains_key(&name) {
+            if published.open.contains_key(&name) || published.failed.contains_key(&name) {
                 continue;
             }
-            let Some((_, path)) = catalog.current_generation(&name)? else {
+            let Some((generation, path)) = catalog.current_generation(&name)? else {
                 continue;
             };
             let opts = state.args.index.clone();
-            let index = tokio::task::spawn_blocking(move || Index::open(&path, opts)).await??;
-            state.start(&myself, name, index, false).await?;
+            match tokio::task::spawn_blocking(move || Index::open(&path, opts)).await? {
+                Ok(index) => {
+                    state.start(&myself, name, index, false).await?;
+                }
+                Err(e) => {
+                    // One bad index must not keep the others from serving.
+                    tracing::error!(index = %name, generation, error = %e, "index failed to open; it answers 503 IndexFailed until repaired (fpnode inspect --verify names the damaged file)");
+                    metrics::counter!("fpnode_index_open_failures_total").increment(1);
+                    let why = e.to_string();
+                    publish(&state.args.open, |p| {
+                        p.failed.insert(name, (generation, why));
+                    });
+                }
+            }
         }
         state.start_watcher(&myself).await?;
         Ok(state)
@@ -180,25 +342,23 @@ impl Actor for IndexRegistry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegistryMsg::RestartIndex(name) => {
-                let handle = open_map(&state.args.open).get(&name).cloned();
+            RegistryMsg::RestartIndex(name, generation) => {
+                let handle = state.args.open.load().open.get(&name).cloned();
                 if let Some(handle) = handle
                     && !handle.is_deleted()
+                    && handle.generation.0 == generation
+                    && !state.indexes.contains_key(&name)
                 {
                     state.supervise(&myself, handle).await?;
                 }
             }
-            RegistryMsg::Get(name, reply) => {
-                let _ = reply.send(state.indexes.get(&name).map(|(h, _)| h.clone()));
-            }
-            RegistryMsg::List(reply) => {
-                let _ = reply.send(state.indexes.values().map(|(h, _)| h.clone()).collect());
-            }
-            RegistryMsg::Create(name, req, reply) => {
-                let _ = reply.send(state.create(&myself, name, req).await);
-            }
+            RegistryMsg::Create(name, req, reply) => state.create(&myself, name, req, reply),
             RegistryMsg::Delete(name, expect_exists, reply) => {
-                let _ = reply.send(state.delete(name, expect_exists).await);
+                state.delete(&myself, name, expect_exists, reply)
+            }
+            RegistryMsg::Finished(name, finished) => {
+                state.finished(&myself, &name, finished).await?;
+                state.resume(&myself, name)?;
             }
             RegistryMsg::InjectFailure(_, Child::Registry) => {
                 return Err("injected failure".into());
@@ -209,7 +369,7 @@ impl Actor for IndexRegistry {
                 }
             }
             RegistryMsg::Record(name, record, seq) => {
-                state.apply_record(&myself, name, record, seq).await?;
+                state.apply_record(&myself, name, record, seq);
             }
             RegistryMsg::Reconciled(names) => state.reconciled(&names),
             RegistryMsg::RestartWatcher => state.start_watcher(&myself).await?,
@@ -267,7 +427,8 @@ impl Actor for IndexRegistry {
                 .or_insert_with(|| RestartTracker::new(&opts));
             match tracker.failed() {
                 Some(backoff) => {
-                    myself.send_after(backoff, move || RegistryMsg::RestartIndex(name));
+                    let g = handle.generation.0;
+                    myself.send_after(backoff, move || RegistryMsg::RestartIndex(name, g));
                 }
                 None => handle.mark_unhealthy(Child::Supervisor.name()),
             }
@@ -301,8 +462,12 @@ impl RegistryState {
             Some(_) => IndexHandle::new_replica(name.clone(), index, permits, loading),
             None => IndexHandle::new(name.clone(), index, permits),
         });
-        open_map(&self.args.open).insert(name, handle.clone());
+        // Published only once its actors run: a request that finds it can
+        // write to it.
         self.supervise(myself, handle.clone()).await?;
+        publish(&self.args.open, |p| {
+            p.open.insert(name, handle.clone());
+        });
         Ok(handle)
     }
 
@@ -319,66 +484,12 @@ impl RegistryState {
         };
         let (sup, _) = Actor::spawn_linked(None, IndexSupervisor, args, myself.get_cell()).await?;
         let g = handle.generation.0;
-        let last = self.lineage.entry(handle.name.clone()).or_insert(g);
+        let mut lineage = locked(&self.lineage);
+        let last = lineage.entry(handle.name.clone()).or_insert(g);
         *last = (*last).max(g);
+        drop(lineage);
         self.indexes.insert(handle.name.clone(), (handle, sup));
         Ok(())
-    }
-
-    async fn create(
-        &mut self,
-        myself: &ActorRef<RegistryMsg>,
-        name: String,
-        req: CreateIndex,
-    ) -> Result<CreateOutcome, RegistryError> {
-        if !valid_index_name(&name) {
-            return Err(RegistryError::InvalidIndexName);
-        }
-        if let Some((h, _)) = self.indexes.get(&name) {
-            if req.expect_does_not_exist {
-                return Err(RegistryError::IndexAlreadyExists);
-            }
-            if let Some(g) = req.generation {
-                if g < h.generation.0 {
-                    return Err(RegistryError::OlderIndexAlreadyExists);
-                }
-                if g > h.generation.0 {
-                    return Err(RegistryError::NewerIndexAlreadyExists);
-                }
-            }
-            return Ok(CreateOutcome {
-                version: h.version().0,
-                ready: true,
-                generation: h.generation.0,
-            });
-        }
-        let last = self.lineage.get(&name).copied().unwrap_or(0);
-        let generation = match req.generation {
-            Some(g) if g <= last => return Err(RegistryError::OlderIndexAlreadyExists),
-            Some(g) => g,
-            None => last + 1,
-        };
-        // The generation is durable in the lineage before its directory
-        // exists: a name never gets one generation twice.
-        self.lineage.insert(name.clone(), generation);
-        self.catalog.store_lineage(&self.lineage).map_err(storage)?;
-        let (catalog, opts, index_name) =
-            (self.catalog.clone(), self.args.index.clone(), name.clone());
-        let index = tokio::task::spawn_blocking(move || {
-            catalog.create_index(&index_name, generation, Position(0), opts)
-        })
-        .await
-        .map_err(storage)?
-        .map_err(storage)?;
-        self.start(myself, name, index, false)
-            .await
-            .map_err(storage)?;
-        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
-        Ok(CreateOutcome {
-            version: 0,
-            ready: true,
-            generation,
-        })
     }
 
     async fn start_watcher(
@@ -394,64 +505,6 @@ impl RegistryState {
         };
         let (w, _) = Actor::spawn_linked(None, LifecycleWatcher, args, myself.get_cell()).await?;
         self.watcher = Some(w);
-        Ok(())
-    }
-
-    /// Makes the local index `name` match its latest lifecycle record.
-    async fn apply_record(
-        &mut self,
-        myself: &ActorRef<RegistryMsg>,
-        name: String,
-        record: IndexRecord,
-        seq: u64,
-    ) -> Result<(), ActorProcessingErr> {
-        if !valid_index_name(&name) {
-            return Ok(());
-        }
-        let local = self.indexes.get(&name).map(|(h, _)| h.clone());
-        if let Some(h) = &local
-            && h.generation.0 > record.g
-        {
-            if let Some(replica) = &h.replica {
-                replica.diverge(
-                    &name,
-                    format!(
-                        "the stream's record names generation {}, older than this node's {}: the stream lost data",
-                        record.g, h.generation
-                    ),
-                );
-            }
-            return Ok(());
-        }
-        let current = local
-            .as_ref()
-            .is_some_and(|h| h.generation.0 == record.g && !record.d);
-        if current {
-            return Ok(());
-        }
-        if local.is_some() {
-            tracing::info!(index = %name, generation = record.g, deleted = record.d, "generation ended in the stream: dropping the local index");
-            self.delete(name.clone(), false).await?;
-        }
-        let last = self.lineage.entry(name.clone()).or_insert(record.g);
-        *last = (*last).max(record.g);
-        self.catalog.store_lineage(&self.lineage)?;
-        if record.d {
-            return Ok(());
-        }
-        let (catalog, opts, index_name, g) = (
-            self.catalog.clone(),
-            self.args.index.clone(),
-            name.clone(),
-            record.g,
-        );
-        let index = tokio::task::spawn_blocking(move || {
-            catalog.create_index(&index_name, g, Position(seq), opts)
-        })
-        .await??;
-        tracing::info!(index = %name, generation = record.g, start = seq, "following a new generation");
-        self.start(myself, name, index, true).await?;
-        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
         Ok(())
     }
 
@@ -473,31 +526,395 @@ impl RegistryState {
         }
     }
 
-    async fn delete(&mut self, name: String, expect_exists: bool) -> Result<bool, RegistryError> {
-        let Some((handle, sup)) = self.indexes.remove(&name) else {
-            return if expect_exists {
+    /// Queues `op` if `name` has file-system steps running (`Ok`), else
+    /// hands it back. A newer lifecycle record replaces a queued one; past
+    /// `MAX_DEFERRED` waiting requests a create or delete is refused `Busy`.
+    fn defer(&mut self, name: &str, op: Deferred) -> Result<(), Deferred> {
+        let Some(queue) = self.busy.get_mut(name) else {
+            return Err(op);
+        };
+        match op {
+            Deferred::Record(..) => {
+                queue.retain(|q| !matches!(q, Deferred::Record(..)));
+                queue.push(op);
+            }
+            Deferred::Create(_, reply) if queue.len() >= MAX_DEFERRED => {
+                let _ = reply.send(Err(RegistryError::Busy));
+            }
+            Deferred::Delete(_, reply) if queue.len() >= MAX_DEFERRED => {
+                let _ = reply.send(Err(RegistryError::Busy));
+            }
+            op => queue.push(op),
+        }
+        Ok(())
+    }
+
+    /// A token for a file-system task: held until the task is done.
+    fn task_token(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.args.tasks.in_flight.clone().try_read_owned().ok()
+    }
+
+    /// Runs what waited for `name`'s steps, in order, until one of them
+    /// starts steps of its own (the rest wait again).
+    fn resume(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(waiting) = self.busy.remove(&name) else {
+            return Ok(());
+        };
+        for op in waiting {
+            if let Some(queue) = self.busy.get_mut(&name) {
+                queue.push(op);
+                continue;
+            }
+            match op {
+                Deferred::Create(req, reply) => self.create(myself, name.clone(), req, reply),
+                Deferred::Delete(expect, reply) => self.delete(myself, name.clone(), expect, reply),
+                Deferred::Record(record, seq) => {
+                    self.apply_record(myself, name.clone(), record, seq)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn create(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        req: CreateIndex,
+        reply: CreateReply,
+    ) {
+        let Err(Deferred::Create(req, reply)) = self.defer(&name, Deferred::Create(req, reply))
+        else {
+            return;
+        };
+        if !valid_index_name(&name) {
+            let _ = reply.send(Err(RegistryError::InvalidIndexName));
+            return;
+        }
+        let published = self.args.open.load();
+        if let Some((_, why)) = published.failed.get(&name) {
+            let _ = reply.send(Err(RegistryError::IndexFailed(why.clone())));
+            return;
+        }
+        if let Some(h) = published.open.get(&name) {
+            let answer = if req.expect_does_not_exist {
+                Err(RegistryError::IndexAlreadyExists)
+            } else {
+                match req.generation {
+                    Some(g) if g < h.generation.0 => Err(RegistryError::OlderIndexAlreadyExists),
+                    Some(g) if g > h.generation.0 => Err(RegistryError::NewerIndexAlreadyExists),
+                    _ => Ok(CreateOutcome {
+                        version: h.version().0,
+                        ready: true,
+                        generation: h.generation.0,
+                    }),
+                }
+            };
+            let _ = reply.send(answer);
+            return;
+        }
+        let generation = {
+            let mut lineage = locked(&self.lineage);
+            let last = lineage.get(&name).copied().unwrap_or(0);
+            let generation = match req.generation {
+                Some(g) if g <= last => {
+                    let _ = reply.send(Err(RegistryError::OlderIndexAlreadyExists));
+                    return;
+                }
+                Some(g) => g,
+                None => last + 1,
+            };
+            lineage.insert(name.clone(), generation);
+            generation
+        };
+        let Some(token) = self.task_token() else {
+            let _ = reply.send(Err(RegistryError::Busy));
+            return;
+        };
+        self.busy.insert(name.clone(), Vec::new());
+        publish(&self.args.open, |p| {
+            p.creating.insert(name.clone());
+        });
+        let (catalog, opts, lineage, writes) = (
+            self.catalog.clone(),
+            self.args.index.clone(),
+            self.lineage.clone(),
+            self.args.tasks.lineage_writes.clone(),
+        );
+        let (me, index_name) = (myself.clone(), name.clone());
+        tokio::spawn(async move {
+            let _token = token;
+            // The generation is durable in the lineage before its directory
+            // exists: a name never gets one generation twice.
+            let index = tokio::task::spawn_blocking(move || {
+                store_lineage(&catalog, &lineage, &writes)?;
+                catalog
+                    .create_index(&index_name, generation, Position(0), opts)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let created = Finished::Created {
+                generation,
+                index,
+                reply: Some(reply),
+                loading: false,
+            };
+            // If the registry is gone the reply port drops with the message:
+            // the client is answered `Unavailable`, never a false success.
+            let _ = me.cast(RegistryMsg::Finished(name, created));
+        });
+    }
+
+    /// Takes `name` out of service: unpublished, marked deleted, its
+    /// supervisor stopped. Returns its generation, if it was there.
+    fn retire(&mut self, name: &str) -> Option<u64> {
+        let published = self.args.open.load();
+        let generation = match (published.open.get(name), published.failed.get(name)) {
+            (Some(h), _) => {
+                h.deleted.store(true, std::sync::atomic::Ordering::Release);
+                h.generation.0
+            }
+            (None, Some((g, _))) => *g,
+            (None, None) => return None,
+        };
+        publish(&self.args.open, |p| {
+            p.open.remove(name);
+            p.failed.remove(name);
+        });
+        if let Some((_, sup)) = self.indexes.remove(name) {
+            sup.stop(None);
+        }
+        self.restarts.remove(name);
+        Some(generation)
+    }
+
+    fn delete(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        expect_exists: bool,
+        reply: DeleteReply,
+    ) {
+        let Err(Deferred::Delete(expect_exists, reply)) =
+            self.defer(&name, Deferred::Delete(expect_exists, reply))
+        else {
+            return;
+        };
+        let Some(token) = self.task_token() else {
+            let _ = reply.send(Err(RegistryError::Busy));
+            return;
+        };
+        let Some(generation) = self.retire(&name) else {
+            let _ = reply.send(if expect_exists {
                 Err(RegistryError::IndexNotFound)
             } else {
                 Ok(false)
-            };
+            });
+            return;
         };
-        handle
-            .deleted
-            .store(true, std::sync::atomic::Ordering::Release);
-        sup.stop(None);
-        let (catalog, generation) = (self.catalog.clone(), handle.generation.0);
-        drop(handle);
-        // Acknowledged once the rename is durable; the files go afterwards.
-        let trash = tokio::task::spawn_blocking(move || catalog.delete_index(&name, generation))
-            .await
-            .map_err(storage)?
-            .map_err(storage)?;
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = Catalog::remove_deleted(&trash) {
-                tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
+        self.busy.insert(name.clone(), Vec::new());
+        let (catalog, me) = (self.catalog.clone(), myself.clone());
+        tokio::spawn(async move {
+            let _token = token;
+            let index_name = name.clone();
+            // Acknowledged once the rename is durable; the files go afterwards.
+            let moved =
+                tokio::task::spawn_blocking(move || catalog.delete_index(&index_name, generation))
+                    .await
+                    .map_err(storage)
+                    .and_then(|r| r.map_err(storage));
+            let trash = match moved {
+                Ok(trash) => {
+                    let _ = reply.send(Ok(true));
+                    Some(trash)
+                }
+                Err(e) => {
+                    tracing::error!(index = %name, error = %e, "deleting an index failed");
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            };
+            // The name is free once renamed away; the removal goes on.
+            let _ = me.cast(RegistryMsg::Finished(name, Finished::Deleted));
+            if let Some(trash) = trash {
+                // Still under the task's token: a registry starting now
+                // waits for the removal instead of racing it.
+                let removed = tokio::task::spawn_blocking(move || Catalog::remove_deleted(&trash))
+                    .await
+                    .map_err(storage)
+                    .and_then(|r| r.map_err(storage));
+                if let Err(e) = removed {
+                    tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
+                }
             }
         });
-        metrics::gauge!("fpnode_indexes").set(self.indexes.len() as f64);
-        Ok(true)
+    }
+
+    /// Makes the local index `name` match its latest lifecycle record
+    /// (replica mode): drops a local generation the record ended, records the
+    /// generation in the lineage and creates the new one, off the mailbox.
+    fn apply_record(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        record: IndexRecord,
+        seq: u64,
+    ) {
+        let Err(Deferred::Record(record, seq)) = self.defer(&name, Deferred::Record(record, seq))
+        else {
+            return;
+        };
+        if !valid_index_name(&name) {
+            return;
+        }
+        let local = self.args.open.load().open.get(&name).cloned();
+        if let Some(h) = &local
+            && h.generation.0 > record.g
+        {
+            if let Some(replica) = &h.replica {
+                replica.diverge(
+                    &name,
+                    format!(
+                        "the stream's record names generation {}, older than this node's {}: the stream lost data",
+                        record.g, h.generation
+                    ),
+                );
+            }
+            return;
+        }
+        if local
+            .as_ref()
+            .is_some_and(|h| h.generation.0 == record.g && !record.d)
+        {
+            return;
+        }
+        let dropped = if local.is_some() {
+            tracing::info!(index = %name, generation = record.g, deleted = record.d, "generation ended in the stream: dropping the local index");
+            self.retire(&name)
+        } else {
+            None
+        };
+        {
+            let mut lineage = locked(&self.lineage);
+            let last = lineage.entry(name.clone()).or_insert(record.g);
+            *last = (*last).max(record.g);
+        }
+        // None only while a new registry is starting (this one is then
+        // gone, and the watcher hands the records to the new one).
+        let Some(token) = self.task_token() else {
+            return;
+        };
+        self.busy.insert(name.clone(), Vec::new());
+        if !record.d {
+            publish(&self.args.open, |p| {
+                p.creating.insert(name.clone());
+            });
+        }
+        let (catalog, opts, lineage, writes) = (
+            self.catalog.clone(),
+            self.args.index.clone(),
+            self.lineage.clone(),
+            self.args.tasks.lineage_writes.clone(),
+        );
+        let (me, index_name) = (myself.clone(), name.clone());
+        tokio::spawn(async move {
+            let _token = token;
+            let steps = tokio::task::spawn_blocking(move || -> Result<Option<Index>, String> {
+                if let Some(g) = dropped {
+                    let trash = catalog
+                        .delete_index(&index_name, g)
+                        .map_err(|e| e.to_string())?;
+                    if let Err(e) = Catalog::remove_deleted(&trash) {
+                        tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
+                    }
+                }
+                store_lineage(&catalog, &lineage, &writes)?;
+                if record.d {
+                    return Ok(None);
+                }
+                catalog
+                    .create_index(&index_name, record.g, Position(seq), opts)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let finished = match steps {
+                Ok(None) => Finished::Deleted,
+                Ok(Some(index)) => {
+                    tracing::info!(index = %name, generation = record.g, start = seq, "following a new generation");
+                    Finished::Created {
+                        generation: record.g,
+                        index: Ok(Box::new(index)),
+                        reply: None,
+                        loading: true,
+                    }
+                }
+                Err(e) => Finished::Failed(e),
+            };
+            let _ = me.cast(RegistryMsg::Finished(name, finished));
+        });
+    }
+
+    /// The mailbox's part once a name's file-system steps are done.
+    async fn finished(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: &str,
+        finished: Finished,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = self.finish(myself, name, finished).await;
+        // Published or not, it is no longer being created: lookups waiting
+        // for it answer now.
+        publish(&self.args.open, |p| {
+            p.creating.remove(name);
+        });
+        result
+    }
+
+    async fn finish(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: &str,
+        finished: Finished,
+    ) -> Result<(), ActorProcessingErr> {
+        match finished {
+            Finished::Deleted => Ok(()),
+            Finished::Failed(why) => Err(format!("index {name}: {why}").into()),
+            Finished::Created {
+                generation,
+                index,
+                reply,
+                loading,
+            } => match (index, reply) {
+                (Ok(index), reply) => {
+                    let handle = self
+                        .start(myself, name.to_string(), *index, loading)
+                        .await?;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(CreateOutcome {
+                            version: handle.version().0,
+                            ready: true,
+                            generation,
+                        }));
+                    }
+                    Ok(())
+                }
+                (Err(e), Some(reply)) => {
+                    tracing::error!(index = %name, error = %e, "creating an index failed");
+                    let _ = reply.send(Err(RegistryError::Storage(e)));
+                    Ok(())
+                }
+                (Err(e), None) => Err(format!("index {name}: {e}").into()),
+            },
+        }
     }
 }

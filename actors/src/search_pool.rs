@@ -1,5 +1,6 @@
-//! SearchPool: searches run on threads of their own, never on the async
-//! executor, fed through a bounded queue that sheds load.
+//! SearchPool: the handle requests use to search. Searches run on worker
+//! threads owned by the SearchSupervisor (actors/src/search_supervisor.rs),
+//! never on the async executor, fed through a bounded queue that sheds load.
 //!
 //! A request carries the snapshot it searches, its options and its deadline. If
 //! the queue is full the request is refused at once (`Overloaded`, answered
@@ -15,17 +16,12 @@
 //! half-way through: measured at 100M fingerprints, 250 queries/s offered
 //! against ~120/s of capacity answered only 12/s. With it, the pool keeps
 //! answering at its capacity and refuses the rest quickly.
-//!
-//! Why not a ractor factory: its workers are tokio tasks, and a CPU-bound search
-//! on a tokio worker stalls HTTP and NATS I/O; wrapping each in `spawn_blocking`
-//! would add a thread hop and lose the fixed bound on concurrent searches.
-//! Plain threads on a crossbeam channel give both bounds directly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use fpnode_segments::{Error as EngineError, Hit, SearchOptions, Snapshot};
 use tokio::sync::oneshot;
 
@@ -37,23 +33,53 @@ pub enum SearchError {
     Timeout,
     #[error("search failed: {0}")]
     Failed(String),
+    /// The search panicked; its worker was replaced.
+    #[error("search panicked: {0}")]
+    Panicked(String),
 }
 
-struct Job {
-    snapshot: Arc<Snapshot>,
-    query: Vec<u32>,
-    opts: SearchOptions,
-    reply: oneshot::Sender<Result<Vec<Hit>, SearchError>>,
+pub(crate) struct Job {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) query: Vec<u32>,
+    pub(crate) opts: SearchOptions,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Hit>, SearchError>>,
+}
+
+/// What the pool's handle and its workers share.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Searches queued, not yet taken by a worker.
+    pub(crate) depth: AtomicUsize,
+    /// Moving average of a search's duration, in microseconds (0: none yet).
+    pub(crate) average_us: AtomicU64,
+    /// Workers running.
+    pub(crate) live: AtomicUsize,
+    /// Test hook: the next search panics.
+    pub(crate) panic_next: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
 pub struct SearchPool {
     tx: Sender<Job>,
-    depth: Arc<AtomicUsize>,
-    /// Moving average of a search's duration, in microseconds (0: none yet).
-    average_us: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     pub threads: usize,
     pub capacity: usize,
+}
+
+/// The worker side of a pool, handed to the SearchSupervisor.
+#[derive(Clone)]
+pub struct SearchWork {
+    pub(crate) rx: Receiver<Job>,
+    pub(crate) shared: Arc<Shared>,
+    pub threads: usize,
+}
+
+impl std::fmt::Debug for SearchWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchWork")
+            .field("threads", &self.threads)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -63,32 +89,33 @@ impl std::fmt::Debug for Job {
 }
 
 impl SearchPool {
-    pub fn new(threads: usize, capacity: usize) -> std::io::Result<SearchPool> {
+    /// A pool of `threads` workers behind a queue of `capacity`: the handle,
+    /// and the work its SearchSupervisor runs (no thread runs before that).
+    pub fn new(threads: usize, capacity: usize) -> (SearchPool, SearchWork) {
         let (tx, rx) = bounded::<Job>(capacity.max(1));
-        let depth = Arc::new(AtomicUsize::new(0));
-        let average_us = Arc::new(AtomicU64::new(0));
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            let depth = depth.clone();
-            let average_us = average_us.clone();
-            std::thread::Builder::new()
-                .name(format!("search-{i}"))
-                .spawn(move || {
-                    for job in rx {
-                        let d = depth.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-                        metrics::gauge!("fpnode_search_queue_depth").set(d as f64);
-                        let result = run(&job, &average_us);
-                        let _ = job.reply.send(result);
-                    }
-                })?;
-        }
-        Ok(SearchPool {
+        let shared = Arc::new(Shared::default());
+        let pool = SearchPool {
             tx,
-            depth,
-            average_us,
+            shared: shared.clone(),
             threads: threads.max(1),
             capacity: capacity.max(1),
-        })
+        };
+        let work = SearchWork {
+            rx,
+            shared,
+            threads: threads.max(1),
+        };
+        (pool, work)
+    }
+
+    /// Workers running now.
+    pub fn live_workers(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Test hook: the next search panics (as a bug in the engine would).
+    pub fn inject_panic(&self) {
+        self.shared.panic_next.store(true, Ordering::Release);
     }
 
     /// Queues a search; fails at once if the queue is full.
@@ -101,8 +128,8 @@ impl SearchPool {
         if let Some(deadline) = opts.deadline {
             // Behind `depth` queued searches shared by `threads` workers, plus
             // this one's own run.
-            let average = self.average_us.load(Ordering::Relaxed);
-            let queued = self.depth.load(Ordering::Relaxed) as u64;
+            let average = self.shared.average_us.load(Ordering::Relaxed);
+            let queued = self.shared.depth.load(Ordering::Relaxed) as u64;
             let expected = Duration::from_micros(average * (queued / self.threads as u64 + 1));
             // An idle pool takes the request: whether it can finish in time
             // is then the worker's call, answered as a timeout.
@@ -119,11 +146,11 @@ impl SearchPool {
             opts,
             reply,
         };
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.shared.depth.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(job) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                self.shared.depth.fetch_sub(1, Ordering::Relaxed);
                 metrics::counter!("fpnode_shed_requests_total", "kind" => "search").increment(1);
                 Err(SearchError::Overloaded)
             }
@@ -143,17 +170,22 @@ impl SearchPool {
     }
 
     pub fn queue_depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
+        self.shared.depth.load(Ordering::Relaxed)
     }
 }
 
-fn run(job: &Job, average_us: &AtomicU64) -> Result<Vec<Hit>, SearchError> {
+/// Runs one search (on a worker thread).
+pub(crate) fn run(job: &Job, shared: &Shared) -> Result<Vec<Hit>, SearchError> {
+    let average_us = &shared.average_us;
     let average = Duration::from_micros(average_us.load(Ordering::Relaxed));
     let started = Instant::now();
     // Expired, or too close to its deadline to finish: not worth starting.
     if job.opts.deadline.is_some_and(|d| started + average >= d) {
         metrics::counter!("fpnode_shed_requests_total", "kind" => "search_expired").increment(1);
         return Err(SearchError::Timeout);
+    }
+    if shared.panic_next.swap(false, Ordering::AcqRel) {
+        panic!("injected search panic");
     }
     let result = job.snapshot.search(&job.query, &job.opts);
     if result.is_ok() {

@@ -63,7 +63,11 @@ impl Actor for WalWriter {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WalMsg::Log(group) => {
-                let Group { prepared, answers } = *group;
+                let Group {
+                    prepared,
+                    fence,
+                    answers,
+                } = *group;
                 let index = state.index.clone();
                 let fail = std::mem::take(&mut state.fail_next);
                 let count = prepared.len();
@@ -71,7 +75,7 @@ impl Actor for WalWriter {
                     if fail {
                         return Err(EngineError::Poisoned("injected failure".into()));
                     }
-                    index.log(prepared)
+                    index.log_fenced(fence, prepared)
                 })
                 .await?;
                 match logged {

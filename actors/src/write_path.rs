@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use fpnode_segments::{Position, Prepared};
+use fpnode_segments::{Fence, Position, Prepared};
 use ractor::RpcReplyPort;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -27,6 +27,8 @@ pub type WriteReply = RpcReplyPort<Result<Position, WriteError>>;
 /// built), on its way to the WAL.
 pub struct Group {
     pub prepared: Prepared,
+    /// The pipeline's fence: a group of a replaced pipeline is not logged.
+    pub fence: Fence,
     pub answers: Answers,
 }
 

@@ -65,7 +65,12 @@ impl Catalog {
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') {
                 tracing::info!(dir = %entry.path().display(), "removing the leftover of an interrupted delete or build");
-                fs::remove_dir_all(entry.path()).at(entry.path())?;
+                match fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {}
+                    // Someone else finished removing it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).at(entry.path()),
+                }
             }
         }
         Ok(catalog)

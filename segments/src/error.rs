@@ -49,6 +49,9 @@ pub enum Error {
 
     #[error("index is poisoned after an earlier failure: {0}")]
     Poisoned(String),
+    /// A write pipeline that another one replaced tried to log.
+    #[error("this write pipeline was replaced by a newer one")]
+    Fenced,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

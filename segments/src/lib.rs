@@ -31,7 +31,7 @@ pub mod wal;
 
 pub use durable::Fs;
 pub use error::{Error, Result};
-pub use index::{Index, IndexOptions, IndexStats, Prepared};
+pub use index::{Fence, Index, IndexOptions, IndexStats, Prepared};
 pub use search::{Hit, SearchOptions};
 pub use snapshot::{DocInfo, Snapshot};
 pub use types::{

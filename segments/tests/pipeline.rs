@@ -123,3 +123,26 @@ fn steps_on_three_threads_lose_nothing() {
     assert_eq!(publisher.join().unwrap(), Position(1000));
     assert_eq!(index.snapshot().num_docs, 1000);
 }
+
+/// A pipeline replaced by a newer one cannot log any more: its groups are
+/// refused (`Fenced`), so the new one's numbering, read after the fence,
+/// never collides with a late log of the old one.
+#[test]
+fn a_replaced_pipeline_cannot_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = index(tmp.path());
+    let old = index.fence();
+    index
+        .log_fenced(old, index.prepare(vec![batch(1, 10)]).unwrap())
+        .unwrap();
+    let late = index.prepare(vec![batch(2, 20)]).unwrap();
+    let new = index.fence();
+    assert!(matches!(index.log_fenced(old, late), Err(Error::Fenced)));
+    assert_eq!(index.logged_position(), Position(1));
+    index
+        .log_fenced(new, index.prepare(vec![batch(2, 30)]).unwrap())
+        .unwrap();
+    assert_eq!(index.publish_logged().unwrap(), Position(2));
+    assert!(index.snapshot().get(30).is_some());
+    assert!(index.snapshot().get(20).is_none());
+}

@@ -39,6 +39,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("IndexNotReady")]
     IndexNotReady,
+    /// The index's files failed to open when the node started (named in the
+    /// log and by `fpnode inspect --verify`).
+    #[error("IndexFailed")]
+    IndexFailed,
     #[error("SearchTimeout")]
     SearchTimeout,
     #[error("Unavailable")]
@@ -47,6 +51,9 @@ pub enum ApiError {
     Overloaded,
     #[error("InternalError")]
     Internal,
+    /// A search failed inside the engine (a panic: its worker was replaced).
+    #[error("SearchFailed")]
+    SearchFailed,
     /// Replica mode: the index is bootstrapping from the stream.
     #[error("LOADING")]
     Loading,
@@ -66,10 +73,10 @@ impl ApiError {
             | OlderIndexAlreadyExists
             | NewerIndexAlreadyExists => StatusCode::CONFLICT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IndexNotReady | SearchTimeout | Unavailable | Overloaded | Loading => {
+            IndexNotReady | IndexFailed | SearchTimeout | Unavailable | Overloaded | Loading => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal | SearchFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

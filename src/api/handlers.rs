@@ -120,6 +120,10 @@ fn response_format(headers: &HeaderMap, has_body: bool) -> Format {
 fn node_error(e: NodeError) -> ApiError {
     match e {
         NodeError::Unavailable => ApiError::Unavailable,
+        NodeError::IndexFailed(name, why) => {
+            tracing::warn!(index = %name, %why, "request for an index that failed to open");
+            ApiError::IndexFailed
+        }
         NodeError::Registry(r) => match r {
             RegistryError::IndexAlreadyExists => ApiError::IndexAlreadyExists,
             RegistryError::OlderIndexAlreadyExists => ApiError::OlderIndexAlreadyExists,
@@ -130,6 +134,8 @@ fn node_error(e: NodeError) -> ApiError {
                 tracing::error!(error = %e, "index storage error");
                 ApiError::Internal
             }
+            RegistryError::IndexFailed(_) => ApiError::IndexFailed,
+            RegistryError::Busy => ApiError::Overloaded,
         },
     }
 }
@@ -674,7 +680,7 @@ pub async fn search(
             r.fail(match e {
                 SearchError::Overloaded => ApiError::Overloaded,
                 SearchError::Timeout => ApiError::SearchTimeout,
-                SearchError::Failed(_) => ApiError::Internal,
+                SearchError::Failed(_) | SearchError::Panicked(_) => ApiError::SearchFailed,
             })
         })?;
     metrics::histogram!("fpindex_search_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -48,7 +48,28 @@ impl Prepared {
     }
 }
 
+/// A write pipeline's right to log (see [`Index::fence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence(u64);
+
 impl Index {
+    /// Starts a new write pipeline: from now on only logs under the returned
+    /// fence are taken, and those of any earlier pipeline are refused
+    /// (`Fenced`). Waits for a log in progress. A pipeline that replaces a
+    /// failed one takes a fence before reading [`Index::logged_position`], so
+    /// a log the old one still had on its way can neither land after that
+    /// read nor reuse a position.
+    pub fn fence(&self) -> Fence {
+        let mut wal = lock(&self.wal);
+        wal.fence += 1;
+        Fence(wal.fence)
+    }
+
+    /// [`Index::log`], for the pipeline holding `fence` only.
+    pub fn log_fenced(&self, fence: Fence, prepared: Prepared) -> Result<Position> {
+        self.log_under(Some(fence), prepared)
+    }
+
     fn stalled(&self, st: &State) -> Option<(usize, usize)> {
         if st.memory.len() > self.opts.max_memory_segments {
             return Some((st.memory.len(), self.opts.max_memory_segments));
@@ -132,7 +153,14 @@ impl Index {
     /// position now durable. In bulk load nothing is written (see
     /// [`Index::set_bulk_load`]). A failed write or fsync poisons the WAL.
     pub fn log(&self, prepared: Prepared) -> Result<Position> {
+        self.log_under(None, prepared)
+    }
+
+    fn log_under(&self, fence: Option<Fence>, prepared: Prepared) -> Result<Position> {
         let mut wal = lock(&self.wal);
+        if fence.is_some_and(|Fence(f)| f != wal.fence) {
+            return Err(Error::Fenced);
+        }
         let (Some(first), Some(last)) = (prepared.batches.first(), prepared.last_position()) else {
             return Ok(wal.logged);
         };
@@ -149,9 +177,7 @@ impl Index {
             wal.unlogged = Some(last);
             self.unlogged.store(last.0, Ordering::Release);
         } else {
-            for b in &prepared.batches {
-                wal.writer.append(b)?;
-            }
+            wal.writer.append_group(&prepared.batches)?;
             wal.writer.sync()?;
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }

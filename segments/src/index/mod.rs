@@ -35,7 +35,7 @@ mod apply;
 mod maintenance;
 mod open;
 
-pub use apply::Prepared;
+pub use apply::{Fence, Prepared};
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -161,6 +161,8 @@ struct WalState {
     /// file segment. While set nothing is logged, so the WAL never holds a
     /// batch that follows a hole; the next checkpoint covering it clears it.
     unlogged: Option<Position>,
+    /// The current write pipeline's fence (see [`Index::fence`]).
+    fence: u64,
 }
 
 impl State {

@@ -127,6 +127,7 @@ impl Index {
             writer: wal,
             logged: applied,
             unlogged: None,
+            fence: 0,
         };
         let state = State {
             manifest,

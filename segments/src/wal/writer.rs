@@ -50,6 +50,8 @@ pub struct WalWriter {
     /// Position of the newest batch made durable.
     durable: Position,
     poisoned: Option<String>,
+    /// Files started so far (tells whether a group spans a roll).
+    rolls: u64,
     /// How long the last `sync` spent in fsync.
     pub last_sync_duration: Duration,
     pub syncs: u64,
@@ -70,6 +72,7 @@ impl WalWriter {
             last_appended: last_position,
             durable: last_position,
             poisoned: None,
+            rolls: 0,
             last_sync_duration: Duration::ZERO,
             syncs: 0,
         };
@@ -131,6 +134,32 @@ impl WalWriter {
         Ok(())
     }
 
+    /// Buffers a group of batches, all or none: if one is refused, the ones
+    /// before it are taken back. If the group had to start a new file on the
+    /// way (so part of it already reached the old file), the writer is
+    /// poisoned instead: that part cannot be taken back.
+    pub fn append_group(&mut self, batches: &[Batch]) -> Result<()> {
+        let (buf, bytes, last, rolls) = (
+            self.buf.len(),
+            self.file_bytes,
+            self.last_appended,
+            self.rolls,
+        );
+        for b in batches {
+            if let Err(e) = self.append(b) {
+                if self.rolls == rolls {
+                    self.buf.truncate(buf);
+                    self.file_bytes = bytes;
+                    self.last_appended = last;
+                } else {
+                    self.poisoned = Some(format!("a group failed after a file roll: {e}"));
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes everything buffered and fsyncs once. Returns the durable position.
     pub fn sync(&mut self) -> Result<Position> {
         self.check_poison()?;
@@ -148,6 +177,10 @@ impl WalWriter {
             .record(self.last_sync_duration.as_secs_f64());
         self.syncs += 1;
         self.durable = self.last_appended;
+        // One very large group must not keep its buffer for good.
+        if self.buf.capacity() > 16 << 20 {
+            self.buf = Vec::with_capacity(1 << 20);
+        }
         Ok(self.durable)
     }
 
@@ -173,9 +206,14 @@ impl WalWriter {
     }
 
     fn try_rotate(&mut self, first: Position) -> Result<()> {
-        if !self.buf.is_empty() {
+        // The old file is made durable whole before a newer one exists, even
+        // with nothing buffered: a torn tail cut off at open is only gone
+        // for good once synced, and it must not come back in a file that is
+        // no longer the newest (replay would call it corruption).
+        if self.file.is_some() {
             self.write_and_sync()?;
         }
+        self.rolls += 1;
         let path = self.dir.join(file_name(first));
         let mut file = OpenOptions::new()
             .create(true)
