@@ -489,3 +489,105 @@ async fn concurrent_creates_and_deletes_keep_every_generation_across_a_kill() {
         assert!(now > g, "{name}: generation {now} after {g}: minted twice");
     }
 }
+
+/// Every actor of an index, and the search workers, fail in turn while
+/// writers and searchers run: each is restarted and counted, searches keep
+/// being answered, and every acknowledged write is there at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_in_every_actor_during_ingest_and_searches_lose_nothing_acknowledged() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let node = Node::start(&[
+        "--enable-fault-injection",
+        "--checkpoint-threshold",
+        "400",
+        "--checkpoint-age-ms",
+        "50",
+    ])
+    .await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (api, stop) = (api.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut id = 10_000 * (w + 1);
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                match put(&api, id).await {
+                    200 => acked.push(id),
+                    // A write caught in a failing stage, or behind a
+                    // restart: refused, never acknowledged.
+                    503 => {}
+                    status => panic!("write {id} answered {status}"),
+                }
+            }
+            acked
+        }));
+    }
+    let searcher = {
+        let (api, stop) = (api.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut answered, mut failed) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let r = api
+                    .call(
+                        "POST",
+                        "/idx/_search",
+                        Some(json!({ "query": hashes(10_001), "limit": 1 })),
+                    )
+                    .await;
+                match (r.status, r.body["error"].as_str()) {
+                    (200, _) => answered += 1,
+                    (500, Some("SearchFailed")) | (503, _) => failed += 1,
+                    (status, _) => panic!("search answered {status}: {:?}", r.body),
+                }
+            }
+            (answered, failed)
+        })
+    };
+    let stages = [
+        "batcher",
+        "wal_writer",
+        "index_writer",
+        "segment_merger",
+        "search_worker",
+    ];
+    for stage in stages {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        inject(&api, stage).await;
+        let name = if stage == "search_worker" {
+            "fpnode_search_worker_restarts_total".to_string()
+        } else {
+            format!("fpnode_actor_restarts_total{{actor=\"{stage}\"}}")
+        };
+        let mut restarted = false;
+        for _ in 0..250 {
+            if metric(&api, &name).await >= 1.0 {
+                restarted = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(restarted, "{stage} was not restarted under load ({name})");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    let (answered, failed) = searcher.await.unwrap();
+    eprintln!(
+        "{} writes acknowledged; searches: {answered} answered, {failed} failed",
+        acked.len()
+    );
+    assert!(acked.len() > 50, "too few writes: {}", acked.len());
+    assert!(answered > 50, "too few searches answered: {answered}");
+    for id in &acked {
+        let r = api.call("GET", &format!("/idx/{id}"), None).await;
+        assert_eq!(r.status, 200, "acknowledged write {id} lost");
+    }
+}
