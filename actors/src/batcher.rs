@@ -30,23 +30,8 @@ use fpnode_segments::{Batch, Error as EngineError, Fence, Index, Position};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
-use crate::handle::{WriteError, WriteRequest};
-use crate::wal_writer::WalMsg;
-use crate::write_path::{Answers, Group, WriteReply};
-
-pub enum BatcherMsg {
-    /// A client write: the Batcher numbers it (standalone versions).
-    Write(WriteRequest, WriteReply),
-    /// A batch already numbered by the stream (replica mode: position = the
-    /// stream sequence of its last message), following position `after`.
-    /// Taken only if `after` is where the pipeline is (no gap); a batch at or
-    /// before it is already taken and answered as such.
-    Apply(Batch, Position, WriteReply),
-    /// Cut a group of what is waiting.
-    Cut,
-    /// Test hook: fail the next group as an I/O error would.
-    InjectFailure,
-}
+pub use crate::messages::BatcherMsg;
+use crate::messages::{Answers, Group, WalMsg, WriteError, WriteReply, WriteRequest};
 
 pub struct Batcher;
 

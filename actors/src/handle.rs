@@ -6,38 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use fpnode_segments::{Change, Generation, Index, MetadataDelta, Position};
+use fpnode_segments::{Generation, Index, Position};
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
-use crate::batcher::BatcherMsg;
-
-/// One `_update` (or single-fingerprint write) as the writer receives it.
-#[derive(Debug, Clone, Default)]
-pub struct WriteRequest {
-    pub changes: Vec<Change>,
-    pub metadata: MetadataDelta,
-    /// Apply only if the index's version is exactly this.
-    pub expected_version: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("expected version {expected}, index is at {actual}")]
-    VersionMismatch { expected: u64, actual: u64 },
-    #[error("index is overloaded: {0}")]
-    Overloaded(String),
-    #[error("index is not available: {0}")]
-    Unavailable(String),
-    #[error("invalid write: {0}")]
-    Invalid(String),
-    #[error("index was deleted")]
-    IndexDeleted,
-    /// A numbered batch does not follow the index's position: applying it
-    /// would skip whatever lies between (replica mode).
-    #[error("batch follows position {got}, index is at {expected}")]
-    Gap { expected: u64, got: u64 },
-}
+pub use crate::messages::{WriteError, WriteRequest};
+use crate::messages::BatcherMsg;
 
 /// How a replica's index follows the stream (replica mode only).
 #[derive(Debug, Default)]

@@ -13,100 +13,19 @@
 //! child is left stopped, while the process and other indexes keep running.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::batcher::{Batcher, BatcherArgs, BatcherMsg};
+pub use crate::messages::{Child, IndexSupMsg, SupervisionOptions};
+use crate::batcher::{Batcher, BatcherArgs};
+use crate::messages::{BatcherMsg, MergerMsg, SubscriberMsg, WalMsg, WriterMsg};
 use crate::handle::IndexHandle;
-use crate::index_writer::{IndexWriter, WriterArgs, WriterMsg};
+use crate::index_writer::{IndexWriter, WriterArgs};
 use crate::replication::Replication;
 use crate::restart::RestartTracker;
-use crate::segment_merger::{MergerArgs, MergerMsg, SegmentMerger};
-use crate::stream_subscriber::{StreamSubscriber, SubscriberArgs, SubscriberMsg};
-use crate::wal_writer::{WalMsg, WalWriter, WalWriterArgs};
-
-#[derive(Debug, Clone)]
-pub struct SupervisionOptions {
-    pub max_restarts: usize,
-    pub window: Duration,
-    pub backoff: Duration,
-    pub max_backoff: Duration,
-    pub merger_tick: Duration,
-    /// The Batcher cuts a group at once when it holds this many changes.
-    pub max_group_changes: usize,
-    /// Groups in flight between the Batcher's cut and the answer.
-    pub group_credits: usize,
-}
-
-impl Default for SupervisionOptions {
-    fn default() -> Self {
-        SupervisionOptions {
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
-            merger_tick: Duration::from_millis(100),
-            max_group_changes: 32_768,
-            group_credits: 3,
-        }
-    }
-}
-
-/// The actors a fault can be injected into (tests only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Child {
-    /// The write pipeline's last stage; restarting it restarts the pipeline.
-    Writer,
-    Batcher,
-    WalWriter,
-    Merger,
-    /// Replica mode: the index's StreamSubscriber.
-    Subscriber,
-    /// The IndexSupervisor itself.
-    Supervisor,
-    /// The IndexRegistry.
-    Registry,
-    /// A search worker (node-wide; the index is ignored): the next search
-    /// panics.
-    SearchWorker,
-}
-
-impl Child {
-    pub fn name(self) -> &'static str {
-        match self {
-            Child::Writer => "index_writer",
-            Child::Batcher => "batcher",
-            Child::WalWriter => "wal_writer",
-            Child::Merger => "segment_merger",
-            Child::Subscriber => "stream_subscriber",
-            Child::Supervisor => "index_supervisor",
-            Child::Registry => "index_registry",
-            Child::SearchWorker => "search_worker",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Child> {
-        [
-            Child::Writer,
-            Child::Batcher,
-            Child::WalWriter,
-            Child::Merger,
-            Child::Subscriber,
-            Child::Supervisor,
-            Child::Registry,
-            Child::SearchWorker,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
-    }
-}
-
-pub enum IndexSupMsg {
-    Restart(Child),
-    /// Test hook: make the child's next unit of work fail.
-    InjectFailure(Child),
-}
+use crate::segment_merger::{MergerArgs, SegmentMerger};
+use crate::stream_subscriber::{StreamSubscriber, SubscriberArgs};
+use crate::wal_writer::{WalWriter, WalWriterArgs};
 
 pub struct IndexSupervisor;
 

@@ -15,15 +15,8 @@ use std::sync::Arc;
 use fpnode_segments::Index;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::handle::WriteError;
-use crate::write_path::Answers;
-
-pub enum WriterMsg {
-    /// A group is logged: publish it and answer its clients.
-    Publish(Answers),
-    /// Test hook: fail the next group.
-    InjectFailure,
-}
+pub use crate::messages::WriterMsg;
+use crate::messages::WriteError;
 
 pub struct IndexWriter;
 

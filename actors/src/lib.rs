@@ -26,6 +26,7 @@ pub mod handle;
 pub mod index_supervisor;
 pub mod index_writer;
 pub mod lifecycle;
+pub mod messages;
 pub mod node;
 pub mod panic;
 pub mod registry;
@@ -37,7 +38,7 @@ pub mod segment_merger;
 pub mod stream;
 pub mod stream_subscriber;
 pub mod wal_writer;
-pub mod write_path;
+
 
 pub use handle::{IndexHandle, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};

@@ -21,13 +21,10 @@ use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::registry::RegistryMsg;
+pub use crate::messages::WatcherMsg;
+use crate::messages::RegistryMsg;
 use crate::replication::{Replication, backoff, wait_to_retry};
 use crate::stream::{IndexRecord, Subject, decode_payload, ensure_stream, parse_subject};
-
-pub enum WatcherMsg {
-    Poll(u64),
-}
 
 pub struct LifecycleWatcher;
 

@@ -14,7 +14,7 @@ use fpnode_segments::index::IndexOptions;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::handle::IndexHandle;
-use crate::index_supervisor::{Child, SupervisionOptions};
+use crate::messages::{Child, SupervisionOptions};
 use crate::registry::{
     CreateIndex, CreateOutcome, IndexRegistry, OpenIndexes, RegistryArgs, RegistryError,
     RegistryMsg,

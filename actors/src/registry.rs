@@ -47,97 +47,22 @@ use arc_swap::ArcSwap;
 use fpnode_segments::catalog::{Catalog, Lineage};
 use fpnode_segments::index::IndexOptions;
 use fpnode_segments::{Index, Position};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+pub use crate::messages::{CreateIndex, CreateOutcome, Finished, RegistryError, RegistryMsg};
 use crate::handle::IndexHandle;
+use crate::messages::{CreateReply, DeleteReply};
 use crate::index_supervisor::{
     Child, IndexSupArgs, IndexSupMsg, IndexSupervisor, SupervisionOptions,
 };
 
 pub use fpnode_segments::catalog::{index_path, valid_index_name};
 
-/// `PUT /:index` options.
-#[derive(Debug, Clone, Default)]
-pub struct CreateIndex {
-    pub expect_does_not_exist: bool,
-    pub generation: Option<u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CreateOutcome {
-    pub version: u64,
-    pub ready: bool,
-    pub generation: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    #[error("IndexAlreadyExists")]
-    IndexAlreadyExists,
-    #[error("OlderIndexAlreadyExists")]
-    OlderIndexAlreadyExists,
-    #[error("NewerIndexAlreadyExists")]
-    NewerIndexAlreadyExists,
-    #[error("IndexNotFound")]
-    IndexNotFound,
-    #[error("InvalidIndexName")]
-    InvalidIndexName,
-    #[error("storage error: {0}")]
-    Storage(String),
-    /// The index's files did not open at start; it serves nothing until it
-    /// is deleted, or repaired and the node restarted.
-    #[error("index failed to open: {0}")]
-    IndexFailed(String),
-    /// Too many requests wait on this index's create or delete.
-    #[error("too many requests wait on this index")]
-    Busy,
-}
-
-type CreateReply = RpcReplyPort<Result<CreateOutcome, RegistryError>>;
-type DeleteReply = RpcReplyPort<Result<bool, RegistryError>>;
-
-/// The file-system steps for a name finished, off the mailbox.
-pub enum Finished {
-    /// A new generation was created (or failed to be); `reply` is the
-    /// client's (none for a lifecycle record).
-    Created {
-        generation: u64,
-        index: Result<Box<Index>, String>,
-        reply: Option<CreateReply>,
-        loading: bool,
-    },
-    /// A delete or a record's drop is done (a client was answered by the
-    /// task itself).
-    Deleted,
-    /// A lifecycle record could not be applied: the registry fails and is
-    /// restarted, and the watcher hands the records over again.
-    Failed(String),
-}
-
 /// A request for a name whose file-system steps are running.
 enum Deferred {
     Create(CreateIndex, CreateReply),
     Delete(bool, DeleteReply),
     Record(IndexRecord, u64),
-}
-
-pub enum RegistryMsg {
-    /// Restart the IndexSupervisor of an index after it failed.
-    /// Restart the IndexSupervisor of generation `.1` of an index after it
-    /// failed (skipped if that generation is gone or supervised again).
-    RestartIndex(String, u64),
-    Create(String, CreateIndex, CreateReply),
-    Delete(String, bool, DeleteReply),
-    /// The file-system steps of a create, delete or record are done.
-    Finished(String, Finished),
-    /// Test hook: make a child of an index fail.
-    InjectFailure(String, Child),
-    /// Replica mode: the latest lifecycle record of an index, and its sequence.
-    Record(String, IndexRecord, u64),
-    /// Replica mode: every index the stream has a record of was handed over.
-    Reconciled(BTreeSet<String>),
-    /// Replica mode: start the LifecycleWatcher again after it failed.
-    RestartWatcher,
 }
 
 pub struct IndexRegistry;

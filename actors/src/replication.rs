@@ -28,8 +28,7 @@ use fpnode_segments::Change;
 use jetstream_extra::batch_publish::BatchPublishExt;
 use sha2::{Digest, Sha256};
 
-use crate::handle::WriteRequest;
-use crate::registry::{CreateIndex, RegistryError};
+use crate::messages::{CreateIndex, RegistryError, WriteRequest};
 use crate::stream::{
     FingerprintPayload, IndexRecord, MetadataPayload, PayloadError, StreamSettings, decode_payload,
     encode_payload, fingerprint_subject, index_filter, index_subject, marker_subject,

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::index_supervisor::SupervisionOptions;
+use crate::messages::SupervisionOptions;
 
 #[derive(Debug, Clone)]
 pub struct RestartTracker {

@@ -20,12 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+pub use crate::messages::SearchSupMsg;
 use crate::search_pool::{SearchError, SearchWork, run};
-
-pub enum SearchSupMsg {
-    /// A worker thread ended (`panicked`: by a search's panic).
-    WorkerExited { panicked: bool },
-}
 
 pub struct SearchSupervisor;
 

@@ -18,35 +18,7 @@ use std::time::{Duration, Instant};
 use fpnode_segments::Index;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    Checkpoint,
-    MemoryMerge,
-    FileMerge,
-}
-
-impl Task {
-    const ALL: [Task; 3] = [Task::Checkpoint, Task::MemoryMerge, Task::FileMerge];
-
-    fn slot(self) -> usize {
-        self as usize
-    }
-
-    fn metric(self) -> &'static str {
-        match self {
-            Task::Checkpoint => "checkpoint",
-            Task::MemoryMerge => "memory_merge",
-            Task::FileMerge => "file_merge",
-        }
-    }
-}
-
-pub enum MergerMsg {
-    Tick,
-    Done(Task, Result<bool, String>, Duration),
-    /// Test hook: the next task fails.
-    InjectFailure,
-}
+pub use crate::messages::{MergerMsg, Task};
 
 pub struct SegmentMerger;
 

@@ -18,7 +18,7 @@ use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::registry::valid_index_name;
+use fpnode_segments::catalog::valid_index_name;
 
 pub const DEFAULT_STREAM: &str = "fpindex";
 pub const DEFAULT_PREFIX: &str = "fpindex";

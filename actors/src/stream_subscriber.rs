@@ -45,7 +45,8 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
-use crate::batcher::BatcherMsg;
+pub use crate::messages::SubscriberMsg;
+use crate::messages::BatcherMsg;
 use crate::handle::IndexHandle;
 use crate::replication::{Link, backoff, wait_to_retry};
 use crate::stream::{
@@ -55,16 +56,6 @@ use crate::stream::{
 
 /// Batches in flight between fetch and apply.
 const CREDITS: u32 = 2;
-
-pub enum SubscriberMsg {
-    /// Fetch the next batch. Carries the epoch it was sent in: a reset starts a
-    /// new epoch, and polls of an older one are ignored (one poll chain only).
-    Poll(u64),
-    /// A batch handed to the writer failed: resynchronise from the index.
-    Failed(String),
-    /// Test hook: fail as a crash would.
-    InjectFailure,
-}
 
 pub struct StreamSubscriber;
 

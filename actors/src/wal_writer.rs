@@ -14,16 +14,8 @@ use std::sync::Arc;
 use fpnode_segments::{Error as EngineError, Index};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::handle::WriteError;
-use crate::index_writer::WriterMsg;
-use crate::write_path::Group;
-
-pub enum WalMsg {
-    /// Log a prepared group, then pass it on to be published.
-    Log(Box<Group>),
-    /// Test hook: fail the next group as an I/O error would.
-    InjectFailure,
-}
+pub use crate::messages::WalMsg;
+use crate::messages::{Group, WriteError, WriterMsg};
 
 pub struct WalWriter;
 

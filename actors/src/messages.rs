@@ -1,0 +1,336 @@
+//! The messages fpnode's actors exchange, and the vocabulary they share.
+//!
+//! Below every actor: an actor's module defines its behaviour and imports
+//! the messages it receives and sends from here, so no two actors import
+//! each other (docs/architecture.md has the tree and each message's bound).
+//!
+//! The write pipeline:
+//!
+//! ```text
+//! HTTP / StreamSubscriber --Write/Apply--> Batcher --Log(Group)--> WalWriter
+//!     --Publish(Answers)--> IndexWriter --reply--> client
+//! ```
+//!
+//! Bounds: a client write holds one of the index's write permits until it
+//! is answered (so the Batcher's mailbox holds at most that many writes); the
+//! StreamSubscriber has at most two batches in flight; a group holds one of
+//! the Batcher's group credits from its cut until it is answered, so at most
+//! that many groups are between the Batcher and the answer, one being
+//! prepared, one being logged, one being published.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use fpnode_segments::{Batch, Change, Fence, Index, MetadataDelta, Position, Prepared};
+use ractor::RpcReplyPort;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::stream::IndexRecord;
+
+// --- writes ---
+
+/// One `_update` (or single-fingerprint write) as the writer receives it.
+#[derive(Debug, Clone, Default)]
+pub struct WriteRequest {
+    pub changes: Vec<Change>,
+    pub metadata: MetadataDelta,
+    /// Apply only if the index's version is exactly this.
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("expected version {expected}, index is at {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    #[error("index is overloaded: {0}")]
+    Overloaded(String),
+    #[error("index is not available: {0}")]
+    Unavailable(String),
+    #[error("invalid write: {0}")]
+    Invalid(String),
+    #[error("index was deleted")]
+    IndexDeleted,
+    /// A numbered batch does not follow the index's position: applying it
+    /// would skip whatever lies between (replica mode).
+    #[error("batch follows position {got}, index is at {expected}")]
+    Gap { expected: u64, got: u64 },
+}
+
+/// Where a write's outcome goes: its version, or why it was not applied.
+pub type WriteReply = RpcReplyPort<Result<Position, WriteError>>;
+
+/// A group cut by the Batcher: its batches prepared (checked, numbered,
+/// built), on its way to the WAL.
+pub struct Group {
+    pub prepared: Prepared,
+    /// The pipeline's fence: a group of a replaced pipeline is not logged.
+    pub fence: Fence,
+    pub answers: Answers,
+}
+
+/// What travels past the WAL: who to answer, and the group's credit.
+pub struct Answers {
+    /// Each client's reply with the position of its batch.
+    pub replies: Vec<(Position, WriteReply)>,
+    /// Held until the group is answered: bounds the groups in flight.
+    pub credit: OwnedSemaphorePermit,
+    /// When the group was cut, for the flush-time histogram.
+    pub cut_at: Instant,
+}
+
+impl Answers {
+    /// Answers every client of the group with `error`.
+    pub fn fail(self, error: WriteError) {
+        for (_, reply) in self.replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}
+
+// --- the write pipeline's actors ---
+
+pub enum BatcherMsg {
+    /// A client write: the Batcher numbers it (standalone versions).
+    Write(WriteRequest, WriteReply),
+    /// A batch already numbered by the stream (replica mode: position = the
+    /// stream sequence of its last message), following position `after`.
+    /// Taken only if `after` is where the pipeline is (no gap); a batch at or
+    /// before it is already taken and answered as such.
+    Apply(Batch, Position, WriteReply),
+    /// Cut a group of what is waiting.
+    Cut,
+    /// Test hook: fail the next group as an I/O error would.
+    InjectFailure,
+}
+
+pub enum WalMsg {
+    /// Log a prepared group, then pass it on to be published.
+    Log(Box<Group>),
+    /// Test hook: fail the next group as an I/O error would.
+    InjectFailure,
+}
+
+pub enum WriterMsg {
+    /// A group is logged: publish it and answer its clients.
+    Publish(Answers),
+    /// Test hook: fail the next group.
+    InjectFailure,
+}
+
+// --- maintenance ---
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Checkpoint,
+    MemoryMerge,
+    FileMerge,
+}
+
+impl Task {
+    pub(crate) const ALL: [Task; 3] = [Task::Checkpoint, Task::MemoryMerge, Task::FileMerge];
+
+    pub(crate) fn slot(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn metric(self) -> &'static str {
+        match self {
+            Task::Checkpoint => "checkpoint",
+            Task::MemoryMerge => "memory_merge",
+            Task::FileMerge => "file_merge",
+        }
+    }
+}
+
+pub enum MergerMsg {
+    Tick,
+    Done(Task, Result<bool, String>, Duration),
+    /// Test hook: the next task fails.
+    InjectFailure,
+}
+
+// --- supervision ---
+
+#[derive(Debug, Clone)]
+pub struct SupervisionOptions {
+    pub max_restarts: usize,
+    pub window: Duration,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub merger_tick: Duration,
+    /// The Batcher cuts a group at once when it holds this many changes.
+    pub max_group_changes: usize,
+    /// Groups in flight between the Batcher's cut and the answer.
+    pub group_credits: usize,
+}
+
+impl Default for SupervisionOptions {
+    fn default() -> Self {
+        SupervisionOptions {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            merger_tick: Duration::from_millis(100),
+            max_group_changes: 32_768,
+            group_credits: 3,
+        }
+    }
+}
+
+/// The actors a fault can be injected into (tests only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    /// The write pipeline's last stage; restarting it restarts the pipeline.
+    Writer,
+    Batcher,
+    WalWriter,
+    Merger,
+    /// Replica mode: the index's StreamSubscriber.
+    Subscriber,
+    /// The IndexSupervisor itself.
+    Supervisor,
+    /// The IndexRegistry.
+    Registry,
+    /// A search worker (node-wide; the index is ignored): the next search
+    /// panics.
+    SearchWorker,
+}
+
+impl Child {
+    pub fn name(self) -> &'static str {
+        match self {
+            Child::Writer => "index_writer",
+            Child::Batcher => "batcher",
+            Child::WalWriter => "wal_writer",
+            Child::Merger => "segment_merger",
+            Child::Subscriber => "stream_subscriber",
+            Child::Supervisor => "index_supervisor",
+            Child::Registry => "index_registry",
+            Child::SearchWorker => "search_worker",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Child> {
+        [
+            Child::Writer,
+            Child::Batcher,
+            Child::WalWriter,
+            Child::Merger,
+            Child::Subscriber,
+            Child::Supervisor,
+            Child::Registry,
+            Child::SearchWorker,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+    }
+}
+
+pub enum IndexSupMsg {
+    Restart(Child),
+    /// Test hook: make the child's next unit of work fail.
+    InjectFailure(Child),
+}
+
+// --- replica mode ---
+
+pub enum SubscriberMsg {
+    /// Fetch the next batch. Carries the epoch it was sent in: a reset starts a
+    /// new epoch, and polls of an older one are ignored (one poll chain only).
+    Poll(u64),
+    /// A batch handed to the writer failed: resynchronise from the index.
+    Failed(String),
+    /// Test hook: fail as a crash would.
+    InjectFailure,
+}
+
+pub enum WatcherMsg {
+    Poll(u64),
+}
+
+// --- the registry ---
+
+/// `PUT /:index` options.
+#[derive(Debug, Clone, Default)]
+pub struct CreateIndex {
+    pub expect_does_not_exist: bool,
+    pub generation: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOutcome {
+    pub version: u64,
+    pub ready: bool,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("IndexAlreadyExists")]
+    IndexAlreadyExists,
+    #[error("OlderIndexAlreadyExists")]
+    OlderIndexAlreadyExists,
+    #[error("NewerIndexAlreadyExists")]
+    NewerIndexAlreadyExists,
+    #[error("IndexNotFound")]
+    IndexNotFound,
+    #[error("InvalidIndexName")]
+    InvalidIndexName,
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The index's files did not open at start; it serves nothing until it
+    /// is deleted, or repaired and the node restarted.
+    #[error("index failed to open: {0}")]
+    IndexFailed(String),
+    /// Too many requests wait on this index's create or delete.
+    #[error("too many requests wait on this index")]
+    Busy,
+}
+
+pub type CreateReply = RpcReplyPort<Result<CreateOutcome, RegistryError>>;
+pub type DeleteReply = RpcReplyPort<Result<bool, RegistryError>>;
+
+/// The file-system steps for a name finished, off the mailbox.
+pub enum Finished {
+    /// A new generation was created (or failed to be); `reply` is the
+    /// client's (none for a lifecycle record).
+    Created {
+        generation: u64,
+        index: Result<Box<Index>, String>,
+        reply: Option<CreateReply>,
+        loading: bool,
+    },
+    /// A delete or a record's drop is done (a client was answered by the
+    /// task itself).
+    Deleted,
+    /// A lifecycle record could not be applied: the registry fails and is
+    /// restarted, and the watcher hands the records over again.
+    Failed(String),
+}
+
+pub enum RegistryMsg {
+    /// Restart the IndexSupervisor of an index after it failed.
+    /// Restart the IndexSupervisor of generation `.1` of an index after it
+    /// failed (skipped if that generation is gone or supervised again).
+    RestartIndex(String, u64),
+    Create(String, CreateIndex, CreateReply),
+    Delete(String, bool, DeleteReply),
+    /// The file-system steps of a create, delete or record are done.
+    Finished(String, Finished),
+    /// Test hook: make a child of an index fail.
+    InjectFailure(String, Child),
+    /// Replica mode: the latest lifecycle record of an index, and its sequence.
+    Record(String, IndexRecord, u64),
+    /// Replica mode: every index the stream has a record of was handed over.
+    Reconciled(BTreeSet<String>),
+    /// Replica mode: start the LifecycleWatcher again after it failed.
+    RestartWatcher,
+}
+
+// --- searches ---
+
+pub enum SearchSupMsg {
+    /// A worker thread ended (`panicked`: by a search's panic).
+    WorkerExited { panicked: bool },
+}
