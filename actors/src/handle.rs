@@ -10,8 +10,8 @@ use fpnode_segments::{Generation, Index, Position};
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
-pub use crate::messages::{WriteError, WriteRequest};
 use crate::messages::BatcherMsg;
+pub use crate::messages::{WriteError, WriteRequest};
 
 /// How a replica's index follows the stream (replica mode only).
 #[derive(Debug, Default)]

@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-pub use crate::messages::{Child, IndexSupMsg, SupervisionOptions};
 use crate::batcher::{Batcher, BatcherArgs};
-use crate::messages::{BatcherMsg, MergerMsg, SubscriberMsg, WalMsg, WriterMsg};
 use crate::handle::IndexHandle;
 use crate::index_writer::{IndexWriter, WriterArgs};
+use crate::messages::{BatcherMsg, MergerMsg, SubscriberMsg, WalMsg, WriterMsg};
+pub use crate::messages::{Child, IndexSupMsg, SupervisionOptions};
 use crate::replication::Replication;
 use crate::restart::RestartTracker;
 use crate::segment_merger::{MergerArgs, SegmentMerger};

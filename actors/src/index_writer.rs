@@ -15,8 +15,8 @@ use std::sync::Arc;
 use fpnode_segments::Index;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-pub use crate::messages::WriterMsg;
 use crate::messages::WriteError;
+pub use crate::messages::WriterMsg;
 
 pub struct IndexWriter;
 

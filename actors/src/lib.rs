@@ -39,7 +39,6 @@ pub mod stream;
 pub mod stream_subscriber;
 pub mod wal_writer;
 
-
 pub use handle::{IndexHandle, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};
 pub use registry::{CreateIndex, CreateOutcome, RegistryError};

@@ -21,8 +21,8 @@ use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-pub use crate::messages::WatcherMsg;
 use crate::messages::RegistryMsg;
+pub use crate::messages::WatcherMsg;
 use crate::replication::{Replication, backoff, wait_to_retry};
 use crate::stream::{IndexRecord, Subject, decode_payload, ensure_stream, parse_subject};
 

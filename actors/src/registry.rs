@@ -49,12 +49,12 @@ use fpnode_segments::index::IndexOptions;
 use fpnode_segments::{Index, Position};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-pub use crate::messages::{CreateIndex, CreateOutcome, Finished, RegistryError, RegistryMsg};
 use crate::handle::IndexHandle;
-use crate::messages::{CreateReply, DeleteReply};
 use crate::index_supervisor::{
     Child, IndexSupArgs, IndexSupMsg, IndexSupervisor, SupervisionOptions,
 };
+pub use crate::messages::{CreateIndex, CreateOutcome, Finished, RegistryError, RegistryMsg};
+use crate::messages::{CreateReply, DeleteReply};
 
 pub use fpnode_segments::catalog::{index_path, valid_index_name};
 

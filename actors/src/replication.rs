@@ -1,6 +1,6 @@
 //! A node's link to the replication stream (replica and proxy modes): the NATS
-//! connection and its state, and every write a node publishes (DESIGN.md §6,
-//! docs/replication.md).
+//! connection and its state, and every write a node publishes
+//! (docs/replication.md).
 //!
 //! Writes: an `_update` becomes one message per changed fingerprint
 //! (`<prefix>.<index>.<id>`) and per metadata key (`<prefix>.<index>._m.k<hex>`),

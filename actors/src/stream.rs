@@ -1,4 +1,4 @@
-//! The replication stream's vocabulary (DESIGN.md §6): subjects, payloads and
+//! The replication stream's vocabulary (docs/replication.md): subjects, payloads and
 //! the stream's settings, including the check that refuses a stream whose
 //! settings would lose data.
 //!

@@ -45,9 +45,9 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
-pub use crate::messages::SubscriberMsg;
-use crate::messages::BatcherMsg;
 use crate::handle::IndexHandle;
+use crate::messages::BatcherMsg;
+pub use crate::messages::SubscriberMsg;
 use crate::replication::{Link, backoff, wait_to_retry};
 use crate::stream::{
     FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload, index_filter,

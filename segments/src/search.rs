@@ -1,6 +1,6 @@
 //! Search: which live fingerprints share the most distinct hashes with a query.
 //!
-//! Semantics (DESIGN.md §4): the query is a set (a repeated hash counts once), and
+//! Semantics (docs/architecture.md, search): the query is a set (a repeated hash counts once), and
 //! so is each fingerprint (stored deduplicated). Score = number of distinct query
 //! hashes the fingerprint contains. Results: score >= `min_score` (default
 //! ceil(n/20), n = distinct query hashes), score >= top score * `score_pct`/100
