@@ -4,7 +4,8 @@
 //! generation; the same request sent twice (through two nodes) is applied
 //! once; a new replica answers `503 LOADING` until it caught up; with NATS
 //! down reads keep answering and writes fail fast; a replica SIGKILLed during
-//! writes catches up without losing or doubling anything.
+//! writes catches up without losing or doubling anything; a replica whose
+//! StreamSubscriber fails during writes restarts it and loses nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -744,5 +745,73 @@ async fn a_replica_killed_while_bootstrapping_resumes_from_its_last_checkpoint()
         export(&c),
         model,
         "the replica killed while bootstrapping differs"
+    );
+}
+
+/// A fault injected into a replica's StreamSubscriber while writes arrive
+/// through another replica and searches run on it: the subscriber is
+/// restarted and counted, searches keep answering, and the replica ends with
+/// exactly the acknowledged state.
+#[tokio::test]
+async fn a_failed_stream_subscriber_is_restarted_during_writes_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let mut b = replica(&nats, &["--enable-fault-injection"]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let started = Instant::now();
+    while jb.call("GET", "/main/_status", None).await.status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "b never got main"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writer = {
+        let ja = ja.clone();
+        tokio::spawn(async move {
+            let mut model = Model::new();
+            let mut last = 0;
+            for round in 0..16 {
+                let ids: Vec<u32> = (1..=60).collect();
+                last = update(&ja, &ids, round, &mut model).await;
+            }
+            (model, last)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = jb
+        .client
+        .post(format!("{}/_debug/fail/main/stream_subscriber", jb.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut searches = 0;
+    while !writer.is_finished() {
+        search_ids(&jb, &hashes(1, 0)).await;
+        searches += 1;
+    }
+    let (model, last) = writer.await.unwrap();
+    wait_version(&jb, last, Duration::from_secs(30)).await;
+    let metrics = jb.call("GET", "/_metrics", None).await.body;
+    let restarts: f64 = metrics
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("fpnode_actor_restarts_total{actor=\"stream_subscriber\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        restarts >= 1.0,
+        "the subscriber was not restarted: {metrics}"
+    );
+    assert!(searches > 0);
+    b.terminate();
+    assert_eq!(
+        export(&b),
+        model,
+        "replica b differs from what was acknowledged"
     );
 }
