@@ -3,9 +3,10 @@
 //! logged into the snapshot searches read, then answers the group's clients:
 //! a write is acknowledged only once it is durable and visible.
 //!
-//! On start it publishes whatever a previous pipeline logged and did not
-//! publish (the engine keeps logged groups until published), so a crash
-//! between the WAL and the publish never leaves a durable write invisible.
+//! What a previous pipeline logged and did not publish (the engine keeps
+//! logged groups until published) is published when the Batcher of the new
+//! one starts, right after it fences the old one off, so a crash between the
+//! WAL and the publish never leaves a durable write invisible.
 //!
 //! Failure: publishing does no I/O; an error answers the group `Unavailable`
 //! and crashes the actor, so the IndexSupervisor restarts the pipeline.
@@ -39,8 +40,6 @@ impl Actor for IndexWriter {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let index = args.index.clone();
-        tokio::task::spawn_blocking(move || index.publish_logged()).await??;
         Ok(WriterState {
             index: args.index,
             fail_next: false,

@@ -24,9 +24,9 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// Runs `f`; a panic comes back as `Err("panicked: <message>")`.
 pub fn run<T, E: ToString>(f: impl FnOnce() -> Result<T, E>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch(f) {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(payload) => Err(format!("panicked: {}", message(&*payload))),
+        Err(why) => Err(format!("panicked: {why}")),
     }
 }
 

@@ -106,23 +106,37 @@ impl Indexes {
         name: &str,
         wait: std::time::Duration,
     ) -> Result<Option<Arc<IndexHandle>>, String> {
+        // The common case, without a clock read or a waiter.
+        if let Some(found) = lookup(&self.current.load(), name) {
+            return found;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Registered before looking, so a change in between is not missed.
             let changed = self.changed.notified();
-            let published = self.current.load();
-            if let Some((_, why)) = published.failed.get(name) {
-                return Err(why.clone());
+            if let Some(found) = lookup(&self.current.load(), name) {
+                return found;
             }
-            if let Some(h) = published.open.get(name) {
-                return Ok(Some(h.clone()));
-            }
-            if !published.creating.contains(name)
-                || tokio::time::timeout_at(deadline, changed).await.is_err()
-            {
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Ok(None);
             }
         }
     }
+}
+
+/// `name` in `published`: found (open, failed, or absent and not being
+/// created), or `None` while it is being created.
+fn lookup(published: &Published, name: &str) -> Option<Result<Option<Arc<IndexHandle>>, String>> {
+    if let Some((_, why)) = published.failed.get(name) {
+        return Some(Err(why.clone()));
+    }
+    if let Some(h) = published.open.get(name) {
+        return Some(Ok(Some(h.clone())));
+    }
+    if published.creating.contains(name) {
+        return None;
+    }
+    Some(Ok(None))
 }
 
 pub type OpenIndexes = Arc<Indexes>;
@@ -182,17 +196,32 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes the lineage as it is now (run on a blocking thread). Writes are
-/// serialised and each takes its snapshot under the write lock, so the last
-/// one written holds every generation reserved before it.
-fn store_lineage(
-    catalog: &Catalog,
-    lineage: &Mutex<Lineage>,
-    writes: &Mutex<()>,
-) -> Result<(), String> {
-    let _one = locked(writes);
-    let snapshot = locked(lineage).clone();
-    catalog.store_lineage(&snapshot).map_err(|e| e.to_string())
+/// What a file-system task of the registry works with, off its mailbox.
+struct Disk {
+    catalog: Catalog,
+    opts: IndexOptions,
+    lineage: Arc<Mutex<Lineage>>,
+    writes: Arc<Mutex<()>>,
+}
+
+impl Disk {
+    /// Writes the lineage as it is now (run on a blocking thread). Writes are
+    /// serialised and each takes its snapshot under the write lock, so the
+    /// last one written holds every generation reserved before it.
+    fn store_lineage(&self) -> Result<(), String> {
+        let _one = locked(&self.writes);
+        let snapshot = locked(&self.lineage).clone();
+        self.catalog
+            .store_lineage(&snapshot)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The end of a file-system task: what the registry finishes on its
+/// mailbox, and a directory renamed away, to remove once the name is free.
+struct Done {
+    finished: Finished,
+    trash: Option<PathBuf>,
 }
 
 fn storage<E: std::fmt::Display>(e: E) -> RegistryError {
@@ -560,40 +589,27 @@ impl RegistryState {
             let _ = reply.send(Err(RegistryError::Busy));
             return;
         };
-        self.busy.insert(name.clone(), Vec::new());
-        publish(&self.args.open, |p| {
-            p.creating.insert(name.clone());
-        });
-        let (catalog, opts, lineage, writes) = (
-            self.catalog.clone(),
-            self.args.index.clone(),
-            self.lineage.clone(),
-            self.args.tasks.lineage_writes.clone(),
-        );
-        let (me, index_name) = (myself.clone(), name.clone());
-        tokio::spawn(async move {
-            let _token = token;
+        let index_name = name.clone();
+        self.spawn_steps(myself, name, token, true, move |disk| {
             // The generation is durable in the lineage before its directory
             // exists: a name never gets one generation twice.
-            let index = tokio::task::spawn_blocking(move || {
-                store_lineage(&catalog, &lineage, &writes)?;
-                catalog
-                    .create_index(&index_name, generation, Position(0), opts)
+            let index = disk.store_lineage().and_then(|()| {
+                disk.catalog
+                    .create_index(&index_name, generation, Position(0), disk.opts.clone())
                     .map(Box::new)
                     .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            let created = Finished::Created {
-                generation,
-                index,
-                reply: Some(reply),
-                loading: false,
-            };
+            });
             // If the registry is gone the reply port drops with the message:
             // the client is answered `Unavailable`, never a false success.
-            let _ = me.cast(RegistryMsg::Finished(name, created));
+            Done {
+                finished: Finished::Created {
+                    generation,
+                    index,
+                    reply: Some(reply),
+                    loading: false,
+                },
+                trash: None,
+            }
         });
     }
 
@@ -644,40 +660,23 @@ impl RegistryState {
             });
             return;
         };
-        self.busy.insert(name.clone(), Vec::new());
-        let (catalog, me) = (self.catalog.clone(), myself.clone());
-        tokio::spawn(async move {
-            let _token = token;
-            let index_name = name.clone();
+        let index_name = name.clone();
+        self.spawn_steps(myself, name, token, false, move |disk| {
             // Acknowledged once the rename is durable; the files go afterwards.
-            let moved =
-                tokio::task::spawn_blocking(move || catalog.delete_index(&index_name, generation))
-                    .await
-                    .map_err(storage)
-                    .and_then(|r| r.map_err(storage));
-            let trash = match moved {
+            let trash = match disk.catalog.delete_index(&index_name, generation) {
                 Ok(trash) => {
                     let _ = reply.send(Ok(true));
                     Some(trash)
                 }
                 Err(e) => {
-                    tracing::error!(index = %name, error = %e, "deleting an index failed");
-                    let _ = reply.send(Err(e));
+                    tracing::error!(index = %index_name, error = %e, "deleting an index failed");
+                    let _ = reply.send(Err(storage(e)));
                     None
                 }
             };
-            // The name is free once renamed away; the removal goes on.
-            let _ = me.cast(RegistryMsg::Finished(name, Finished::Deleted));
-            if let Some(trash) = trash {
-                // Still under the task's token: a registry starting now
-                // waits for the removal instead of racing it.
-                let removed = tokio::task::spawn_blocking(move || Catalog::remove_deleted(&trash))
-                    .await
-                    .map_err(storage)
-                    .and_then(|r| r.map_err(storage));
-                if let Err(e) = removed {
-                    tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
-                }
+            Done {
+                finished: Finished::Deleted,
+                trash,
             }
         });
     }
@@ -736,46 +735,31 @@ impl RegistryState {
         let Some(token) = self.task_token() else {
             return;
         };
-        self.busy.insert(name.clone(), Vec::new());
-        if !record.d {
-            publish(&self.args.open, |p| {
-                p.creating.insert(name.clone());
-            });
-        }
-        let (catalog, opts, lineage, writes) = (
-            self.catalog.clone(),
-            self.args.index.clone(),
-            self.lineage.clone(),
-            self.args.tasks.lineage_writes.clone(),
-        );
-        let (me, index_name) = (myself.clone(), name.clone());
-        tokio::spawn(async move {
-            let _token = token;
-            let steps = tokio::task::spawn_blocking(move || -> Result<Option<Index>, String> {
-                if let Some(g) = dropped {
-                    let trash = catalog
-                        .delete_index(&index_name, g)
-                        .map_err(|e| e.to_string())?;
-                    if let Err(e) = Catalog::remove_deleted(&trash) {
-                        tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
-                    }
+        let index_name = name.clone();
+        self.spawn_steps(myself, name, token, !record.d, move |disk| {
+            let trash = match dropped.map(|g| disk.catalog.delete_index(&index_name, g)) {
+                None => None,
+                Some(Ok(trash)) => Some(trash),
+                Some(Err(e)) => {
+                    return Done {
+                        finished: Finished::Failed(e.to_string()),
+                        trash: None,
+                    };
                 }
-                store_lineage(&catalog, &lineage, &writes)?;
+            };
+            let created = disk.store_lineage().and_then(|()| {
                 if record.d {
                     return Ok(None);
                 }
-                catalog
-                    .create_index(&index_name, record.g, Position(seq), opts)
+                disk.catalog
+                    .create_index(&index_name, record.g, Position(seq), disk.opts.clone())
                     .map(Some)
                     .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            let finished = match steps {
+            });
+            let finished = match created {
                 Ok(None) => Finished::Deleted,
                 Ok(Some(index)) => {
-                    tracing::info!(index = %name, generation = record.g, start = seq, "following a new generation");
+                    tracing::info!(index = %index_name, generation = record.g, start = seq, "following a new generation");
                     Finished::Created {
                         generation: record.g,
                         index: Ok(Box::new(index)),
@@ -785,7 +769,56 @@ impl RegistryState {
                 }
                 Err(e) => Finished::Failed(e),
             };
+            Done { finished, trash }
+        });
+    }
+
+    /// Runs `steps`, the file-system part of a create, delete or lifecycle
+    /// record, on a blocking thread under `token`. `name` stays busy (and,
+    /// if `creating`, published as being created) until the registry is
+    /// handed the outcome as `Finished`; a directory the steps renamed away
+    /// is then removed, still under the token, so a registry starting now
+    /// waits for the removal instead of racing it.
+    fn spawn_steps(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        token: tokio::sync::OwnedRwLockReadGuard<()>,
+        creating: bool,
+        steps: impl FnOnce(&Disk) -> Done + Send + 'static,
+    ) {
+        self.busy.insert(name.clone(), Vec::new());
+        if creating {
+            publish(&self.args.open, |p| {
+                p.creating.insert(name.clone());
+            });
+        }
+        let disk = Disk {
+            catalog: self.catalog.clone(),
+            opts: self.args.index.clone(),
+            lineage: self.lineage.clone(),
+            writes: self.args.tasks.lineage_writes.clone(),
+        };
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let _token = token;
+            let (finished, trash) = match tokio::task::spawn_blocking(move || steps(&disk)).await {
+                Ok(Done { finished, trash }) => (finished, trash),
+                Err(e) => (
+                    Finished::Failed(format!("file-system task failed: {e}")),
+                    None,
+                ),
+            };
             let _ = me.cast(RegistryMsg::Finished(name, finished));
+            if let Some(trash) = trash {
+                let removed = tokio::task::spawn_blocking(move || Catalog::remove_deleted(&trash))
+                    .await
+                    .map_err(storage)
+                    .and_then(|r| r.map_err(storage));
+                if let Err(e) = removed {
+                    tracing::warn!(error = %e, "removing a deleted index failed (retried at the next start)");
+                }
+            }
         });
     }
 

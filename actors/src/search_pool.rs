@@ -184,7 +184,9 @@ pub(crate) fn run(job: &Job, shared: &Shared) -> Result<Vec<Hit>, SearchError> {
         metrics::counter!("fpnode_shed_requests_total", "kind" => "search_expired").increment(1);
         return Err(SearchError::Timeout);
     }
-    if shared.panic_next.swap(false, Ordering::AcqRel) {
+    // A plain load first: no write to a shared cache line on every search.
+    if shared.panic_next.load(Ordering::Relaxed) && shared.panic_next.swap(false, Ordering::AcqRel)
+    {
         panic!("injected search panic");
     }
     let result = job.snapshot.search(&job.query, &job.opts);
