@@ -26,12 +26,12 @@ pub fn build_many(id: SegmentId, batches: &[Batch]) -> Result<Segment> {
     let num_changes = batches.iter().map(|b| b.changes.len()).sum();
     let mut seen = HashSet::with_capacity(num_changes);
     let mut docs = DocSets::default();
-    let mut postings = Vec::with_capacity(batches.iter().map(Batch::num_hashes).sum());
-    let mut hashes = Vec::new();
     let mut metadata = MetadataDelta::new();
     for batch in batches {
         metadata.extend(batch.metadata.clone());
     }
+    // The change that decides each id (the last one), newest first.
+    let mut inserts: Vec<(u32, &[u32])> = Vec::with_capacity(num_changes);
     for change in batches.iter().rev().flat_map(|b| b.changes.iter().rev()) {
         let doc = change.id();
         if doc == 0 {
@@ -43,18 +43,23 @@ pub fn build_many(id: SegmentId, batches: &[Batch]) -> Result<Segment> {
         match change {
             Change::Insert { hashes: h, .. } => {
                 docs.defined.insert(doc);
-                hashes.clear();
-                hashes.extend_from_slice(h);
-                hashes.sort_unstable();
-                hashes.dedup();
-                postings.extend(hashes.iter().map(|&hash| pack(hash, doc)));
+                inserts.push((doc, h));
             }
             Change::Delete { .. } => {
                 docs.deleted.insert(doc);
             }
         }
     }
-    postings.sort_unstable();
+    // Postings in id order, then a stable radix sort by hash: `(hash, id)`
+    // order in four counting passes instead of a comparison sort. A hash
+    // repeated in one fingerprint ends up adjacent to itself: dedup.
+    inserts.sort_unstable_by_key(|&(doc, _)| doc);
+    let mut postings = Vec::with_capacity(inserts.iter().map(|(_, h)| h.len()).sum());
+    for (doc, h) in inserts {
+        postings.extend(h.iter().map(|&hash| pack(hash, doc)));
+    }
+    radsort::sort_by_key(&mut postings, |&p| (p >> 32) as u32);
+    postings.dedup();
     let info = SegmentInfo {
         id,
         min_position: first.position,
@@ -96,6 +101,42 @@ mod tests {
         let postings: Vec<_> = seg.cursor().map(|p| p.unwrap()).collect();
         assert_eq!(postings, vec![pack(3, 2), pack(9, 2)]);
         assert_eq!(seg.info.max_position, Position(7));
+    }
+
+    proptest::proptest! {
+        // The radix-sorted build equals the definition: the distinct
+        // `(hash, id)` of each id's last change, if it is an insert, sorted.
+        #[test]
+        fn postings_are_the_sorted_set_of_each_ids_last_insert(
+            changes in proptest::collection::vec(
+                (1u32..50, proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u32>(), 0..20))),
+                0..60,
+            ),
+        ) {
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|(id, hashes)| match hashes {
+                    Some(hashes) => Change::Insert { id, hashes },
+                    None => Change::Delete { id },
+                })
+                .collect();
+            let mut last = std::collections::BTreeMap::new();
+            for c in &changes {
+                last.insert(c.id(), c.clone());
+            }
+            let mut expected: Vec<u64> = last
+                .values()
+                .flat_map(|c| match c {
+                    Change::Insert { id, hashes } => hashes.iter().map(|&h| pack(h, *id)).collect(),
+                    Change::Delete { .. } => Vec::new(),
+                })
+                .collect();
+            expected.sort_unstable();
+            expected.dedup();
+            let seg = build(SegmentId(1), &Batch::new(Position(1), changes)).unwrap();
+            let postings: Vec<u64> = seg.cursor().map(|p| p.unwrap()).collect();
+            proptest::prop_assert_eq!(postings, expected);
+        }
     }
 
     #[test]

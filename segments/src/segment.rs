@@ -136,6 +136,14 @@ impl Segment {
         }
     }
 
+    /// A memory segment's postings, in `(hash, id)` order.
+    pub fn memory_postings(&self) -> Option<&[PackedPosting]> {
+        match &self.store {
+            Store::Memory(m) => Some(&m.postings),
+            Store::File(_) => None,
+        }
+    }
+
     /// All postings in `(hash, id)` order.
     pub fn cursor(&self) -> PostingCursor<'_> {
         match &self.store {
