@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod child;
+use child::die_with_parent;
+
 pub struct Node {
     pub child: Option<Child>,
     pub port: u16,
@@ -45,12 +48,18 @@ impl Node {
         if self.port == 0 {
             self.port = free_port();
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_fpnode"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fpnode"));
+        die_with_parent(&mut cmd);
+        let child = cmd
             .arg("--dir")
             .arg(&self.dir)
             .arg("--port")
             .arg(self.port.to_string())
             .args(&self.extra)
+            // A panic in the node prints its place and message; the
+            // backtraces of the panics fault injection raises on purpose
+            // would bury the test's own report.
+            .env("RUST_BACKTRACE", "0")
             .stdout(self.log_file())
             .stderr(Stdio::inherit())
             .spawn()

@@ -7,6 +7,12 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// Also loaded by common/mod.rs: tests that use both get two copies of a
+// function of a few lines.
+#[allow(clippy::duplicate_mod)]
+#[path = "child.rs"]
+mod child;
+
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
@@ -36,7 +42,9 @@ fn spawn(port: u16, store: &std::path::Path, extra: &str) -> Child {
         ),
     )
     .unwrap();
-    let child = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    child::die_with_parent(&mut cmd);
+    let child = cmd
         .arg("-c")
         .arg(&conf)
         .stdout(Stdio::null())
