@@ -16,7 +16,8 @@
 //! starts after taking a new fence (`Index::fence`): a log the replaced
 //! pipeline still had on its way is refused from then on, so a restarted
 //! pipeline continues after what is durable and never reuses a position;
-//! what the old one logged and did not publish is published first.
+//! what the old one logged and did not publish is published first, and its
+//! clients (waiting in the index's `Unanswered`) answered.
 //!
 //! Failure: a write stall answers the group `Overloaded`, an invalid id
 //! `Invalid`, and the numbering is not advanced; any other error answers the
@@ -31,7 +32,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
 pub use crate::messages::BatcherMsg;
-use crate::messages::{Answers, Group, WalMsg, WriteError, WriteReply, WriteRequest};
+use crate::messages::{Answers, Group, Unanswered, WalMsg, WriteError, WriteReply, WriteRequest};
 
 pub struct Batcher;
 
@@ -42,6 +43,7 @@ pub struct BatcherArgs {
     pub max_group_changes: usize,
     /// Groups between the cut and the answer.
     pub group_credits: usize,
+    pub unanswered: Arc<Unanswered>,
 }
 
 enum Work {
@@ -76,13 +78,14 @@ impl Actor for Batcher {
         // Fences off the pipeline this one replaces, publishes what it
         // logged, and numbers after everything logged.
         let index = args.index.clone();
-        let (fence, logged) = tokio::task::spawn_blocking(move || {
+        let (fence, published, logged) = tokio::task::spawn_blocking(move || {
             let fence = index.fence();
             index
                 .publish_logged()
-                .map(|_| (fence, index.logged_position()))
+                .map(|published| (fence, published, index.logged_position()))
         })
         .await??;
+        args.unanswered.answer_through(published);
         Ok(BatcherState {
             index: args.index,
             wal_writer: args.wal_writer,

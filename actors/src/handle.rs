@@ -10,7 +10,7 @@ use fpnode_segments::{Generation, Index, Position};
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::Semaphore;
 
-use crate::messages::BatcherMsg;
+use crate::messages::{BatcherMsg, Unanswered};
 pub use crate::messages::{WriteError, WriteRequest};
 
 /// How a replica's index follows the stream (replica mode only).
@@ -73,6 +73,9 @@ pub struct IndexHandle {
     pub index: Arc<Index>,
     /// The first stage of the index's write pipeline, while it runs.
     pub(crate) batcher: RwLock<Option<ActorRef<BatcherMsg>>>,
+    /// Logged groups whose clients wait for the publish: beyond any one
+    /// pipeline, so a restarted one answers them.
+    pub(crate) unanswered: Arc<Unanswered>,
     /// Writes in flight (queued or being applied) for this index: the
     /// Batcher's admission bound.
     pub write_permits: Arc<Semaphore>,
@@ -89,6 +92,7 @@ impl IndexHandle {
             generation: index.generation(),
             index,
             batcher: RwLock::new(None),
+            unanswered: Arc::default(),
             write_permits: Arc::new(Semaphore::new(max_writes_in_flight)),
             healthy: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
@@ -153,6 +157,12 @@ impl IndexHandle {
         tracing::error!(index = %self.name, actor, "too many failures: marking index unhealthy");
         self.healthy.store(false, Ordering::Release);
         metrics::counter!("fpnode_index_escalations_total").increment(1);
+        // No pipeline will publish them here any more: refused, not lost
+        // (they are in the WAL, applied when the index is opened again).
+        self.unanswered.fail_all(WriteError::Unavailable(format!(
+            "index {} is unhealthy",
+            self.name
+        )));
     }
 
     /// True once the index was deleted (a request may still hold its handle).

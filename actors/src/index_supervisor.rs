@@ -178,6 +178,7 @@ impl IndexSupState {
                     IndexWriter,
                     WriterArgs {
                         index: index.clone(),
+                        unanswered: self.handle.unanswered.clone(),
                     },
                     me.clone(),
                 )
@@ -186,6 +187,7 @@ impl IndexSupState {
                 let args = WalWriterArgs {
                     index: index.clone(),
                     index_writer: w,
+                    unanswered: self.handle.unanswered.clone(),
                 };
                 let (l, _) = Actor::spawn_linked(None, WalWriter, args, me.clone()).await?;
                 self.wal_writer = Some(l.clone());
@@ -194,6 +196,7 @@ impl IndexSupState {
                     wal_writer: l,
                     max_group_changes: self.opts.max_group_changes,
                     group_credits: self.opts.group_credits,
+                    unanswered: self.handle.unanswered.clone(),
                 };
                 let (b, _) = Actor::spawn_linked(None, Batcher, args, me).await?;
                 *self

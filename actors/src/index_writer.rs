@@ -1,32 +1,37 @@
 //! IndexWriter: the last stage of an index's write pipeline
 //! (docs/architecture.md). For each logged group it publishes everything
-//! logged into the snapshot searches read, then answers the group's clients:
-//! a write is acknowledged only once it is durable and visible.
+//! logged into the snapshot searches read, then answers the clients of the
+//! groups published (they wait in the index's `Unanswered`): a write is
+//! acknowledged only once it is durable and visible.
 //!
 //! What a previous pipeline logged and did not publish (the engine keeps
-//! logged groups until published) is published when the Batcher of the new
-//! one starts, right after it fences the old one off, so a crash between the
-//! WAL and the publish never leaves a durable write invisible.
+//! logged groups until published) is published, and its clients answered,
+//! when the Batcher of the new one starts, right after it fences the old one
+//! off: a crash between the WAL and the answer never leaves a durable write
+//! invisible, nor answered as refused.
 //!
-//! Failure: publishing does no I/O; an error answers the group `Unavailable`
-//! and crashes the actor, so the IndexSupervisor restarts the pipeline.
+//! Failure: publishing does no I/O; an error crashes the actor, so the
+//! IndexSupervisor restarts the pipeline, whose Batcher publishes and
+//! answers the groups.
 
 use std::sync::Arc;
 
 use fpnode_segments::Index;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::messages::WriteError;
+use crate::messages::Unanswered;
 pub use crate::messages::WriterMsg;
 
 pub struct IndexWriter;
 
 pub struct WriterArgs {
     pub index: Arc<Index>,
+    pub unanswered: Arc<Unanswered>,
 }
 
 pub struct WriterState {
     index: Arc<Index>,
+    unanswered: Arc<Unanswered>,
     fail_next: bool,
 }
 
@@ -42,6 +47,7 @@ impl Actor for IndexWriter {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(WriterState {
             index: args.index,
+            unanswered: args.unanswered,
             fail_next: false,
         })
     }
@@ -53,9 +59,9 @@ impl Actor for IndexWriter {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Publish(answers) => {
+            WriterMsg::Publish => {
                 if std::mem::take(&mut state.fail_next) {
-                    answers.fail(WriteError::Unavailable("injected failure".into()));
+                    // The group stays unanswered: the next pipeline answers it.
                     return Err("injected failure".into());
                 }
                 let index = state.index.clone();
@@ -63,22 +69,9 @@ impl Actor for IndexWriter {
                 let published = tokio::task::spawn_blocking(move || index.publish_logged()).await?;
                 metrics::histogram!("fpnode_write_publish_seconds")
                     .record(started.elapsed().as_secs_f64());
-                match published {
-                    Ok(_) => {
-                        metrics::histogram!("fpnode_write_flush_seconds")
-                            .record(answers.cut_at.elapsed().as_secs_f64());
-                        metrics::counter!("fpindex_updates_total")
-                            .increment(answers.replies.len() as u64);
-                        for (position, reply) in answers.replies {
-                            let _ = reply.send(Ok(position));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => {
-                        answers.fail(WriteError::Unavailable(e.to_string()));
-                        Err(Box::new(e))
-                    }
-                }
+                let published = published?;
+                state.unanswered.answer_through(published);
+                Ok(())
             }
             WriterMsg::InjectFailure => {
                 state.fail_next = true;

@@ -8,8 +8,13 @@
 //!
 //! ```text
 //! HTTP / StreamSubscriber --Write/Apply--> Batcher --Log(Group)--> WalWriter
-//!     --Publish(Answers)--> IndexWriter --reply--> client
+//!     --Publish--> IndexWriter --reply--> client
 //! ```
+//!
+//! Once a group is logged, its clients' replies wait in the index's
+//! [`Unanswered`] (not in a message) until a publish answers them, so a
+//! stage that fails after the fsync leaves no durable write answered as
+//! refused: the next pipeline publishes the group and answers it.
 //!
 //! Bounds: a client write holds one of the index's write permits until it
 //! is answered (so the Batcher's mailbox holds at most that many writes); the
@@ -18,7 +23,8 @@
 //! that many groups are between the Batcher and the answer, one being
 //! prepared, one being logged, one being published.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fpnode_segments::{Batch, Change, Fence, Index, MetadataDelta, Position, Prepared};
@@ -85,6 +91,83 @@ impl Answers {
             let _ = reply.send(Err(error.clone()));
         }
     }
+
+    /// The position of the group's last batch (None: nobody to answer).
+    fn last(&self) -> Option<Position> {
+        self.replies.last().map(|(p, _)| *p)
+    }
+
+    /// Tells every client its write is durable and visible.
+    fn succeed(self) {
+        metrics::histogram!("fpnode_write_flush_seconds")
+            .record(self.cut_at.elapsed().as_secs_f64());
+        metrics::counter!("fpindex_updates_total").increment(self.replies.len() as u64);
+        for (position, reply) in self.replies {
+            let _ = reply.send(Ok(position));
+        }
+    }
+}
+
+/// An index's logged groups whose clients are not answered yet, oldest
+/// first. Owned by the index's handle, so it outlives any one pipeline:
+/// whichever publishes a group answers it (the IndexWriter after its
+/// publish, a new Batcher after publishing what a failed pipeline logged).
+/// Bounded by the index's write permits: each waiting client holds one.
+#[derive(Default)]
+pub struct Unanswered(Mutex<VecDeque<Answers>>);
+
+impl Unanswered {
+    /// A group the WAL holds: answered once published.
+    pub fn push(&self, answers: Answers) {
+        self.groups().push_back(answers);
+    }
+
+    /// Answers every waiting group at or before `published` (the engine's
+    /// published position). Returns how many groups were answered.
+    pub fn answer_through(&self, published: Position) -> usize {
+        let mut done = Vec::new();
+        {
+            let mut groups = self.groups();
+            while groups
+                .front()
+                .is_some_and(|a| a.last().is_none_or(|last| last <= published))
+            {
+                done.extend(groups.pop_front());
+            }
+        }
+        let n = done.len();
+        for answers in done {
+            answers.succeed();
+        }
+        n
+    }
+
+    /// Answers every waiting group with `error` (the index was deleted or
+    /// given up on: nothing will publish them here).
+    pub fn fail_all(&self, error: WriteError) {
+        let all: Vec<Answers> = self.groups().drain(..).collect();
+        for answers in all {
+            answers.fail(error.clone());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, VecDeque<Answers>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unanswered({} groups)", self.len())
+    }
 }
 
 // --- the write pipeline's actors ---
@@ -112,7 +195,9 @@ pub enum WalMsg {
 
 pub enum WriterMsg {
     /// A group is logged: publish it and answer its clients.
-    Publish(Answers),
+    /// Publish what is logged and answer its groups (they wait in the
+    /// index's [`Unanswered`]).
+    Publish,
     /// Test hook: fail the next group.
     InjectFailure,
 }

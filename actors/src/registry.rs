@@ -54,7 +54,7 @@ use crate::index_supervisor::{
     Child, IndexSupArgs, IndexSupMsg, IndexSupervisor, SupervisionOptions,
 };
 pub use crate::messages::{CreateIndex, CreateOutcome, Finished, RegistryError, RegistryMsg};
-use crate::messages::{CreateReply, DeleteReply};
+use crate::messages::{CreateReply, DeleteReply, WriteError};
 
 pub use fpnode_segments::catalog::{index_path, valid_index_name};
 
@@ -620,6 +620,7 @@ impl RegistryState {
         let generation = match (published.open.get(name), published.failed.get(name)) {
             (Some(h), _) => {
                 h.deleted.store(true, std::sync::atomic::Ordering::Release);
+                h.unanswered.fail_all(WriteError::IndexDeleted);
                 h.generation.0
             }
             (None, Some((g, _))) => *g,

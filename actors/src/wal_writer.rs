@@ -4,10 +4,14 @@
 //! to the IndexWriter to publish. While it waits on one group's fsync, the
 //! Batcher prepares the next and the IndexWriter publishes the previous.
 //!
+//! A logged group's answers go to the index's `Unanswered`, where they wait
+//! for whichever publish comes first (this pipeline's IndexWriter, or the
+//! next pipeline's Batcher if this one fails meanwhile).
+//!
 //! Failure: a failed append or fsync poisons the WAL (docs/durability.md);
 //! the group is answered `Unavailable` (never acknowledged) and the actor
 //! crashes, so the IndexSupervisor restarts the pipeline, which then fails
-//! fast until the index is reopened.
+//! until the IndexSupervisor gives up and marks the index unhealthy.
 
 use std::sync::Arc;
 
@@ -15,18 +19,20 @@ use fpnode_segments::{Error as EngineError, Index};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub use crate::messages::WalMsg;
-use crate::messages::{Group, WriteError, WriterMsg};
+use crate::messages::{Group, Unanswered, WriteError, WriterMsg};
 
 pub struct WalWriter;
 
 pub struct WalWriterArgs {
     pub index: Arc<Index>,
     pub index_writer: ActorRef<WriterMsg>,
+    pub unanswered: Arc<Unanswered>,
 }
 
 pub struct WalWriterState {
     index: Arc<Index>,
     index_writer: ActorRef<WriterMsg>,
+    unanswered: Arc<Unanswered>,
     fail_next: bool,
 }
 
@@ -43,6 +49,7 @@ impl Actor for WalWriter {
         Ok(WalWriterState {
             index: args.index,
             index_writer: args.index_writer,
+            unanswered: args.unanswered,
             fail_next: false,
         })
     }
@@ -73,7 +80,12 @@ impl Actor for WalWriter {
                 match logged {
                     Ok(_) => {
                         metrics::histogram!("fpnode_write_group_size").record(count as f64);
-                        if let Err(e) = state.index_writer.cast(WriterMsg::Publish(answers)) {
+                        state.unanswered.push(answers);
+                        if let Err(e) = state.index_writer.cast(WriterMsg::Publish) {
+                            // Stopping with a pipeline being replaced: the new
+                            // one may have published this group before it was
+                            // pushed, and then would not answer it.
+                            state.unanswered.answer_through(state.index.position());
                             return Err(format!("the index writer is gone: {e}").into());
                         }
                         Ok(())

@@ -37,11 +37,13 @@ async fn pipeline(index: &Arc<Index>) -> ActorRef<BatcherMsg> {
     )
     .await
     .unwrap();
+    let unanswered = Arc::new(fpnode_actors::messages::Unanswered::default());
     let (w, _) = Actor::spawn(
         None,
         IndexWriter,
         WriterArgs {
             index: index.clone(),
+            unanswered: unanswered.clone(),
         },
     )
     .await
@@ -52,6 +54,7 @@ async fn pipeline(index: &Arc<Index>) -> ActorRef<BatcherMsg> {
         WalWriterArgs {
             index: index.clone(),
             index_writer: w,
+            unanswered: unanswered.clone(),
         },
     )
     .await
@@ -64,6 +67,7 @@ async fn pipeline(index: &Arc<Index>) -> ActorRef<BatcherMsg> {
             wal_writer: l,
             max_group_changes: 1000,
             group_credits: 3,
+            unanswered,
         },
     )
     .await

@@ -1,8 +1,9 @@
 //! Building memory segments from batches.
 //!
-//! A batch becomes one memory segment: its inserts' distinct hashes become postings,
-//! its ids become the segment's defined and deleted sets. Within a batch the last
-//! change of an id wins, as in fpindex.
+//! Consecutive batches (a write group, or a stretch of WAL on replay) become one
+//! memory segment: their inserts' distinct hashes become postings, their ids
+//! the segment's defined and deleted sets. The last change of an id wins, as
+//! in fpindex.
 
 use std::collections::HashSet;
 
@@ -16,7 +17,7 @@ pub fn build(id: SegmentId, batch: &Batch) -> Result<Segment> {
 }
 
 /// Builds one memory segment holding consecutive batches (oldest first), as if
-/// they had been applied one after the other. Used when replaying the WAL.
+/// they had been applied one after the other: a write group, or WAL replay.
 pub fn build_many(id: SegmentId, batches: &[Batch]) -> Result<Segment> {
     let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
         return Err(Error::InvalidInput(
