@@ -130,3 +130,33 @@ async fn a_corrupt_index_answers_503_while_the_others_serve_and_the_log_names_th
         .await;
     assert_eq!(r.status, 200);
 }
+
+/// An index directory that cannot be listed (here a file where the
+/// directory should be) fails that index only: it answers `503 IndexFailed`
+/// and the other indexes open and serve.
+#[tokio::test]
+async fn an_unlistable_index_directory_fails_only_that_index() {
+    use serde_json::json;
+    let mut node = common::Node::start(&[]).await;
+    let api = common::Api::json(&node);
+    assert_eq!(api.call("PUT", "/other", None).await.status, 200);
+    let r = api
+        .call("PUT", "/other/1", Some(json!({ "hashes": [1, 2, 3] })))
+        .await;
+    assert_eq!(r.status, 200);
+    node.terminate();
+    std::fs::write(node.data_dir().join("indexes/stray"), b"not a directory").unwrap();
+    node.spawn().await;
+    let api = common::Api::json(&node);
+    let r = api.call("GET", "/stray/1", None).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (503, json!({ "error": "IndexFailed" }))
+    );
+    let r = api.call("GET", "/other/1", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = api
+        .call("PUT", "/other/2", Some(json!({ "hashes": [4, 5] })))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}

@@ -266,23 +266,24 @@ impl Actor for IndexRegistry {
             if published.open.contains_key(&name) || published.failed.contains_key(&name) {
                 continue;
             }
-            let Some((generation, path)) = catalog.current_generation(&name)? else {
-                continue;
+            let (generation, path) = match catalog.current_generation(&name) {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    state.failed_to_open(name, 0, e.to_string());
+                    continue;
+                }
             };
             let opts = state.args.index.clone();
-            match tokio::task::spawn_blocking(move || Index::open(&path, opts)).await? {
+            // A panic opening one index fails that index, not the registry.
+            let opened =
+                tokio::task::spawn_blocking(move || crate::panic::run(|| Index::open(&path, opts)))
+                    .await?;
+            match opened {
                 Ok(index) => {
                     state.start(&myself, name, index, false).await?;
                 }
-                Err(e) => {
-                    // One bad index must not keep the others from serving.
-                    tracing::error!(index = %name, generation, error = %e, "index failed to open; it answers 503 IndexFailed until repaired (fpnode inspect --verify names the damaged file)");
-                    metrics::counter!("fpnode_index_open_failures_total").increment(1);
-                    let why = e.to_string();
-                    publish(&state.args.open, |p| {
-                        p.failed.insert(name, (generation, why));
-                    });
-                }
+                Err(why) => state.failed_to_open(name, generation, why),
             }
         }
         state.start_watcher(&myself).await?;
@@ -404,6 +405,16 @@ impl Actor for IndexRegistry {
 }
 
 impl RegistryState {
+    /// One bad index must not keep the others from serving: it is published
+    /// as failed and answers `503 IndexFailed` until repaired.
+    fn failed_to_open(&self, name: String, generation: u64, why: String) {
+        tracing::error!(index = %name, generation, error = %why, "index failed to open; it answers 503 IndexFailed until repaired (fpnode inspect --verify names the damaged file)");
+        metrics::counter!("fpnode_index_open_failures_total").increment(1);
+        publish(&self.args.open, |p| {
+            p.failed.insert(name, (generation, why));
+        });
+    }
+
     async fn start(
         &mut self,
         myself: &ActorRef<RegistryMsg>,

@@ -69,7 +69,11 @@ impl Catalog {
                     Ok(()) => {}
                     // Someone else finished removing it.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e).at(entry.path()),
+                    // Hidden from every listing: left for the next start
+                    // rather than keeping every index from opening.
+                    Err(e) => {
+                        tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove a leftover directory")
+                    }
                 }
             }
         }
@@ -128,8 +132,10 @@ impl Catalog {
         while let Some((g, path)) = gens.pop() {
             if current.is_none() && path.join(manifest::FILE_NAME).exists() {
                 current = Some((g, path));
-            } else {
-                fs::remove_dir_all(&path).at(&path)?;
+            } else if let Err(e) = fs::remove_dir_all(&path) {
+                // Not the current generation: leaving it costs disk, not
+                // correctness (the lineage keeps its number from coming back).
+                tracing::warn!(dir = %path.display(), error = %e, "could not remove an old generation");
             }
         }
         Ok(current)
@@ -146,8 +152,17 @@ impl Catalog {
         };
         for name in self.names()? {
             let root = self.indexes_dir().join(&name);
-            for entry in fs::read_dir(&root).at(&root)? {
-                if let Ok(g) = entry.at(&root)?.file_name().to_string_lossy().parse() {
+            // An unreadable index directory fails that index when it is
+            // opened; the lineage file still holds its generations.
+            let entries = match fs::read_dir(&root) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(dir = %root.display(), error = %e, "cannot list an index's generations");
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                if let Ok(g) = entry.file_name().to_string_lossy().parse() {
                     let last = lineage.entry(name.clone()).or_insert(g);
                     *last = (*last).max(g);
                 }
