@@ -125,7 +125,9 @@ impl Fs {
         for p in missing.into_iter().rev() {
             match fs::create_dir(p) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => continue,
+                // Made by someone else meanwhile, who may not have synced
+                // its parent yet: sync it here too before relying on it.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && p.is_dir() => {}
                 Err(e) => return Err(e).at(p),
             }
             let parent = parent_of(p);

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::file_segment::FileSegmentWriter;
 use crate::segment::{DocSets, PostingCursor};
 use crate::snapshot::SegmentView;
@@ -140,6 +140,7 @@ fn merge_memory_runs<S: PostingSink>(
             .filter_map(|(run, &p)| run.get(p + step).copied())
             .min();
         chunk.clear();
+        let mut taken = 0usize;
         for ((run, p), view) in runs.iter().zip(pos.iter_mut()).zip(views) {
             let rest = &run[*p..];
             let n = match bound {
@@ -154,6 +155,15 @@ fn merge_memory_runs<S: PostingSink>(
                 chunk.extend(part.iter().filter(|&&x| !shadowed.contains(x as u32)));
             }
             *p += n;
+            taken += n;
+        }
+        // Runs are strictly increasing (built and merged deduplicated), so
+        // the run holding the bound always gives `step` postings. A run that
+        // repeats a posting would stall here: a named error, not a hang.
+        if taken == 0 && bound.is_some() {
+            return Err(Error::InvalidInput(
+                "memory segment postings are not strictly increasing".into(),
+            ));
         }
         chunk.sort();
         sink.push_all(&chunk)?;
@@ -212,6 +222,22 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A run that repeats a posting (never built, but a bug elsewhere could
+    /// make one) is a named error, not a merge that never ends.
+    #[test]
+    fn a_run_that_is_not_strictly_increasing_is_an_error() {
+        let views = views(&[(vec![(1, vec![1])], vec![]), (vec![(2, vec![1])], vec![])]);
+        let repeated: Vec<PackedPosting> = vec![5, 5, 5, 5];
+        let other: Vec<PackedPosting> = vec![5, 6, 7, 8];
+        let runs: Vec<&[PackedPosting]> = vec![&repeated, &other];
+        let mut out = Vec::new();
+        let r = merge_memory_runs(&runs, &views, &mut out, 2);
+        assert!(
+            matches!(r, Err(Error::InvalidInput(ref m)) if m.contains("strictly increasing")),
+            "{r:?}"
+        );
     }
 
     proptest! {

@@ -98,10 +98,21 @@ fn a_failed_directory_sync_when_starting_a_file_poisons_the_wal() {
     let mut w = WalWriter::open(&dir, Position(0), opts, Fs::new(pfs.clone())).unwrap();
     w.append(&batch(1, vec![1])).unwrap();
     assert_eq!(w.sync().unwrap(), Position(1));
-    // The next append starts a file (nothing is buffered): its one sync is
-    // the directory's, which fails.
-    pfs.fail_sync(1);
+    // The next append rolls to a new file: the old file is synced whole
+    // (sync 1), then the new file's directory entry (sync 2), which fails.
+    let count = |step: &str| -> u64 {
+        pfs.sites()
+            .iter()
+            .filter(|(k, _)| k.starts_with("segments/src/wal/writer.rs") && k.ends_with(step))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (files, dirs) = (count(" file"), count(" dir"));
+    pfs.fail_sync(2);
     assert!(w.append(&batch(2, vec![2])).is_err());
+    // Both were asked for (a site is counted even when its sync fails), so
+    // the second, the failing one, was the directory's.
+    assert_eq!((count(" file"), count(" dir")), (files + 1, dirs + 1));
     assert!(matches!(
         w.append(&batch(2, vec![2])),
         Err(Error::Poisoned(_))
