@@ -456,6 +456,19 @@ fn run(seed: u64, ops: usize, skip: Option<String>) -> (Vec<String>, usize, Arc<
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     for _ in 0..ops {
         world.step(&mut rng);
+        // The operation returned: all of it is acknowledged, so a cut now
+        // must recover exactly the state after it (a later operation's
+        // syncs must not be what makes it durable).
+        let op = world.expects.len();
+        world.expects.push(Expect {
+            states: vec![world.state.clone()],
+            lineage: world.lineage.clone(),
+        });
+        cuts.lock().unwrap().push(Cut {
+            op,
+            image: world.fs.image(),
+            torn: false,
+        });
     }
     let fs = world.fs.clone();
     drop(world.open);
