@@ -231,11 +231,15 @@ async fn a_hundred_thousand_bad_requests_get_only_named_client_errors() {
                 if let Some(ct) = ct {
                     req = req.header("Content-Type", ct);
                 }
-                let res = req
-                    .body(bytes.clone())
-                    .send()
-                    .await
-                    .expect("the node must answer");
+                // A request left unanswered (a reply lost in the node) fails
+                // here, named, instead of hanging the suite.
+                let res = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    req.body(bytes.clone()).send(),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+                .expect("the node must answer");
                 let status = res.status().as_u16();
                 let resp = res.bytes().await.unwrap();
                 assert!(

@@ -159,7 +159,7 @@ impl IndexHandle {
         metrics::counter!("fpnode_index_escalations_total").increment(1);
         // No pipeline will publish them here any more: refused, not lost
         // (they are in the WAL, applied when the index is opened again).
-        self.unanswered.fail_all(WriteError::Unavailable(format!(
+        self.unanswered.close(WriteError::Unavailable(format!(
             "index {} is unhealthy",
             self.name
         )));

@@ -113,13 +113,30 @@ impl Answers {
 /// whichever publishes a group answers it (the IndexWriter after its
 /// publish, a new Batcher after publishing what a failed pipeline logged).
 /// Bounded by the index's write permits: each waiting client holds one.
+/// Closed for good when the index is deleted or given up on: nothing will
+/// publish there any more, so waiting clients, and any group a stopping
+/// pipeline still pushes, are answered with the closing error.
 #[derive(Default)]
-pub struct Unanswered(Mutex<VecDeque<Answers>>);
+pub struct Unanswered(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    groups: VecDeque<Answers>,
+    closed: Option<WriteError>,
+}
 
 impl Unanswered {
     /// A group the WAL holds: answered once published.
     pub fn push(&self, answers: Answers) {
-        self.groups().push_back(answers);
+        let mut w = self.waiting();
+        match &w.closed {
+            Some(error) => {
+                let error = error.clone();
+                drop(w);
+                answers.fail(error);
+            }
+            None => w.groups.push_back(answers),
+        }
     }
 
     /// Answers every waiting group at or before `published` (the engine's
@@ -127,12 +144,13 @@ impl Unanswered {
     pub fn answer_through(&self, published: Position) -> usize {
         let mut done = Vec::new();
         {
-            let mut groups = self.groups();
-            while groups
+            let mut w = self.waiting();
+            while w
+                .groups
                 .front()
                 .is_some_and(|a| a.last().is_none_or(|last| last <= published))
             {
-                done.extend(groups.pop_front());
+                done.extend(w.groups.pop_front());
             }
         }
         let n = done.len();
@@ -142,24 +160,28 @@ impl Unanswered {
         n
     }
 
-    /// Answers every waiting group with `error` (the index was deleted or
-    /// given up on: nothing will publish them here).
-    pub fn fail_all(&self, error: WriteError) {
-        let all: Vec<Answers> = self.groups().drain(..).collect();
+    /// Answers every waiting group with `error`, and every group pushed
+    /// from now on (the index was deleted or given up on).
+    pub fn close(&self, error: WriteError) {
+        let all: Vec<Answers> = {
+            let mut w = self.waiting();
+            w.closed = Some(error.clone());
+            w.groups.drain(..).collect()
+        };
         for answers in all {
             answers.fail(error.clone());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.groups().len()
+        self.waiting().groups.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn groups(&self) -> std::sync::MutexGuard<'_, VecDeque<Answers>> {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -418,4 +440,72 @@ pub enum RegistryMsg {
 pub enum SearchSupMsg {
     /// A worker thread ended (`panicked`: by a search's panic).
     WorkerExited { panicked: bool },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use fpnode_segments::Position;
+    use tokio::sync::{Semaphore, oneshot};
+
+    use super::{Answers, Unanswered, WriteError};
+
+    type Rx = oneshot::Receiver<Result<Position, WriteError>>;
+
+    fn group(positions: &[u64]) -> (Answers, Vec<Rx>) {
+        let credit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let mut replies = Vec::new();
+        let mut rxs = Vec::new();
+        for &p in positions {
+            let (tx, rx) = oneshot::channel();
+            replies.push((Position(p), tx.into()));
+            rxs.push(rx);
+        }
+        let answers = Answers {
+            replies,
+            credit,
+            cut_at: Instant::now(),
+        };
+        (answers, rxs)
+    }
+
+    #[test]
+    fn groups_are_answered_once_published_in_order() {
+        let u = Unanswered::default();
+        let (a, mut ra) = group(&[1, 2]);
+        let (b, mut rb) = group(&[3]);
+        u.push(a);
+        u.push(b);
+        assert_eq!(
+            u.answer_through(Position(1)),
+            0,
+            "group 1-2 is not all published"
+        );
+        assert!(ra[0].try_recv().is_err());
+        assert_eq!(u.answer_through(Position(2)), 1);
+        assert_eq!(ra[0].try_recv().unwrap(), Ok(Position(1)));
+        assert_eq!(ra[1].try_recv().unwrap(), Ok(Position(2)));
+        assert!(rb[0].try_recv().is_err());
+        assert_eq!(u.answer_through(Position(9)), 1);
+        assert_eq!(rb[0].try_recv().unwrap(), Ok(Position(3)));
+        assert!(u.is_empty());
+    }
+
+    /// A deleted index's stopping pipeline may still push a group after the
+    /// delete: it is answered at once, never left waiting for a publish that
+    /// will not come.
+    #[test]
+    fn a_closed_index_answers_waiting_and_late_groups() {
+        let u = Unanswered::default();
+        let (a, mut ra) = group(&[1]);
+        u.push(a);
+        u.close(WriteError::IndexDeleted);
+        assert_eq!(ra[0].try_recv().unwrap(), Err(WriteError::IndexDeleted));
+        let (late, mut rl) = group(&[2]);
+        u.push(late);
+        assert_eq!(rl[0].try_recv().unwrap(), Err(WriteError::IndexDeleted));
+        assert!(u.is_empty());
+    }
 }

@@ -631,7 +631,7 @@ impl RegistryState {
         let generation = match (published.open.get(name), published.failed.get(name)) {
             (Some(h), _) => {
                 h.deleted.store(true, std::sync::atomic::Ordering::Release);
-                h.unanswered.fail_all(WriteError::IndexDeleted);
+                h.unanswered.close(WriteError::IndexDeleted);
                 h.generation.0
             }
             (None, Some((g, _))) => *g,

@@ -81,11 +81,12 @@ impl Actor for WalWriter {
                     Ok(_) => {
                         metrics::histogram!("fpnode_write_group_size").record(count as f64);
                         state.unanswered.push(answers);
+                        // If this pipeline is being replaced, the new one may
+                        // have published this group before it was pushed (and
+                        // so not answered it), and this IndexWriter may never
+                        // see the Publish: answer what is published already.
+                        state.unanswered.answer_through(state.index.position());
                         if let Err(e) = state.index_writer.cast(WriterMsg::Publish) {
-                            // Stopping with a pipeline being replaced: the new
-                            // one may have published this group before it was
-                            // pushed, and then would not answer it.
-                            state.unanswered.answer_through(state.index.position());
                             return Err(format!("the index writer is gone: {e}").into());
                         }
                         Ok(())
