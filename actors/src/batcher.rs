@@ -154,8 +154,16 @@ impl BatcherState {
         for (work, reply) in self.pending.drain(..) {
             let request = match work {
                 Work::Numbered(batch, after) => {
-                    if batch.position.0 <= version {
+                    if batch.position <= self.index.position() {
+                        // Published already (a resent batch): taken.
                         let _ = reply.send(Ok(batch.position));
+                    } else if batch.position.0 <= version {
+                        // Numbered and on its way, not yet durable: the
+                        // sender must not take it as applied; it resyncs.
+                        let _ = reply.send(Err(WriteError::Unavailable(format!(
+                            "batch {} is being applied",
+                            batch.position.0
+                        ))));
                     } else if after.0 != version {
                         let _ = reply.send(Err(WriteError::Gap {
                             expected: version,

@@ -74,9 +74,15 @@ impl Actor for IndexSupervisor {
         };
         // Boxed: the nested actor start-ups make a future too deep for the
         // compiler's layout limit otherwise.
-        Box::pin(state.spawn(myself.get_cell(), Child::Writer)).await?;
-        Box::pin(state.spawn(myself.get_cell(), Child::Merger)).await?;
-        Box::pin(state.spawn(myself.get_cell(), Child::Subscriber)).await?;
+        // An index given up on (unhealthy) keeps serving reads, but gets no
+        // write pipeline again, even from a restarted registry or supervisor:
+        // its `Unanswered` is closed, so a write would be applied and then
+        // answered as refused.
+        if state.handle.is_healthy() {
+            Box::pin(state.spawn(myself.get_cell(), Child::Writer)).await?;
+            Box::pin(state.spawn(myself.get_cell(), Child::Merger)).await?;
+            Box::pin(state.spawn(myself.get_cell(), Child::Subscriber)).await?;
+        }
         Ok(state)
     }
 

@@ -67,34 +67,41 @@ impl Actor for WalWriter {
                     fence,
                     answers,
                 } = *group;
-                let index = state.index.clone();
+                let (index, unanswered) = (state.index.clone(), state.unanswered.clone());
                 let fail = std::mem::take(&mut state.fail_next);
                 let count = prepared.len();
+                // The answers travel with the blocking work, which runs to its
+                // end even if this actor is killed meanwhile (its supervisor
+                // died): a group that reaches the WAL is always pushed to
+                // `Unanswered`, so whichever pipeline publishes it answers it.
                 let logged = tokio::task::spawn_blocking(move || {
-                    if fail {
-                        return Err(EngineError::Poisoned("injected failure".into()));
+                    let logged = if fail {
+                        Err(EngineError::Poisoned("injected failure".into()))
+                    } else {
+                        index.log_fenced(fence, prepared)
+                    };
+                    match &logged {
+                        Ok(_) => {
+                            unanswered.push(answers);
+                            // A pipeline replacing this one may have published
+                            // the group before it was pushed (and so not
+                            // answered it): answer what is published already.
+                            unanswered.answer_through(index.position());
+                        }
+                        Err(e) => answers.fail(WriteError::Unavailable(e.to_string())),
                     }
-                    index.log_fenced(fence, prepared)
+                    logged
                 })
                 .await?;
                 match logged {
                     Ok(_) => {
                         metrics::histogram!("fpnode_write_group_size").record(count as f64);
-                        state.unanswered.push(answers);
-                        // If this pipeline is being replaced, the new one may
-                        // have published this group before it was pushed (and
-                        // so not answered it), and this IndexWriter may never
-                        // see the Publish: answer what is published already.
-                        state.unanswered.answer_through(state.index.position());
                         if let Err(e) = state.index_writer.cast(WriterMsg::Publish) {
                             return Err(format!("the index writer is gone: {e}").into());
                         }
                         Ok(())
                     }
-                    Err(e) => {
-                        answers.fail(WriteError::Unavailable(e.to_string()));
-                        Err(Box::new(e))
-                    }
+                    Err(e) => Err(Box::new(e)),
                 }
             }
             WalMsg::InjectFailure => {
