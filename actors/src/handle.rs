@@ -182,19 +182,22 @@ impl IndexHandle {
         request: WriteRequest,
         permit_wait: Duration,
     ) -> Result<Position, WriteError> {
-        let result = self.write_inner(request, permit_wait).await;
-        // A write racing a delete of its index: the index is gone, say so.
-        if result.is_err() && self.deleted.load(Ordering::Acquire) {
-            return Err(WriteError::IndexDeleted);
+        match self.submit(request, permit_wait).await {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(self.explain(e)),
         }
-        result
     }
 
-    async fn write_inner(
+    /// Sends a write to the index writer without waiting for its answer:
+    /// writes submitted one after the other are applied in that order (a
+    /// stream of groups keeps several in flight, docs/api.md `_stream`).
+    /// Waits at most `permit_wait` for a write slot; the slot is held until
+    /// the answer is taken from the [`PendingWrite`].
+    pub async fn submit(
         &self,
         request: WriteRequest,
         permit_wait: Duration,
-    ) -> Result<Position, WriteError> {
+    ) -> Result<PendingWrite<'_>, WriteError> {
         if !self.is_healthy() {
             return Err(WriteError::Unavailable(format!(
                 "index {} is unhealthy",
@@ -213,10 +216,38 @@ impl IndexHandle {
         batcher
             .cast(BatcherMsg::Write(request, reply))
             .map_err(|_| WriteError::Unavailable("index writer is restarting".into()))?;
-        let result = rx
+        Ok(PendingWrite {
+            handle: self,
+            rx,
+            _permit: permit,
+        })
+    }
+
+    /// A write racing a delete of its index: the index is gone, say so.
+    fn explain(&self, e: WriteError) -> WriteError {
+        if self.deleted.load(Ordering::Acquire) {
+            WriteError::IndexDeleted
+        } else {
+            e
+        }
+    }
+}
+
+/// A write sent to the index writer, its answer still to come.
+pub struct PendingWrite<'a> {
+    handle: &'a IndexHandle,
+    rx: tokio::sync::oneshot::Receiver<Result<Position, WriteError>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl PendingWrite<'_> {
+    /// Waits until the write is durable and visible (its version), or why not.
+    pub async fn wait(self) -> Result<Position, WriteError> {
+        let result = self
+            .rx
             .await
-            .map_err(|_| WriteError::Unavailable("index writer stopped before answering".into()))?;
-        drop(permit);
-        result
+            .map_err(|_| WriteError::Unavailable("index writer stopped before answering".into()))
+            .and_then(|r| r);
+        result.map_err(|e| self.handle.explain(e))
     }
 }

@@ -39,7 +39,7 @@ pub mod stream;
 pub mod stream_subscriber;
 pub mod wal_writer;
 
-pub use handle::{IndexHandle, WriteError, WriteRequest};
+pub use handle::{IndexHandle, PendingWrite, WriteError, WriteRequest};
 pub use node::{Node, NodeOptions};
 pub use registry::{CreateIndex, CreateOutcome, RegistryError};
 pub use search_pool::{SearchError, SearchPool};

@@ -57,6 +57,15 @@ pub enum ApiError {
     /// Replica mode: the index is bootstrapping from the stream.
     #[error("LOADING")]
     Loading,
+    /// `_stream`: a line (or MessagePack value) that is not a change object.
+    #[error("InvalidLine")]
+    InvalidLine,
+    /// `_stream`: a line longer than the limit (docs/api.md).
+    #[error("LineTooLong")]
+    LineTooLong,
+    /// `_stream`: the body ended inside a MessagePack value.
+    #[error("TruncatedBody")]
+    TruncatedBody,
 }
 
 impl ApiError {
@@ -64,8 +73,8 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadRequest | InvalidIndexName | InvalidFingerprintId | TooManyChanges
-            | TooManyHashes | QueryTooLong => StatusCode::BAD_REQUEST,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            | TooManyHashes | QueryTooLong | InvalidLine | TruncatedBody => StatusCode::BAD_REQUEST,
+            PayloadTooLarge | LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
             IndexNotFound | FingerprintNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             VersionMismatch

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod framing;
 mod handlers;
 pub mod proxy;
 mod types;
@@ -120,9 +121,15 @@ pub fn router(state: AppState) -> Router {
     if state.fault_injection {
         r = r.route("/_debug/fail/{index}/{child}", post(inject_failure));
     }
-    r.fallback(not_found)
+    let buffered = r
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), read_body))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body));
+    // `_stream` reads its body as it arrives: no whole-body buffering, no
+    // body size limit (docs/api.md).
+    Router::new()
+        .route("/{index}/_stream", post(ingest_stream))
+        .merge(buffered)
         .layer(middleware::from_fn(track_metrics))
         .with_state(state)
 }

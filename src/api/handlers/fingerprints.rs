@@ -61,6 +61,24 @@ pub async fn search(
     Ok(r.ok(Out::map([(field("results"), Out::List(results))])))
 }
 
+/// One `_update` change as the engine takes it, checked against the limits.
+pub(super) fn change(c: ChangeIn, limits: &Limits) -> std::result::Result<Change, ApiError> {
+    Ok(match c {
+        ChangeIn::Insert(i) => {
+            if i.hashes.len() > limits.max_hashes {
+                return Err(ApiError::TooManyHashes);
+            }
+            Change::Insert {
+                id: check_id(i.id)?,
+                hashes: i.hashes,
+            }
+        }
+        ChangeIn::Delete(d) => Change::Delete {
+            id: check_id(d.id)?,
+        },
+    })
+}
+
 pub async fn update(
     State(state): State<AppState>,
     Path(index): Path<String>,
@@ -72,20 +90,7 @@ pub async fn update(
     }
     let mut changes = Vec::with_capacity(req.changes.len());
     for c in req.changes {
-        changes.push(match c {
-            ChangeIn::Insert(i) => {
-                if i.hashes.len() > state.limits.max_hashes {
-                    return Err(r.fail(ApiError::TooManyHashes));
-                }
-                Change::Insert {
-                    id: check_id(i.id).map_err(|e| r.fail(e))?,
-                    hashes: i.hashes,
-                }
-            }
-            ChangeIn::Delete(d) => Change::Delete {
-                id: check_id(d.id).map_err(|e| r.fail(e))?,
-            },
-        });
+        changes.push(change(c, &state.limits).map_err(|e| r.fail(e))?);
     }
     let metadata: MetadataDelta = req
         .metadata

@@ -1,12 +1,14 @@
 //! The handlers of the HTTP API, one per endpoint of docs/api.md, by room:
 //! `system` (health, metrics refresh, fallbacks, test hooks), `indexes`
 //! (create, delete, status), `snapshot` (streaming an archive), `fingerprints`
-//! (search, updates, single fingerprints) and `routing` (where a write goes in
+//! (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
+//! change stream applied as it arrives) and `routing` (where a write goes in
 //! each mode). This file holds what they share: request decoding, the
 //! response format, error mapping and index lookup.
 
 mod fingerprints;
 mod indexes;
+mod ingest_stream;
 mod routing;
 mod snapshot;
 mod system;
@@ -15,6 +17,7 @@ use routing::{wait_for_index, write};
 
 pub use fingerprints::*;
 pub use indexes::*;
+pub use ingest_stream::*;
 pub use snapshot::*;
 pub use system::*;
 
@@ -37,7 +40,7 @@ use fpnode_segments::{Change, MetadataDelta, SearchOptions};
 use super::codec::{self, Format, Out, field, full, user};
 use super::error::ApiError;
 use super::types::*;
-use super::{AppState, respond};
+use super::{AppState, Limits, respond};
 
 const DEFAULT_TIMEOUT_MS: u64 = 500;
 const MAX_TIMEOUT_MS: u64 = 10_000;
