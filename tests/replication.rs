@@ -815,3 +815,67 @@ async fn a_failed_stream_subscriber_is_restarted_during_writes_and_loses_nothing
         "replica b differs from what was acknowledged"
     );
 }
+
+/// `_stream` in replica and proxy modes: changes streamed through the proxy
+/// and through one replica go through the stream, in the body's order, and
+/// both replicas hold them at the version the last line reports.
+#[tokio::test]
+async fn a_stream_through_a_proxy_and_a_replica_reaches_both_replicas() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let p = proxy(&nats, &[&a, &b]).await;
+    let (ja, jb, jp) = (Api::json(&a), Api::json(&b), Api::json(&p));
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    let body = |ids: std::ops::RangeInclusive<u32>, deletes: std::ops::RangeInclusive<u32>| {
+        let mut out = String::new();
+        for id in ids {
+            out += &json!({ "insert": { "id": id, "hashes": hashes(id, 0) } }).to_string();
+            out.push('\n');
+        }
+        for id in deletes {
+            out += &json!({ "delete": { "id": id } }).to_string();
+            out.push('\n');
+        }
+        out
+    };
+    let mut last_version = 0;
+    for (node, text) in [
+        (&p, body(1..=2500, 1..=10)),
+        (&a, body(3001..=4500, 3001..=3010)),
+    ] {
+        let res = reqwest::Client::new()
+            .post(node.url("/main/_stream"))
+            .header("Content-Type", "application/x-ndjson")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let answer = res.text().await.unwrap();
+        let last: Value = serde_json::from_str(answer.lines().last().unwrap()).unwrap();
+        assert_eq!(last["done"], json!(true), "{answer}");
+        last_version = last["version"].as_u64().unwrap();
+        assert!(last_version > 0);
+    }
+    for api in [&ja, &jb] {
+        wait_version(api, last_version, Duration::from_secs(10)).await;
+        for (id, there) in [
+            (5, false),
+            (11, true),
+            (2500, true),
+            (3005, false),
+            (4500, true),
+        ] {
+            let r = api.call("GET", &format!("/main/{id}"), None).await;
+            assert_eq!(
+                r.status == 200,
+                there,
+                "{} fingerprint {id}: {:?}",
+                api.base,
+                r.body
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ mod plan;
 mod progress;
 mod scale;
 mod scenario;
+mod stream;
 mod writes;
 
 use std::io::Write;
@@ -117,6 +118,16 @@ enum Cmd {
         batch: u32,
         #[arg(long, default_value_t = 2)]
         clients: usize,
+    },
+    /// Stream fingerprints 1..=N through one `_stream` request (MessagePack
+    /// values generated as the body is sent).
+    Stream {
+        #[arg(long, default_value = "http://127.0.0.1:6081")]
+        url: String,
+        #[arg(long, default_value = "main")]
+        index: String,
+        #[arg(long)]
+        fingerprints: u32,
     },
     /// Single-fingerprint writes (`PUT /:index/:id`), one at a time per client:
     /// latency until the node answered (after read-your-writes in replica
@@ -233,6 +244,17 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 load(corpus, &url, &index, fingerprints, batch, clients).await?
+            );
+            Ok(())
+        }
+        Cmd::Stream {
+            url,
+            index,
+            fingerprints,
+        } => {
+            println!(
+                "{}",
+                stream::stream(corpus, &url, &index, fingerprints).await?
             );
             Ok(())
         }

@@ -26,6 +26,10 @@ pub const GROUP_CHANGES: usize = 1000;
 const IN_FLIGHT: usize = 4;
 /// A partial group is sent when the body pauses this long.
 const IDLE_FLUSH: Duration = Duration::from_millis(50);
+/// After a stop, the rest of the body is read and dropped for at most this
+/// long and this many bytes, then the connection is closed.
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+const DRAIN_BYTES: usize = 256 << 20;
 
 pub async fn ingest_stream(
     State(state): State<AppState>,
@@ -142,7 +146,8 @@ impl Run {
     async fn ingest(&mut self, format: StreamFormat, body: Body) {
         metrics::gauge!("fpnode_stream_ingests").increment(1.0);
         let handle = self.handle.clone();
-        let outcome = self.pump(handle.as_deref(), format, body).await;
+        let mut data = body.into_data_stream();
+        let outcome = self.pump(handle.as_deref(), format, &mut data).await;
         metrics::gauge!("fpnode_stream_ingests").decrement(1.0);
         let p = self.durable;
         let seconds = self.started.elapsed().as_secs_f64();
@@ -180,7 +185,21 @@ impl Run {
             }),
             Err(Stop::Write(e)) => json!({ "error": e.to_string(), "durable": durable }),
         };
+        let stopped = last.get("error").is_some();
         let _ = self.tx.send(json_line(&last)).await;
+        if stopped {
+            // The client may still be sending: read (and drop) the rest for
+            // a while, so it gets to read the last line instead of a
+            // connection closed under its write.
+            let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+            let mut drained = 0usize;
+            while drained < DRAIN_BYTES {
+                match tokio::time::timeout_at(deadline, data.next()).await {
+                    Ok(Some(Ok(chunk))) => drained += chunk.len(),
+                    _ => break,
+                }
+            }
+        }
     }
 
     /// Reads, frames, groups and submits until the body ends or something
@@ -189,9 +208,8 @@ impl Run {
         &mut self,
         handle: Option<&'h IndexHandle>,
         format: StreamFormat,
-        body: Body,
+        data: &mut axum::body::BodyDataStream,
     ) -> std::result::Result<(), Stop> {
-        let mut data = body.into_data_stream();
         let mut framer = Framer::new(format);
         let mut group: Vec<Change> = Vec::with_capacity(GROUP_CHANGES);
         let mut in_flight: InFlight<'h> = FuturesOrdered::new();
