@@ -17,6 +17,8 @@
 //! batch = 1000
 //! clients = 2
 //! [[steps]]
+//! kind = "stream_ingest" # the whole corpus through one _stream request
+//! [[steps]]
 //! kind = "search"        # closed loop
 //! queries = 2000
 //! clients = 2
@@ -42,6 +44,7 @@ use crate::corpus::{Corpus, Distribution};
 use crate::import::{ImportOptions, ImportResult};
 use crate::measure::{self, DiskResult};
 use crate::openloop::{OpenLoopResult, open_loop};
+use crate::stream::{StreamResult, stream};
 use crate::writes::{FIRST_NEW_ID, WriteLoad, Writers, WritesResult, writes};
 use crate::{LoadResult, QuerySpec, SearchResult, load, search};
 
@@ -150,6 +153,8 @@ pub enum Step {
         #[serde(default = "default_clients")]
         clients: usize,
     },
+    /// The whole corpus through one `_stream` request (MessagePack).
+    StreamIngest,
     /// `fpnode import` of the whole corpus, offline (stops the node first).
     Import {
         #[serde(default)]
@@ -362,6 +367,7 @@ impl std::fmt::Display for MeasureResult {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     Load(LoadResult),
+    StreamIngest(StreamResult),
     Import(ImportResult),
     Start(StartResult),
     Measure(MeasureResult),
@@ -506,6 +512,7 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Load(r) => r.fmt(f),
+            Outcome::StreamIngest(r) => r.fmt(f),
             Outcome::Import(r) => r.fmt(f),
             Outcome::Start(r) => r.fmt(f),
             Outcome::Measure(r) => r.fmt(f),
@@ -672,6 +679,7 @@ pub async fn run(
             Step::Load { batch, clients } => {
                 Outcome::Load(load(corpus, &url, INDEX, n, *batch, *clients).await?)
             }
+            Step::StreamIngest => Outcome::StreamIngest(stream(corpus, &url, INDEX, n).await?),
             Step::Import {
                 run_postings,
                 runs_per_segment,
