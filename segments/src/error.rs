@@ -32,6 +32,11 @@ pub enum Error {
     #[error("invalid fingerprint id 0")]
     InvalidFingerprintId,
 
+    /// A change feed asked for changes after `since`, but the oldest change
+    /// still retained is `oldest`: the client must resync (docs/api.md).
+    #[error("changes after version {since} are no longer retained (oldest retained: {oldest})")]
+    ChangesNotRetained { since: u64, oldest: u64 },
+
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

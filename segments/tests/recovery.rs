@@ -153,6 +153,7 @@ fn wal_files_covered_by_a_checkpoint_are_deleted() {
         wal: fpnode_segments::wal::WalOptions {
             max_file_bytes: 512,
             fsync: true,
+            retain_bytes: 0,
         },
         max_memory_segments: 1000,
         ..IndexOptions::default()

@@ -94,6 +94,7 @@ fn a_failed_directory_sync_when_starting_a_file_poisons_the_wal() {
     let opts = WalOptions {
         max_file_bytes: 1,
         fsync: true,
+        retain_bytes: 0,
     };
     let mut w = WalWriter::open(&dir, Position(0), opts, Fs::new(pfs.clone())).unwrap();
     w.append(&batch(1, vec![1])).unwrap();

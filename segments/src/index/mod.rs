@@ -246,6 +246,27 @@ impl Index {
         self.snapshot.load().position
     }
 
+    /// The batches applied after `since`, from the WAL (and the checkpointed
+    /// WAL files it retains), at most about `max_changes` changes: the change
+    /// feed's source (docs/api.md `_changes`). Only published batches are
+    /// read. `ChangesNotRetained` if `since` is older than what is kept.
+    pub fn changes_since(
+        &self,
+        since: Position,
+        max_changes: usize,
+    ) -> crate::error::Result<crate::wal::ChangesPage> {
+        let upto = self.position();
+        // Batches applied without the WAL (a replica's bulk load) are not in
+        // it: a page read across them would silently miss changes.
+        if self.has_unlogged() && since < upto {
+            return Err(crate::error::Error::ChangesNotRetained {
+                since: since.0,
+                oldest: upto.0,
+            });
+        }
+        crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes)
+    }
+
     pub fn stats(&self) -> IndexStats {
         let st = lock(&self.state);
         IndexStats {

@@ -5,12 +5,15 @@
 //! `writer` appends with group commit and rotates files, `reader` replays and
 //! recovers. Files live in `<index>/wal/` named after the position of their first
 //! record (20 decimal digits), so names sort in log order. A file whose records
-//! are all covered by a checkpoint is deleted.
+//! are all covered by a checkpoint is deleted, unless the newest such files are
+//! kept for the change feed (`WalOptions::retain_bytes`, read by `changes`).
 
+mod changes;
 mod reader;
 mod record;
 mod writer;
 
+pub use changes::{ChangesPage, read_since};
 pub use reader::{ReplayOutcome, replay};
 pub use record::{HEADER, RECORD_MAGIC};
 pub use writer::{WalOptions, WalWriter};

@@ -38,6 +38,14 @@ pub fn replay(
     let mut last_seen = Position(0);
     for (i, (_, path)) in files.iter().enumerate() {
         let is_last = i + 1 == files.len();
+        // Every record of this file is at or before `after` (the next file
+        // starts by after + 1): a file kept for the change feed, not read.
+        if files
+            .get(i + 1)
+            .is_some_and(|(next, _)| next.0 <= after.0.saturating_add(1))
+        {
+            continue;
+        }
         let bytes = std::fs::read(path).at(path)?;
         if bytes.len() < HEADER.len() || bytes[..HEADER.len()] != HEADER {
             if is_last && (bytes.len() < HEADER.len() || bytes.iter().all(|&b| b == 0)) {

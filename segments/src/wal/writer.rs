@@ -26,6 +26,10 @@ pub struct WalOptions {
     pub max_file_bytes: u64,
     /// fsync on every sync (true in production; tests of non-durability only).
     pub fsync: bool,
+    /// Files a checkpoint covers are kept while the newest of them add up to
+    /// at most this many bytes: the change feed reads them (docs/api.md
+    /// `_changes`). 0 deletes every covered file.
+    pub retain_bytes: u64,
 }
 
 impl Default for WalOptions {
@@ -33,6 +37,7 @@ impl Default for WalOptions {
         WalOptions {
             max_file_bytes: 64 << 20,
             fsync: true,
+            retain_bytes: 0,
         }
     }
 }
@@ -235,14 +240,30 @@ impl WalWriter {
     /// current file is never deleted.
     pub fn remove_covered(&mut self, checkpoint: Position) -> Result<usize> {
         let files = list_files(&self.dir)?;
-        let mut removed = 0;
-        for pair in files.windows(2) {
-            let (_, path) = &pair[0];
-            let (next_first, _) = pair[1];
-            if next_first.0 <= checkpoint.0.saturating_add(1) {
-                std::fs::remove_file(path).at(path)?;
-                removed += 1;
+        // Covered: every record of the file is at or before the checkpoint
+        // (the next file starts at or before checkpoint + 1).
+        let covered: Vec<&PathBuf> = files
+            .windows(2)
+            .filter(|pair| pair[1].0.0 <= checkpoint.0.saturating_add(1))
+            .map(|pair| &pair[0].1)
+            .collect();
+        // The newest covered files within the retention stay, for the
+        // change feed; older ones go.
+        let mut kept = 0u64;
+        let mut keep = covered.len();
+        while keep > 0 && self.opts.retain_bytes > 0 {
+            let path = covered[keep - 1];
+            let len = std::fs::metadata(path).at(path)?.len();
+            if kept + len > self.opts.retain_bytes {
+                break;
             }
+            kept += len;
+            keep -= 1;
+        }
+        let mut removed = 0;
+        for path in &covered[..keep] {
+            std::fs::remove_file(path).at(path)?;
+            removed += 1;
         }
         // The removals are not synced: a file that comes back after a power
         // cut holds only positions the checkpoint covers, which replay skips,
