@@ -146,6 +146,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_CHECKPOINT_THRESHOLD", default_value_t = 8_388_608)]
     pub checkpoint_threshold: u64,
 
+    /// Bytes of checkpointed WAL kept per index for the change feed
+    /// (`GET /:index/_changes`); older changes answer `410 ChangesNotRetained`.
+    /// 0 keeps none beyond what recovery needs.
+    #[arg(long, env = "FPNODE_CHANGES_RETENTION_BYTES", default_value_t = 256 << 20)]
+    pub changes_retention_bytes: u64,
+
+    /// Start a new WAL file once the current one is this large.
+    #[arg(long, env = "FPNODE_WAL_FILE_BYTES", default_value_t = 64 << 20)]
+    pub wal_file_bytes: u64,
+
     /// Checkpoint once the oldest unflushed change is this old, in milliseconds.
     #[arg(long, env = "FPNODE_CHECKPOINT_AGE_MS", default_value_t = 60_000)]
     pub checkpoint_age_ms: u64,

@@ -152,6 +152,11 @@ async fn start_node(
         open: fpnode_segments::file_segment::OpenOptions {
             preload: args.preload,
         },
+        wal: fpnode_segments::wal::WalOptions {
+            retain_bytes: args.changes_retention_bytes,
+            max_file_bytes: args.wal_file_bytes.max(1),
+            ..fpnode_segments::wal::WalOptions::default()
+        },
         ..IndexOptions::default()
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         use proxy::forward;
         r.route("/{index}/_health", get(forward))
             .route("/{index}/_status", get(forward))
+            .route("/{index}/_changes", get(forward))
             .route("/{index}/_snapshot", get(forward))
             .route("/{index}/_search", post(forward))
             .route(
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
     } else {
         r.route("/{index}/_health", get(index_health))
             .route("/{index}/_status", get(index_status))
+            .route("/{index}/_changes", get(index_changes))
             .route("/{index}/_snapshot", get(index_snapshot))
             .route("/{index}/_search", post(search))
             .route(

@@ -1,11 +1,12 @@
 //! The handlers of the HTTP API, one per endpoint of docs/api.md, by room:
 //! `system` (health, metrics refresh, fallbacks, test hooks), `indexes`
-//! (create, delete, status), `snapshot` (streaming an archive), `fingerprints`
+//! (create, delete, status), `changes` (`_changes`: the change feed), `snapshot` (streaming an archive), `fingerprints`
 //! (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
 //! change stream applied as it arrives) and `routing` (where a write goes in
 //! each mode). This file holds what they share: request decoding, the
 //! response format, error mapping and index lookup.
 
+mod changes;
 mod fingerprints;
 mod indexes;
 mod ingest_stream;
@@ -15,6 +16,7 @@ mod system;
 
 use routing::{wait_for_index, write};
 
+pub use changes::*;
 pub use fingerprints::*;
 pub use indexes::*;
 pub use ingest_stream::*;

@@ -1,0 +1,191 @@
+//! `GET /:index/_changes` against the real binary (docs/api.md): the changes
+//! after a version, in order, with hashes on request, in JSON and
+//! MessagePack; long poll; a version no longer retained named as such.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, Node};
+use serde_json::json;
+
+#[tokio::test]
+async fn changes_after_a_version_in_order_with_hashes_on_request() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    let r = api
+        .call(
+            "POST",
+            "/idx/_update",
+            Some(json!({ "changes": [
+                { "insert": { "id": 1, "hashes": [10, 11] } },
+                { "insert": { "id": 2, "hashes": [20] } }
+            ] })),
+        )
+        .await;
+    assert_eq!(r.body["version"], json!(1));
+    assert_eq!(api.call("DELETE", "/idx/1", None).await.status, 200);
+    assert_eq!(
+        api.call("PUT", "/idx/3", Some(json!({ "hashes": [30] })))
+            .await
+            .status,
+        200
+    );
+    let r = api.call("GET", "/idx/_changes?since=0", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.body,
+        json!({
+            "results": [
+                { "version": 1, "kind": "insert", "id": 1 },
+                { "version": 1, "kind": "insert", "id": 2 },
+                { "version": 2, "kind": "delete", "id": 1 },
+                { "version": 3, "kind": "insert", "id": 3 }
+            ],
+            "last_version": 3,
+            "more": false
+        })
+    );
+    let r = api
+        .call("GET", "/idx/_changes?since=2&hashes=true", None)
+        .await;
+    assert_eq!(
+        r.body["results"],
+        json!([{ "version": 3, "kind": "insert", "id": 3, "hashes": [30] }])
+    );
+    // Pages: whole batches, `more` until the end.
+    let r = api.call("GET", "/idx/_changes?since=0&limit=1", None).await;
+    assert_eq!(
+        (r.body["last_version"].clone(), r.body["more"].clone()),
+        (json!(1), json!(true))
+    );
+    // MessagePack, same content.
+    let r = Api::msgpack(&node)
+        .call("GET", "/idx/_changes?since=1", None)
+        .await;
+    assert!(r.content_type.contains("msgpack"), "{}", r.content_type);
+    assert_eq!(r.body["last_version"], json!(3));
+    // Nothing after the last version: empty, at once.
+    let r = api.call("GET", "/idx/_changes?since=3", None).await;
+    assert_eq!(
+        r.body,
+        json!({ "results": [], "last_version": 3, "more": false })
+    );
+    // Bad requests are named.
+    for bad in [
+        "/idx/_changes?feed=bogus",
+        "/idx/_changes?since=x",
+        "/idx/_changes?nope=1",
+    ] {
+        assert_eq!(api.call("GET", bad, None).await.status, 400, "{bad}");
+    }
+    assert_eq!(api.call("GET", "/nope/_changes", None).await.status, 404);
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_when_a_change_arrives_or_at_its_timeout() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    assert_eq!(
+        api.call("PUT", "/idx/1", Some(json!({ "hashes": [1] })))
+            .await
+            .status,
+        200
+    );
+    let started = Instant::now();
+    let r = api
+        .call(
+            "GET",
+            "/idx/_changes?since=1&feed=longpoll&timeout=300",
+            None,
+        )
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(
+        r.body,
+        json!({ "results": [], "last_version": 1, "more": false })
+    );
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    let poll = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                "GET",
+                "/idx/_changes?since=1&feed=longpoll&timeout=20000",
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long poll answered before any change"
+    );
+    assert_eq!(
+        api.call("PUT", "/idx/2", Some(json!({ "hashes": [2] })))
+            .await
+            .status,
+        200
+    );
+    let r = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long poll did not answer the change")
+        .unwrap();
+    assert_eq!(
+        r.body["results"],
+        json!([{ "version": 2, "kind": "insert", "id": 2 }])
+    );
+}
+
+#[tokio::test]
+async fn a_version_older_than_the_retention_is_gone_with_the_oldest_kept() {
+    // Small WAL files, checkpoints every few writes, nothing retained.
+    let node = Node::start(&[
+        "--changes-retention-bytes",
+        "0",
+        "--wal-file-bytes",
+        "200",
+        "--checkpoint-threshold",
+        "20",
+        "--checkpoint-age-ms",
+        "50",
+    ])
+    .await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    for id in 1..=40u64 {
+        let r = api
+            .call(
+                "PUT",
+                &format!("/idx/{id}"),
+                Some(json!({ "hashes": [id, id + 1, id + 2] })),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    // Wait for a checkpoint to drop the oldest WAL files.
+    let mut gone = None;
+    for _ in 0..200 {
+        let r = api.call("GET", "/idx/_changes?since=0", None).await;
+        if r.status == 410 {
+            gone = Some(r.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = gone.expect("version 0 stayed retained with retention 0");
+    assert_eq!(body["error"], json!("ChangesNotRetained"));
+    let oldest = body["oldest_version"].as_u64().unwrap();
+    assert!(oldest > 1 && oldest <= 40, "{body}");
+    // From the oldest kept on, the feed reads to the end.
+    let r = api
+        .call("GET", &format!("/idx/_changes?since={}", oldest - 1), None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["results"][0]["version"], json!(oldest));
+    assert_eq!(r.body["last_version"], json!(40));
+}
