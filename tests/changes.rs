@@ -188,4 +188,140 @@ async fn a_version_older_than_the_retention_is_gone_with_the_oldest_kept() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["results"][0]["version"], json!(oldest));
     assert_eq!(r.body["last_version"], json!(40));
+    // An event stream from too far back: one named error event, then the end.
+    let res = reqwest::Client::new()
+        .get(node.url("/idx/_changes?feed=eventsource&since=0"))
+        .send()
+        .await
+        .unwrap();
+    let got = events(res, 1).await;
+    assert_eq!(got[0].1, "error");
+    assert_eq!(got[0].2["error"], json!("ChangesNotRetained"));
+    assert!(got[0].2["oldest_version"].as_u64().unwrap() >= oldest);
+}
+
+/// Reads server-sent events from `res` until `n` `change` events came (or an
+/// `error` event); returns (id, data) of each.
+async fn events(res: reqwest::Response, n: usize) -> Vec<(String, String, serde_json::Value)> {
+    use futures::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the stream ended")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (String::new(), String::new(), None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str(v.trim()).unwrap());
+                }
+            }
+            if let Some(data) = data {
+                let error = kind == "error";
+                out.push((id, kind, data));
+                if error {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_event_stream_follows_writes_and_resumes_from_last_event_id() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    for id in 1..=3u64 {
+        assert_eq!(
+            api.call(
+                "PUT",
+                &format!("/idx/{id}"),
+                Some(json!({ "hashes": [id] }))
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    let client = reqwest::Client::new();
+    let res = client
+        .get(node.url("/idx/_changes?since=1&hashes=true"))
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // Two already there, then live ones as they are written.
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for id in 4..=6u64 {
+                api.call(
+                    "PUT",
+                    &format!("/idx/{id}"),
+                    Some(json!({ "hashes": [id] })),
+                )
+                .await;
+            }
+        })
+    };
+    let got = events(res, 5).await;
+    writer.await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["2", "3", "4", "5", "6"]);
+    assert_eq!(
+        got[0].2,
+        json!({ "version": 2, "changes": [{ "kind": "insert", "id": 2, "hashes": [2] }] })
+    );
+    // Dropped after event 4 (as a client cut off would be): resumed from
+    // Last-Event-ID, the next event is 5: no gap, no double.
+    let res = client
+        .get(node.url("/idx/_changes?feed=eventsource"))
+        .header("Last-Event-ID", "4")
+        .send()
+        .await
+        .unwrap();
+    let got = events(res, 2).await;
+    let ids: Vec<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids, ["5", "6"]);
+    // A delete ends no stream; an index delete does, named.
+    let res = client
+        .get(node.url("/idx/_changes?feed=eventsource&since=6"))
+        .send()
+        .await
+        .unwrap();
+    let deleter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            api.call("DELETE", "/idx/1", None).await;
+            api.call("DELETE", "/idx", None).await;
+        })
+    };
+    let got = events(res, 2).await;
+    deleter.await.unwrap();
+    assert_eq!(got[0].2["changes"], json!([{ "kind": "delete", "id": 1 }]));
+    assert_eq!(
+        (got[1].1.as_str(), got[1].2.clone()),
+        ("error", json!({ "error": "IndexDeleted" }))
+    );
 }

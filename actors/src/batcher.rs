@@ -44,6 +44,8 @@ pub struct BatcherArgs {
     /// Groups between the cut and the answer.
     pub group_credits: usize,
     pub unanswered: Arc<Unanswered>,
+    /// Woken after the start's publish (change feeds wait on it).
+    pub published: Arc<tokio::sync::Notify>,
 }
 
 enum Work {
@@ -86,6 +88,7 @@ impl Actor for Batcher {
         })
         .await??;
         args.unanswered.answer_through(published);
+        args.published.notify_waiters();
         Ok(BatcherState {
             index: args.index,
             wal_writer: args.wal_writer,

@@ -76,6 +76,9 @@ pub struct IndexHandle {
     /// Logged groups whose clients wait for the publish: beyond any one
     /// pipeline, so a restarted one answers them.
     pub(crate) unanswered: Arc<Unanswered>,
+    /// Woken after every publish (and when the index is deleted): change
+    /// feeds wait on it instead of polling.
+    pub published: Arc<tokio::sync::Notify>,
     /// Writes in flight (queued or being applied) for this index: the
     /// Batcher's admission bound.
     pub write_permits: Arc<Semaphore>,
@@ -93,6 +96,7 @@ impl IndexHandle {
             index,
             batcher: RwLock::new(None),
             unanswered: Arc::default(),
+            published: Arc::default(),
             write_permits: Arc::new(Semaphore::new(max_writes_in_flight)),
             healthy: AtomicBool::new(true),
             deleted: AtomicBool::new(false),
@@ -172,6 +176,27 @@ impl IndexHandle {
 
     pub fn version(&self) -> Position {
         self.index.position()
+    }
+
+    /// Waits until the index is past version `since` (true), or `until`
+    /// passes or the index is deleted (false). Woken by publishes, never
+    /// polling: a change feed waits here.
+    pub async fn wait_past(&self, since: Position, until: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.published.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a publish in between wakes it.
+            notified.as_mut().enable();
+            if self.version() > since {
+                return true;
+            }
+            if self.is_deleted() {
+                return false;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.version() > since;
+            }
+        }
     }
 
     /// Sends a write to the index writer and waits for it to be durable and

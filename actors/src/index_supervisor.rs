@@ -185,6 +185,7 @@ impl IndexSupState {
                     WriterArgs {
                         index: index.clone(),
                         unanswered: self.handle.unanswered.clone(),
+                        published: self.handle.published.clone(),
                     },
                     me.clone(),
                 )
@@ -203,6 +204,7 @@ impl IndexSupState {
                     max_group_changes: self.opts.max_group_changes,
                     group_credits: self.opts.group_credits,
                     unanswered: self.handle.unanswered.clone(),
+                    published: self.handle.published.clone(),
                 };
                 let (b, _) = Actor::spawn_linked(None, Batcher, args, me).await?;
                 *self

@@ -27,11 +27,14 @@ pub struct IndexWriter;
 pub struct WriterArgs {
     pub index: Arc<Index>,
     pub unanswered: Arc<Unanswered>,
+    /// Woken after each publish (change feeds wait on it).
+    pub published: Arc<tokio::sync::Notify>,
 }
 
 pub struct WriterState {
     index: Arc<Index>,
     unanswered: Arc<Unanswered>,
+    published: Arc<tokio::sync::Notify>,
     fail_next: bool,
 }
 
@@ -48,6 +51,7 @@ impl Actor for IndexWriter {
         Ok(WriterState {
             index: args.index,
             unanswered: args.unanswered,
+            published: args.published,
             fail_next: false,
         })
     }
@@ -71,6 +75,7 @@ impl Actor for IndexWriter {
                     .record(started.elapsed().as_secs_f64());
                 let published = published?;
                 state.unanswered.answer_through(published);
+                state.published.notify_waiters();
                 Ok(())
             }
             WriterMsg::InjectFailure => {

@@ -632,6 +632,7 @@ impl RegistryState {
             (Some(h), _) => {
                 h.deleted.store(true, std::sync::atomic::Ordering::Release);
                 h.unanswered.close(WriteError::IndexDeleted);
+                h.published.notify_waiters();
                 h.generation.0
             }
             (None, Some((g, _))) => *g,

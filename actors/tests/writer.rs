@@ -44,6 +44,7 @@ async fn pipeline(index: &Arc<Index>) -> ActorRef<BatcherMsg> {
         WriterArgs {
             index: index.clone(),
             unanswered: unanswered.clone(),
+            published: Arc::default(),
         },
     )
     .await
@@ -68,6 +69,7 @@ async fn pipeline(index: &Arc<Index>) -> ActorRef<BatcherMsg> {
             max_group_changes: 1000,
             group_credits: 3,
             unanswered,
+            published: Arc::default(),
         },
     )
     .await

@@ -1,21 +1,32 @@
 //! `GET /:index/_changes`: the changes applied after a version, read from the
 //! index's retained WAL (docs/api.md). `feed=normal` answers at once;
 //! `feed=longpoll` waits (up to `timeout` ms) until there is something after
-//! `since`. A `since` older than what is retained is `410 ChangesNotRetained`
-//! with the oldest version kept: the client resyncs, then follows from there.
+//! `since`; `feed=eventsource` (or `Accept: text/event-stream`) is a
+//! Server-Sent Events stream, one event per batch with `id:` = its version,
+//! resumed from `Last-Event-ID`. A `since` older than what is retained is
+//! `410 ChangesNotRetained` (an `error` event in a stream) with the oldest
+//! version kept: the client resyncs, then follows from there.
+//!
+//! A feed reads the WAL, never a copy of it: a slow subscriber holds one
+//! page at most and costs writers nothing; if it falls behind the retention,
+//! it is told `ChangesNotRetained` and the stream ends.
 
-use fpnode_segments::{Error as EngineError, Position};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use fpnode_segments::{Batch, Error as EngineError, Position};
 
 use super::*;
 
 /// Changes per answer unless `limit` says otherwise, and at most.
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
+/// Comment lines sent on an idle event stream, so proxies keep it open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a long poll waits by default, and at most.
 const DEFAULT_WAIT_MS: u64 = 60_000;
 const MAX_WAIT_MS: u64 = 300_000;
-/// How often a long poll looks at the index's version while it waits.
-const POLL_EVERY: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +38,13 @@ pub struct ChangesQuery {
     timeout: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Normal,
+    LongPoll,
+    EventSource,
+}
+
 pub async fn index_changes(
     State(state): State<AppState>,
     Path(index): Path<String>,
@@ -34,23 +52,40 @@ pub async fn index_changes(
         axum::extract::Query<ChangesQuery>,
         axum::extract::rejection::QueryRejection,
     >,
+    headers: HeaderMap,
     r: Req,
 ) -> Result<Response> {
     let axum::extract::Query(q) = query.map_err(|_| r.fail(ApiError::BadRequest))?;
-    let long_poll = match q.feed.as_deref() {
-        None | Some("normal") => false,
-        Some("longpoll") => true,
+    let wants_events = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let feed = match q.feed.as_deref() {
+        None if wants_events => Feed::EventSource,
+        None | Some("normal") => Feed::Normal,
+        Some("longpoll") => Feed::LongPoll,
+        Some("eventsource") => Feed::EventSource,
         Some(_) => return Err(r.fail(ApiError::BadRequest)),
     };
+    let long_poll = feed == Feed::LongPoll;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
-    let since = Position(q.since.unwrap_or(0));
+    let mut since = Position(q.since.unwrap_or(0));
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    if feed == Feed::EventSource {
+        // A reconnecting EventSource sends the id of the last event it got.
+        if let Some(last) = headers.get("last-event-id") {
+            let last = last
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            since = Position(last.ok_or_else(|| r.fail(ApiError::BadRequest))?);
+        }
+        return Ok(event_source(h, since, limit, q.hashes.unwrap_or(false)));
+    }
     let wait = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let deadline = tokio::time::Instant::now() + wait;
     if long_poll {
-        while h.version() <= since && tokio::time::Instant::now() < deadline && !h.is_deleted() {
-            tokio::time::sleep(POLL_EVERY).await;
-        }
+        h.wait_past(since, deadline).await;
     }
     let index = h.index.clone();
     let page = tokio::task::spawn_blocking(move || index.changes_since(since, limit))
@@ -100,4 +135,120 @@ pub async fn index_changes(
         (full("last_version"), Out::UInt(last.0)),
         (full("more"), Out::Bool(page.more)),
     ])))
+}
+
+/// The SSE stream: pages read from the WAL as the index moves on, one event
+/// per batch, heartbeats while idle, an `error` event and the end when the
+/// feed cannot go on (not retained, index deleted).
+fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool) -> Response {
+    struct Tail {
+        h: Arc<IndexHandle>,
+        cursor: Position,
+        queue: VecDeque<Event>,
+        done: bool,
+        _counted: Subscriber,
+    }
+    let tail = Tail {
+        h,
+        cursor: since,
+        queue: VecDeque::new(),
+        done: false,
+        _counted: Subscriber::new(),
+    };
+    let events = futures::stream::unfold(tail, move |mut t| async move {
+        loop {
+            if let Some(event) = t.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(event), t));
+            }
+            if t.done {
+                return None;
+            }
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            if !t.h.wait_past(t.cursor, far).await {
+                if t.h.is_deleted() {
+                    t.done = true;
+                    t.queue
+                        .push_back(error_event(json_error("IndexDeleted", None)));
+                }
+                continue;
+            }
+            let (index, cursor) = (t.h.index.clone(), t.cursor);
+            match tokio::task::spawn_blocking(move || index.changes_since(cursor, limit)).await {
+                Ok(Ok(page)) => {
+                    for batch in &page.batches {
+                        t.cursor = batch.position;
+                        t.queue.push_back(batch_event(batch, hashes));
+                    }
+                    metrics::counter!("fpnode_change_feed_events_total")
+                        .increment(page.batches.len() as u64);
+                }
+                Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) => {
+                    t.done = true;
+                    t.queue
+                        .push_back(error_event(json_error("ChangesNotRetained", Some(oldest))));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(index = %t.h.name, error = %e, "reading changes failed");
+                    t.done = true;
+                    t.queue
+                        .push_back(error_event(json_error("InternalError", None)));
+                }
+                Err(_) => {
+                    t.done = true;
+                    t.queue
+                        .push_back(error_event(json_error("InternalError", None)));
+                }
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT))
+        .into_response()
+}
+
+/// Counts a subscriber in `fpnode_change_feed_subscribers` while its stream
+/// lives, however it ends (its end, or the client going away).
+struct Subscriber;
+
+impl Subscriber {
+    fn new() -> Subscriber {
+        metrics::gauge!("fpnode_change_feed_subscribers").increment(1.0);
+        Subscriber
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        metrics::gauge!("fpnode_change_feed_subscribers").decrement(1.0);
+    }
+}
+
+fn batch_event(batch: &Batch, hashes: bool) -> Event {
+    let changes: Vec<serde_json::Value> = batch
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert { id, hashes: h } if hashes => {
+                serde_json::json!({ "kind": "insert", "id": id, "hashes": h })
+            }
+            Change::Insert { id, .. } => serde_json::json!({ "kind": "insert", "id": id }),
+            Change::Delete { id } => serde_json::json!({ "kind": "delete", "id": id }),
+        })
+        .collect();
+    let data = serde_json::json!({ "version": batch.position.0, "changes": changes });
+    Event::default()
+        .id(batch.position.0.to_string())
+        .event("change")
+        .data(data.to_string())
+}
+
+fn json_error(name: &str, oldest: Option<u64>) -> serde_json::Value {
+    match oldest {
+        Some(o) => serde_json::json!({ "error": name, "oldest_version": o }),
+        None => serde_json::json!({ "error": name }),
+    }
+}
+
+fn error_event(body: serde_json::Value) -> Event {
+    Event::default().event("error").data(body.to_string())
 }
