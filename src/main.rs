@@ -129,10 +129,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         proxy,
     };
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    // Requests in flight get SHUTDOWN_GRACE to finish; change feeds, long
+    // polls and streams that would hold the process forever are then cut.
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    });
+    let grace = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("serving HTTP")?,
+        () = grace => tracing::warn!(?SHUTDOWN_GRACE, "requests still open at shutdown: closed"),
+    }
     tracing::info!("shutting down");
     if let Some(node) = node {
         node.shutdown().await;
@@ -228,6 +239,9 @@ fn startup_cause(message: &str) -> &str {
         .unwrap_or(message)
         .trim_end_matches('\'')
 }
+
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -56,6 +56,15 @@ async fn stream(
     (status, lines)
 }
 
+async fn metric(api: &Api, name: &str) -> f64 {
+    let text = api.call("GET", "/_metrics", None).await.body;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 async fn present(api: &Api, index: &str, id: u64) -> bool {
     let r = api.call("GET", &format!("/{index}/{id}"), None).await;
     assert!(
@@ -151,6 +160,7 @@ async fn a_client_cut_off_mid_stream_loses_nothing_it_was_told_is_durable() {
         .header("Content-Type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(body))
         .send();
+    let broken = tx.clone();
     let feeder = tokio::spawn(async move {
         for id in 1..=3000u64 {
             let line = ndjson(&[insert(id)]);
@@ -180,10 +190,23 @@ async fn a_client_cut_off_mid_stream_loses_nothing_it_was_told_is_durable() {
             }
         }
     }
-    // Cut off: the connection goes away mid-body.
+    // Cut off: the body breaks off mid-stream (an error on the client's
+    // side aborts the request, the connection goes away).
     feeder.abort();
+    let _ = broken
+        .send(Err(std::io::Error::other("client cut off")))
+        .await;
     drop(answer);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The node notices and ends the stream's work.
+    let mut ingests = f64::NAN;
+    for _ in 0..100 {
+        ingests = metric(&api, "fpnode_stream_ingests").await;
+        if ingests == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ingests, 0.0, "the stream's work did not end");
     for id in (1..=durable).step_by(97).chain([durable]) {
         assert!(present(&api, "idx", id).await, "{id} was reported durable");
     }
@@ -224,9 +247,10 @@ async fn a_messagepack_stream_is_applied_and_bad_requests_are_named() {
         (
             last["error"].clone(),
             last["line"].clone(),
-            last["durable"]["changes"].clone()
+            last["durable"]["changes"].clone(),
+            last["durable"]["lines"].clone()
         ),
-        (json!("TruncatedBody"), json!(10), json!(9))
+        (json!("TruncatedBody"), json!(10), json!(9), json!(9))
     );
     assert!(present(&api, "idx", 3009).await);
     assert!(!present(&api, "idx", 3010).await);

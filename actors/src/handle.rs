@@ -223,6 +223,16 @@ impl IndexHandle {
         request: WriteRequest,
         permit_wait: Duration,
     ) -> Result<PendingWrite<'_>, WriteError> {
+        self.submit_inner(request, permit_wait)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    async fn submit_inner(
+        &self,
+        request: WriteRequest,
+        permit_wait: Duration,
+    ) -> Result<PendingWrite<'_>, WriteError> {
         if !self.is_healthy() {
             return Err(WriteError::Unavailable(format!(
                 "index {} is unhealthy",

@@ -66,6 +66,9 @@ pub enum ApiError {
     /// `_stream`: the body ended inside a MessagePack value.
     #[error("TruncatedBody")]
     TruncatedBody,
+    /// `_stream`: the body sent nothing for 5 minutes.
+    #[error("BodyTimeout")]
+    BodyTimeout,
 }
 
 impl ApiError {
@@ -75,6 +78,7 @@ impl ApiError {
             BadRequest | InvalidIndexName | InvalidFingerprintId | TooManyChanges
             | TooManyHashes | QueryTooLong | InvalidLine | TruncatedBody => StatusCode::BAD_REQUEST,
             PayloadTooLarge | LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IndexNotFound | FingerprintNotFound | NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             VersionMismatch

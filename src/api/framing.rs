@@ -50,6 +50,10 @@ pub struct Framer {
     items: u64,
     /// NDJSON: how far `buf` was searched for a newline already.
     scanned: usize,
+    /// MessagePack: an unfinished value is decoded again only once `buf`
+    /// holds this many bytes (twice what the last try had), so a large
+    /// value arriving in small chunks is not decoded once per chunk.
+    retry_at: usize,
 }
 
 impl Framer {
@@ -59,12 +63,25 @@ impl Framer {
             buf: BytesMut::new(),
             items: 0,
             scanned: 0,
+            retry_at: 0,
         }
     }
 
     /// Items (lines) taken so far.
     pub fn items(&self) -> u64 {
         self.items
+    }
+
+    /// True while an unfinished MessagePack value waits for more bytes
+    /// before it is decoded again.
+    pub fn waiting(&self) -> bool {
+        self.retry_at > 0
+    }
+
+    /// Decode the unfinished value at the next `next`, however few bytes
+    /// came since the last try (the body paused: what arrived must apply).
+    pub fn poke(&mut self) {
+        self.retry_at = 0;
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
@@ -126,7 +143,7 @@ impl Framer {
     }
 
     fn next_value(&mut self, eof: bool) -> Result<Option<ChangeIn>, FrameError> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() || (!eof && self.buf.len() < self.retry_at) {
             return Ok(None);
         }
         let mut cursor = Cursor::new(&self.buf[..]);
@@ -138,6 +155,7 @@ impl Framer {
                     return Err(FrameError::TooLong { item: self.items });
                 }
                 self.buf.advance(used);
+                self.retry_at = 0;
                 Ok(Some(change))
             }
             Err(e) if is_eof(&e) => {
@@ -147,6 +165,7 @@ impl Framer {
                 } else if self.buf.len() > MAX_ITEM_BYTES {
                     Err(FrameError::TooLong { item })
                 } else {
+                    self.retry_at = self.buf.len().saturating_mul(2).max(4096);
                     Ok(None)
                 }
             }

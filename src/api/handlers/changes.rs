@@ -80,6 +80,14 @@ pub async fn index_changes(
                 .and_then(|v| v.trim().parse::<u64>().ok());
             since = Position(last.ok_or_else(|| r.fail(ApiError::BadRequest))?);
         }
+        // Not retained: a 410 now, not an event stream that ends at once
+        // (an EventSource would reconnect to the same error forever).
+        let (index, from) = (h.index.clone(), since);
+        if let Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) =
+            tokio::task::spawn_blocking(move || index.changes_since(from, 1)).await
+        {
+            return Ok(not_retained(r.format, oldest));
+        }
         return Ok(event_source(h, since, limit, q.hashes.unwrap_or(false)));
     }
     let wait = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
@@ -94,11 +102,7 @@ pub async fn index_changes(
     let page = match page {
         Ok(page) => page,
         Err(EngineError::ChangesNotRetained { oldest, .. }) => {
-            let body = Out::map([
-                (full("error"), Out::Str("ChangesNotRetained".into())),
-                (full("oldest_version"), Out::UInt(oldest)),
-            ]);
-            return Ok(respond(r.format, StatusCode::GONE, Some(body)));
+            return Ok(not_retained(r.format, oldest));
         }
         Err(e) => {
             tracing::error!(index = %h.name, error = %e, "reading changes failed");
@@ -135,6 +139,14 @@ pub async fn index_changes(
         (full("last_version"), Out::UInt(last.0)),
         (full("more"), Out::Bool(page.more)),
     ])))
+}
+
+fn not_retained(format: codec::Format, oldest: u64) -> Response {
+    let body = Out::map([
+        (full("error"), Out::Str("ChangesNotRetained".into())),
+        (full("oldest_version"), Out::UInt(oldest)),
+    ]);
+    respond(format, StatusCode::GONE, Some(body))
 }
 
 /// The SSE stream: pages read from the WAL as the index moves on, one event

@@ -20,8 +20,11 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::api::framing::{FrameError, Framer, StreamFormat};
 
-/// Changes per group (as many as a typical `_update`).
+/// Changes per group (as many as a typical `_update`)...
 pub const GROUP_CHANGES: usize = 1000;
+/// ...or hashes, whichever comes first (fingerprints with very many hashes
+/// keep a group's memory near 4 MiB).
+const GROUP_HASHES: usize = 1 << 20;
 /// Groups submitted and not yet answered (standalone).
 const IN_FLIGHT: usize = 4;
 /// A partial group is sent when the body pauses this long.
@@ -30,6 +33,8 @@ const IDLE_FLUSH: Duration = Duration::from_millis(50);
 /// long and this many bytes, then the connection is closed.
 const DRAIN_FOR: Duration = Duration::from_secs(5);
 const DRAIN_BYTES: usize = 256 << 20;
+/// A body that sends nothing for this long is given up on.
+const IDLE_LIMIT: Duration = Duration::from_secs(300);
 
 pub async fn ingest_stream(
     State(state): State<AppState>,
@@ -60,6 +65,7 @@ pub async fn ingest_stream(
             tx,
             started: Instant::now(),
             durable: Progress::default(),
+            failed: false,
         };
         run.ingest(format, body).await;
     });
@@ -131,6 +137,10 @@ struct Run {
     tx: mpsc::Sender<Bytes>,
     started: Instant,
     durable: Progress,
+    /// A group failed: groups answered after it are not reported durable
+    /// (the stream stops at the first failure; later ones in flight may
+    /// still have been applied).
+    failed: bool,
 }
 
 /// Why a stream stopped before its end.
@@ -140,6 +150,8 @@ enum Stop {
     Write(ApiError),
     /// The client went away (its body broke off): nothing to tell it.
     Gone,
+    /// The body sent nothing for `IDLE_LIMIT`.
+    Idle,
 }
 
 impl Run {
@@ -184,13 +196,18 @@ impl Run {
                 "durable": durable,
             }),
             Err(Stop::Write(e)) => json!({ "error": e.to_string(), "durable": durable }),
+            Err(Stop::Idle) => {
+                json!({ "error": ApiError::BodyTimeout.to_string(), "durable": durable })
+            }
         };
         let stopped = last.get("error").is_some();
-        let _ = self.tx.send(json_line(&last)).await;
-        if stopped {
-            // The client may still be sending: read (and drop) the rest for
-            // a while, so it gets to read the last line instead of a
-            // connection closed under its write.
+        // The client may still be sending and not reading yet: read (and
+        // drop) the rest of its body for a while, beside sending the last
+        // line, so neither side waits on the other.
+        let drain = async {
+            if !stopped {
+                return;
+            }
             let deadline = tokio::time::Instant::now() + DRAIN_FOR;
             let mut drained = 0usize;
             while drained < DRAIN_BYTES {
@@ -199,7 +216,9 @@ impl Run {
                     _ => break,
                 }
             }
-        }
+        };
+        let send = tokio::time::timeout(DRAIN_FOR, self.tx.send(json_line(&last)));
+        let _ = tokio::join!(send, drain);
     }
 
     /// Reads, frames, groups and submits until the body ends or something
@@ -212,12 +231,14 @@ impl Run {
     ) -> std::result::Result<(), Stop> {
         let mut framer = Framer::new(format);
         let mut group: Vec<Change> = Vec::with_capacity(GROUP_CHANGES);
+        let mut group_hashes = 0usize;
         let mut in_flight: InFlight<'h> = FuturesOrdered::new();
         let mut ended = false;
+        let mut idle = Duration::ZERO;
         let result = loop {
             // Take every complete change the framer holds, a group at a time.
             let framed = loop {
-                if group.len() >= GROUP_CHANGES {
+                if group.len() >= GROUP_CHANGES || group_hashes >= GROUP_HASHES {
                     break Ok(());
                 }
                 let next = if ended {
@@ -227,7 +248,12 @@ impl Run {
                 };
                 match next {
                     Ok(Some(c)) => match change(c, &self.state.limits) {
-                        Ok(c) => group.push(c),
+                        Ok(c) => {
+                            if let Change::Insert { hashes, .. } = &c {
+                                group_hashes += hashes.len();
+                            }
+                            group.push(c);
+                        }
                         Err(e) => break Err(Stop::Change(framer.items(), e)),
                     },
                     Ok(None) => break Ok(()),
@@ -238,7 +264,13 @@ impl Run {
                 // What came before the bad line is applied, then reported.
                 if !group.is_empty() {
                     let changes = std::mem::take(&mut group);
-                    let lines = framer.items().saturating_sub(1);
+                    // Everything before the line at fault.
+                    let at_fault = match &stop {
+                        Stop::Line(e) => e.item(),
+                        Stop::Change(line, _) => *line,
+                        _ => framer.items() + 1,
+                    };
+                    let lines = at_fault.saturating_sub(1);
                     match self.submit(handle, changes, lines).await {
                         Ok(sent) => in_flight.push_back(sent),
                         Err(e) => break Err(e),
@@ -246,7 +278,11 @@ impl Run {
                 }
                 break Err(stop);
             }
-            if group.len() >= GROUP_CHANGES || (ended && !group.is_empty()) {
+            if group.len() >= GROUP_CHANGES
+                || group_hashes >= GROUP_HASHES
+                || (ended && !group.is_empty())
+            {
+                group_hashes = 0;
                 if let Err(e) = self
                     .send_group(handle, &mut group, &framer, &mut in_flight)
                     .await
@@ -270,6 +306,7 @@ impl Run {
                     next = tokio::time::timeout(IDLE_FLUSH, data.next()) => match next {
                         Ok(chunk) => break Ok(chunk),
                         Err(_) if !group.is_empty() => {
+                            group_hashes = 0;
                             if let Err(e) = self
                                 .send_group(handle, &mut group, &framer, &mut in_flight)
                                 .await
@@ -277,12 +314,27 @@ impl Run {
                                 break Err(e);
                             }
                         }
-                        Err(_) => {}
+                        Err(_) => {
+                            idle += IDLE_FLUSH;
+                            if idle >= IDLE_LIMIT {
+                                break Err(Stop::Idle);
+                            }
+                            if framer.waiting() {
+                                // A value may be complete: frame it now.
+                                framer.poke();
+                                break Ok(Some(Ok(Bytes::new())));
+                            }
+                        }
                     }
                 }
             };
             match chunk {
-                Ok(Some(Ok(bytes))) => framer.push(&bytes),
+                Ok(Some(Ok(bytes))) => {
+                    if !bytes.is_empty() {
+                        idle = Duration::ZERO;
+                    }
+                    framer.push(&bytes);
+                }
                 Ok(Some(Err(_))) => break Err(Stop::Gone),
                 Ok(None) => ended = true,
                 Err(e) => break Err(e),
@@ -355,7 +407,13 @@ impl Run {
     /// Records a group's answer as durable and tells the client.
     fn answered(&mut self, outcome: Outcome) -> std::result::Result<(), Stop> {
         let (lines, changes, version) = outcome;
-        let version = version.map_err(Stop::Write)?;
+        if self.failed {
+            return Ok(());
+        }
+        let version = version.map_err(|e| {
+            self.failed = true;
+            Stop::Write(e)
+        })?;
         self.durable = Progress {
             lines: self.durable.lines.max(lines),
             changes: self.durable.changes + changes,
