@@ -36,7 +36,7 @@ fn all_since(index: &Index, since: u64) -> Result<Vec<u64>, Error> {
     let mut since = Position(since);
     let mut out = Vec::new();
     loop {
-        let page = index.changes_since(since, 10)?;
+        let page = index.changes_since(since, 10, None)?;
         let Some(last) = page.batches.last() else {
             return Ok(out);
         };
@@ -63,7 +63,7 @@ fn changes_read_across_checkpoints_within_the_retention_and_a_reopen() {
             (36..=40).collect::<Vec<_>>()
         );
         // The changes themselves, deletes included.
-        let page = index.changes_since(Position(24), 1000).unwrap();
+        let page = index.changes_since(Position(24), 1000, None).unwrap();
         assert_eq!(
             page.batches[0].changes,
             vec![

@@ -254,6 +254,7 @@ impl Index {
         &self,
         since: Position,
         max_changes: usize,
+        hint: Option<crate::wal::ChangesCursor>,
     ) -> crate::error::Result<crate::wal::ChangesPage> {
         let upto = self.position();
         // Batches applied without the WAL (a replica's bulk load) are not in
@@ -264,7 +265,7 @@ impl Index {
                 oldest: upto.0,
             });
         }
-        crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes)
+        crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes, hint)
     }
 
     pub fn stats(&self) -> IndexStats {

@@ -7,12 +7,28 @@
 //! the caller knows is durable and published) are returned, so the tail the
 //! writer is appending to is never interpreted.
 
+use std::fs::File;
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::list_files;
-use super::record::{self, HEADER, Parsed};
+use super::record::{HEADER, MAX_PAYLOAD, RECORD_HEADER_LEN, RECORD_MAGIC};
 use crate::error::{Error, IoContext, Result};
-use crate::types::{Batch, Position};
+use crate::types::{Batch, Change, Position};
+
+/// Where the next page starts: the WAL file (by its first position) and the
+/// offset just past the batch at `after`. A feed that keeps it reads only
+/// what is new instead of scanning its file from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangesCursor {
+    pub file: Position,
+    pub offset: u64,
+    pub after: Position,
+}
+
+/// Hashes per page at most (beyond the first batch): a page of many large
+/// fingerprints stays near 16 MiB.
+const PAGE_HASHES: usize = 1 << 22;
 
 /// Batches after a version, in order.
 #[derive(Debug, Default, Clone)]
@@ -20,15 +36,21 @@ pub struct ChangesPage {
     pub batches: Vec<Batch>,
     /// True if more batches at or before `upto` follow the page.
     pub more: bool,
+    /// Where the page ended (None if it is empty).
+    pub cursor: Option<ChangesCursor>,
 }
 
 /// The batches with positions after `since` and at or before `upto`, at most
-/// `max_changes` changes (but always a whole batch, and at least one).
+/// `max_changes` changes (but always a whole batch, and at least one). Files
+/// are read through a small buffer, record by record: memory is one page.
+/// `hint` (from the previous page's `cursor`, for the same `since`) skips
+/// what was read already.
 pub fn read_since(
     dir: &Path,
     since: Position,
     upto: Position,
     max_changes: usize,
+    hint: Option<ChangesCursor>,
 ) -> Result<ChangesPage> {
     let mut page = ChangesPage::default();
     if since >= upto {
@@ -49,20 +71,33 @@ pub fn read_since(
             oldest: oldest.0,
         });
     }
-    // The newest file starting at or before since + 1 holds it.
-    let start = files
-        .iter()
-        .rposition(|(first, _)| first.0 <= since.0.saturating_add(1))
-        .unwrap_or(0);
+    let hint = hint.filter(|h| h.after == since);
+    // The newest file starting at or before since + 1 holds it; a hint
+    // names the file and offset directly.
+    let (start, mut offset) = match hint.and_then(|h| files.iter().position(|(f, _)| *f == h.file))
+    {
+        Some(i) => (i, hint.map_or(HEADER.len() as u64, |h| h.offset)),
+        None => (
+            files
+                .iter()
+                .rposition(|(first, _)| first.0 <= since.0.saturating_add(1))
+                .unwrap_or(0),
+            HEADER.len() as u64,
+        ),
+    };
     let mut changes = 0usize;
+    let mut hashes = 0usize;
+    let newest = files.last().map(|(f, _)| *f);
     for (first, path) in &files[start..] {
+        // Only the newest file can end in a record being written.
+        let tail_ok = Some(*first) == newest;
         if *first > upto {
             break;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        let file = match File::open(path) {
+            Ok(f) => f,
             // Removed by a checkpoint meanwhile: what it held is gone.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::ChangesNotRetained {
                     since: since.0,
                     oldest: first.0,
@@ -70,47 +105,105 @@ pub fn read_since(
             }
             Err(e) => return Err(e).at(path),
         };
-        if bytes.len() < HEADER.len() || bytes[..HEADER.len()] != HEADER {
-            return Err(Error::corrupt(path, 0, "bad WAL file header"));
-        }
-        let mut at = HEADER.len();
-        loop {
-            match record::parse(&bytes, at) {
-                Parsed::End => break,
-                Parsed::Record(batch, next) => {
-                    at = next;
-                    if batch.position <= since {
-                        continue;
-                    }
-                    if batch.position > upto {
-                        return Ok(page);
-                    }
-                    if !page.batches.is_empty() && changes + batch.changes.len() > max_changes {
-                        page.more = true;
-                        return Ok(page);
-                    }
-                    changes += batch.changes.len();
-                    page.batches.push(*batch);
-                }
-                // Past `upto` only the writer's unsynced tail can be bad; a
-                // bad record before it is damage.
-                Parsed::Bad(reason) => {
-                    if page.batches.last().is_some_and(|b| b.position >= upto) {
-                        return Ok(page);
-                    }
-                    return Err(Error::corrupt(path, at as u64, reason));
-                }
+        let mut r = BufReader::with_capacity(64 << 10, file);
+        if offset == HEADER.len() as u64 {
+            let mut header = [0u8; HEADER.len()];
+            r.read_exact(&mut header)
+                .map_err(|_| Error::corrupt(path, 0, "bad WAL file header"))?;
+            if header != HEADER {
+                return Err(Error::corrupt(path, 0, "bad WAL file header"));
             }
+        } else {
+            r.seek(SeekFrom::Start(offset)).at(path)?;
         }
+        while let Some(batch) = next_record(&mut r, path, offset, tail_ok)? {
+            offset = r.stream_position().at(path)?;
+            if batch.position <= since {
+                continue;
+            }
+            if batch.position > upto {
+                return Ok(page);
+            }
+            let batch_hashes: usize = batch
+                .changes
+                .iter()
+                .map(|c| match c {
+                    Change::Insert { hashes, .. } => hashes.len(),
+                    Change::Delete { .. } => 0,
+                })
+                .sum();
+            if !page.batches.is_empty()
+                && (changes + batch.changes.len() > max_changes
+                    || hashes + batch_hashes > PAGE_HASHES)
+            {
+                page.more = true;
+                return Ok(page);
+            }
+            changes += batch.changes.len();
+            hashes += batch_hashes;
+            page.cursor = Some(ChangesCursor {
+                file: *first,
+                offset,
+                after: batch.position,
+            });
+            page.batches.push(batch);
+        }
+        offset = HEADER.len() as u64;
     }
     Ok(page)
+}
+
+/// The record at the reader's position, or None at the end of the file.
+/// A record cut short ends the newest file (`tail_ok`: the writer's unsynced
+/// tail, past anything durable); in an older file it is damage.
+fn next_record(
+    r: &mut BufReader<File>,
+    path: &Path,
+    at: u64,
+    tail_ok: bool,
+) -> Result<Option<Batch>> {
+    let cut_short = || {
+        if tail_ok {
+            Ok(None)
+        } else {
+            Err(Error::corrupt(path, at, "record cut short"))
+        }
+    };
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return cut_short(),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).at(path),
+        }
+    }
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    if word(0) != RECORD_MAGIC {
+        return Err(Error::corrupt(path, at, "bad record magic"));
+    }
+    let len = word(4) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(Error::corrupt(path, at, "record too long"));
+    }
+    let mut payload = vec![0u8; len];
+    if r.read_exact(&mut payload).is_err() {
+        return cut_short();
+    }
+    if crc32fast::hash(&payload) != word(8) {
+        return Err(Error::corrupt(path, at, "record checksum mismatch"));
+    }
+    rmp_serde::from_slice::<Batch>(&payload)
+        .map(Some)
+        .map_err(|_| Error::corrupt(path, at, "record payload does not decode"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::durable::Fs;
-    use crate::types::Change;
     use crate::wal::{WalOptions, WalWriter};
 
     fn batch(p: u64, ids: &[u32]) -> Batch {
@@ -153,7 +246,7 @@ mod tests {
         let mut since = Position(0);
         let mut seen = Vec::new();
         loop {
-            let page = read_since(tmp.path(), since, Position(17), 7).unwrap();
+            let page = read_since(tmp.path(), since, Position(17), 7, None).unwrap();
             assert!(!page.batches.is_empty());
             // Whole batches, 7 changes at most unless one batch is more.
             assert!(page.batches.len() <= 2, "{:?}", positions(&page));
@@ -165,15 +258,42 @@ mod tests {
         }
         assert_eq!(seen, (1..=17).collect::<Vec<_>>());
         assert!(
-            read_since(tmp.path(), Position(17), Position(17), 7)
+            read_since(tmp.path(), Position(17), Position(17), 7, None)
                 .unwrap()
                 .batches
                 .is_empty()
         );
         assert_eq!(
-            positions(&read_since(tmp.path(), Position(12), Position(20), 100).unwrap()),
+            positions(&read_since(tmp.path(), Position(12), Position(20), 100, None).unwrap()),
             (13..=20).collect::<Vec<_>>()
         );
+    }
+
+    /// Following the cursor from page to page reads exactly what reading
+    /// from scratch does, across file boundaries; a cursor for another
+    /// version is ignored.
+    #[test]
+    fn pages_read_from_the_cursor_equal_pages_read_from_scratch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _w = wal(tmp.path(), 0);
+        let (mut since, mut hint) = (Position(0), None);
+        let mut seen = Vec::new();
+        loop {
+            let page = read_since(tmp.path(), since, Position(20), 4, hint).unwrap();
+            let scratch = read_since(tmp.path(), since, Position(20), 4, None).unwrap();
+            assert_eq!(positions(&page), positions(&scratch));
+            assert_eq!(page.more, scratch.more);
+            if page.batches.is_empty() {
+                break;
+            }
+            seen.extend(positions(&page));
+            since = page.batches.last().unwrap().position;
+            hint = page.cursor;
+            assert_eq!(hint.map(|h| h.after), Some(since));
+        }
+        assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+        let stale = read_since(tmp.path(), Position(3), Position(20), 4, hint).unwrap();
+        assert_eq!(positions(&stale)[0], 4);
     }
 
     #[test]
@@ -190,10 +310,10 @@ mod tests {
         );
         let oldest = files[0].0.0;
         // From the oldest retained on, everything reads.
-        let page = read_since(tmp.path(), Position(oldest - 1), Position(20), 1000).unwrap();
+        let page = read_since(tmp.path(), Position(oldest - 1), Position(20), 1000, None).unwrap();
         assert_eq!(positions(&page), (oldest..=20).collect::<Vec<_>>());
         // Before it: a named error with the oldest retained version.
-        let refused = read_since(tmp.path(), Position(0), Position(20), 1000);
+        let refused = read_since(tmp.path(), Position(0), Position(20), 1000, None);
         assert!(
             matches!(refused, Err(Error::ChangesNotRetained { since: 0, oldest: o }) if o == oldest),
             "{refused:?}"

@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
-use fpnode_segments::{Batch, Error as EngineError, Position};
+use fpnode_segments::wal::{ChangesCursor, ChangesPage};
+use fpnode_segments::{Batch, Error as EngineError, Index, Position};
+use tokio::sync::Semaphore;
 
 use super::*;
 
@@ -84,7 +86,7 @@ pub async fn index_changes(
         // (an EventSource would reconnect to the same error forever).
         let (index, from) = (h.index.clone(), since);
         if let Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) =
-            tokio::task::spawn_blocking(move || index.changes_since(from, 1)).await
+            read_changes(index, from, 1, None).await
         {
             return Ok(not_retained(r.format, oldest));
         }
@@ -96,7 +98,7 @@ pub async fn index_changes(
         h.wait_past(since, deadline).await;
     }
     let index = h.index.clone();
-    let page = tokio::task::spawn_blocking(move || index.changes_since(since, limit))
+    let page = read_changes(index, since, limit, None)
         .await
         .map_err(|_| r.fail(ApiError::Internal))?;
     let page = match page {
@@ -141,6 +143,22 @@ pub async fn index_changes(
     ])))
 }
 
+/// Feed reads at once, node-wide: many subscribers woken by one write read
+/// the log a few at a time, on blocking threads the writers also need.
+static FEED_READS: Semaphore = Semaphore::const_new(2);
+
+async fn read_changes(
+    index: Arc<Index>,
+    since: Position,
+    limit: usize,
+    hint: Option<ChangesCursor>,
+) -> std::result::Result<fpnode_segments::Result<ChangesPage>, ()> {
+    let _permit = FEED_READS.acquire().await.map_err(|_| ())?;
+    tokio::task::spawn_blocking(move || index.changes_since(since, limit, hint))
+        .await
+        .map_err(|_| ())
+}
+
 fn not_retained(format: codec::Format, oldest: u64) -> Response {
     let body = Out::map([
         (full("error"), Out::Str("ChangesNotRetained".into())),
@@ -158,6 +176,8 @@ fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool
         cursor: Position,
         queue: VecDeque<Event>,
         done: bool,
+        /// Where the last page ended in the WAL: the next read starts there.
+        hint: Option<ChangesCursor>,
         _counted: Subscriber,
     }
     let tail = Tail {
@@ -165,6 +185,7 @@ fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool
         cursor: since,
         queue: VecDeque::new(),
         done: false,
+        hint: None,
         _counted: Subscriber::new(),
     };
     let events = futures::stream::unfold(tail, move |mut t| async move {
@@ -185,8 +206,9 @@ fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool
                 continue;
             }
             let (index, cursor) = (t.h.index.clone(), t.cursor);
-            match tokio::task::spawn_blocking(move || index.changes_since(cursor, limit)).await {
+            match read_changes(index, cursor, limit, t.hint).await {
                 Ok(Ok(page)) => {
+                    t.hint = page.cursor;
                     for batch in &page.batches {
                         t.cursor = batch.position;
                         t.queue.push_back(batch_event(batch, hashes));
