@@ -781,8 +781,15 @@ pub async fn run(
                     None => 0,
                 };
                 let replica_dir = data.path().join(format!("replica-{}", i + 1));
-                let (r, replica) =
+                let (mut r, replica) =
                     bootstrap(binary, &replica_dir, &node_args, expected, nats).await?;
+                // The node may still have been applying the stream's last
+                // batches when it was counted (after a chaos step, a batch
+                // published by a killed request): compare the two once both
+                // are at the same version.
+                if let Some(node) = &node {
+                    (r.expected, r.fingerprints) = converged_docs(&node.url, &replica.url).await?;
+                }
                 follower = Some(replica);
                 Outcome::Bootstrap(r)
             }
@@ -883,6 +890,28 @@ async fn status(url: &str) -> anyhow::Result<serde_json::Value> {
 
 async fn num_docs(url: &str) -> anyhow::Result<u64> {
     Ok(status(url).await?["num_docs"].as_u64().unwrap_or(0))
+}
+
+/// The node's and the replica's fingerprint counts once both are at the
+/// same version (they follow one stream: the same version means the same
+/// state), waiting up to 60 s for them to get there.
+async fn converged_docs(node: &str, replica: &str) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n, r) = (status(node).await?, status(replica).await?);
+        if n["version"] == r["version"] {
+            let docs = |v: &serde_json::Value| v["num_docs"].as_u64().unwrap_or(0);
+            return Ok((docs(&n), docs(&r)));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the node stayed at version {} while the replica reached {}",
+                n["version"],
+                r["version"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Starts an empty replica in `dir` and times it until it serves the index,
