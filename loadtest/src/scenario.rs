@@ -789,6 +789,14 @@ pub async fn run(
                 // are at the same version.
                 if let Some(node) = &node {
                     (r.expected, r.fingerprints) = converged_docs(&node.url, &replica.url).await?;
+                    if r.expected != r.fingerprints {
+                        // Name the fingerprints that differ, for the report.
+                        let new = u64::from(FIRST_NEW_ID)..next_id.load(Ordering::Relaxed);
+                        let ids = (1..=u64::from(n)).chain(new);
+                        for line in differing(&node.url, &replica.url, ids).await {
+                            eprintln!("  differs: {line}");
+                        }
+                    }
                 }
                 follower = Some(replica);
                 Outcome::Bootstrap(r)
@@ -890,6 +898,35 @@ async fn status(url: &str) -> anyhow::Result<serde_json::Value> {
 
 async fn num_docs(url: &str) -> anyhow::Result<u64> {
     Ok(status(url).await?["num_docs"].as_u64().unwrap_or(0))
+}
+
+/// Up to 10 fingerprint ids (of `ids`) present on one of the node and the
+/// replica and not on the other, and how many ids differ in all.
+async fn differing(node: &str, replica: &str, ids: impl Iterator<Item = u64>) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let get = |base: &str, id: u64| {
+        let req = client.get(format!("{base}/{INDEX}/{id}"));
+        async move {
+            // Present or not (a fingerprint's version depends on merges).
+            match req.send().await {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) => format!("error {e}"),
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut differ = 0;
+    for id in ids {
+        let (a, b) = (get(node, id).await, get(replica, id).await);
+        if a != b {
+            differ += 1;
+            if out.len() < 10 {
+                out.push(format!("id {id}: node {a}, replica {b}"));
+            }
+        }
+    }
+    out.push(format!("{differ} ids differ"));
+    out
 }
 
 /// The node's and the replica's fingerprint counts once both are at the
