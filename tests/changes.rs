@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 use common::{Api, Node};
 use serde_json::json;
 
+/// `PUT /idx/<id>` with `hashes`; the answer's status.
+async fn put(api: &Api, id: u64, hashes: serde_json::Value) -> u16 {
+    api.call(
+        "PUT",
+        &format!("/idx/{id}"),
+        Some(json!({ "hashes": hashes })),
+    )
+    .await
+    .status
+}
+
 #[tokio::test]
 async fn changes_after_a_version_in_order_with_hashes_on_request() {
     let node = Node::start(&[]).await;
@@ -158,14 +169,7 @@ async fn a_version_older_than_the_retention_is_gone_with_the_oldest_kept() {
     let api = Api::json(&node);
     assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
     for id in 1..=40u64 {
-        let r = api
-            .call(
-                "PUT",
-                &format!("/idx/{id}"),
-                Some(json!({ "hashes": [id, id + 1, id + 2] })),
-            )
-            .await;
-        assert_eq!(r.status, 200);
+        assert_eq!(put(&api, id, json!([id, id + 1, id + 2])).await, 200);
     }
     // Wait for a checkpoint to drop the oldest WAL files.
     let mut gone = None;
@@ -247,16 +251,7 @@ async fn an_event_stream_follows_writes_and_resumes_from_last_event_id() {
     let api = Api::json(&node);
     assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
     for id in 1..=3u64 {
-        assert_eq!(
-            api.call(
-                "PUT",
-                &format!("/idx/{id}"),
-                Some(json!({ "hashes": [id] }))
-            )
-            .await
-            .status,
-            200
-        );
+        assert_eq!(put(&api, id, json!([id])).await, 200);
     }
     let client = reqwest::Client::new();
     let res = client
@@ -278,12 +273,7 @@ async fn an_event_stream_follows_writes_and_resumes_from_last_event_id() {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             for id in 4..=6u64 {
-                api.call(
-                    "PUT",
-                    &format!("/idx/{id}"),
-                    Some(json!({ "hashes": [id] })),
-                )
-                .await;
+                assert_eq!(put(&api, id, json!([id])).await, 200);
             }
         })
     };
@@ -316,8 +306,8 @@ async fn an_event_stream_follows_writes_and_resumes_from_last_event_id() {
         let api = api.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            api.call("DELETE", "/idx/1", None).await;
-            api.call("DELETE", "/idx", None).await;
+            assert_eq!(api.call("DELETE", "/idx/1", None).await.status, 200);
+            assert_eq!(api.call("DELETE", "/idx", None).await.status, 200);
         })
     };
     let got = events(res, 2).await;
@@ -337,27 +327,13 @@ async fn the_feed_resumes_after_a_restart_with_nothing_missing() {
     let api = Api::json(&node);
     assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
     for id in 1..=30u64 {
-        let r = api
-            .call(
-                "PUT",
-                &format!("/idx/{id}"),
-                Some(json!({ "hashes": [id, id + 1, id + 2] })),
-            )
-            .await;
-        assert_eq!(r.status, 200);
+        assert_eq!(put(&api, id, json!([id, id + 1, id + 2])).await, 200);
     }
     assert!(node.terminate().success());
     node.spawn().await;
     let api = Api::json(&node);
     for id in 31..=35u64 {
-        let r = api
-            .call(
-                "PUT",
-                &format!("/idx/{id}"),
-                Some(json!({ "hashes": [id] })),
-            )
-            .await;
-        assert_eq!(r.status, 200);
+        assert_eq!(put(&api, id, json!([id])).await, 200);
     }
     let mut since = 0;
     let mut versions = Vec::new();

@@ -193,9 +193,13 @@ async fn a_client_cut_off_mid_stream_loses_nothing_it_was_told_is_durable() {
     // Cut off: the body breaks off mid-stream (an error on the client's
     // side aborts the request, the connection goes away).
     feeder.abort();
-    let _ = broken
-        .send(Err(std::io::Error::other("client cut off")))
-        .await;
+    assert!(
+        broken
+            .send(Err(std::io::Error::other("client cut off")))
+            .await
+            .is_ok(),
+        "the request's body was gone before the cut"
+    );
     drop(answer);
     // The node notices and ends the stream's work.
     let mut ingests = f64::NAN;

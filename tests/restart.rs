@@ -72,6 +72,16 @@ async fn assert_present(api: &Api, ids: &[u64]) {
     }
 }
 
+/// A search for fingerprint 10,001 (the faults test's writers start there).
+async fn search_10001(api: &Api) -> common::Answer {
+    api.call(
+        "POST",
+        "/idx/_search",
+        Some(json!({ "query": hashes(10_001), "limit": 1 })),
+    )
+    .await
+}
+
 async fn metric(api: &Api, name: &str) -> f64 {
     let text = api
         .call("GET", "/_metrics", None)
@@ -539,13 +549,7 @@ async fn faults_in_every_actor_during_ingest_and_searches_lose_nothing_acknowled
         tokio::spawn(async move {
             let (mut answered, mut failed) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let r = api
-                    .call(
-                        "POST",
-                        "/idx/_search",
-                        Some(json!({ "query": hashes(10_001), "limit": 1 })),
-                    )
-                    .await;
+                let r = search_10001(&api).await;
                 match (r.status, r.body["error"].as_str()) {
                     (200, _) => answered += 1,
                     (500, Some("SearchFailed")) | (503, _) => failed += 1,
@@ -585,13 +589,7 @@ async fn faults_in_every_actor_during_ingest_and_searches_lose_nothing_acknowled
         let mut back = false;
         for _ in 0..250 {
             back = if stage == "search_worker" {
-                let r = api
-                    .call(
-                        "POST",
-                        "/idx/_search",
-                        Some(json!({ "query": hashes(10_001), "limit": 1 })),
-                    )
-                    .await;
+                let r = search_10001(&api).await;
                 r.status == 200
             } else {
                 probe += 1;

@@ -207,10 +207,7 @@ impl IndexHandle {
         request: WriteRequest,
         permit_wait: Duration,
     ) -> Result<Position, WriteError> {
-        match self.submit(request, permit_wait).await {
-            Ok(pending) => pending.wait().await,
-            Err(e) => Err(self.explain(e)),
-        }
+        self.submit(request, permit_wait).await?.wait().await
     }
 
     /// Sends a write to the index writer without waiting for its answer:

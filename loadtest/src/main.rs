@@ -395,6 +395,17 @@ impl std::fmt::Display for LoadResult {
     }
 }
 
+/// Creates `index` (idempotent); the client to go on with.
+pub(crate) async fn create_index(url: &str, index: &str) -> anyhow::Result<reqwest::Client> {
+    let client = reqwest::Client::new();
+    client
+        .put(format!("{url}/{index}"))
+        .send()
+        .await
+        .context("creating the index")?;
+    Ok(client)
+}
+
 pub async fn load(
     corpus: Corpus,
     url: &str,
@@ -403,12 +414,7 @@ pub async fn load(
     batch: u32,
     clients: usize,
 ) -> anyhow::Result<LoadResult> {
-    let client = reqwest::Client::new();
-    client
-        .put(format!("{url}/{index}"))
-        .send()
-        .await
-        .context("creating the index")?;
+    let client = create_index(url, index).await?;
     let next = Arc::new(AtomicU64::new(1));
     let errors = Arc::new(AtomicU64::new(0));
     let retries = Arc::new(AtomicU64::new(0));

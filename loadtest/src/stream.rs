@@ -48,12 +48,7 @@ pub async fn stream(
     index: &str,
     n: u32,
 ) -> anyhow::Result<StreamResult> {
-    let client = reqwest::Client::new();
-    client
-        .put(format!("{url}/{index}"))
-        .send()
-        .await
-        .context("creating the index")?;
+    let client = crate::create_index(url, index).await?;
     let hashes = corpus.hashes;
     let body = futures::stream::unfold(1u32, move |first| async move {
         if first > n {
