@@ -175,6 +175,12 @@ impl BatcherState {
                     } else if batch.changes.iter().any(|c| c.id() == 0) {
                         let _ = reply.send(Err(WriteError::Invalid("fingerprint id 0".into())));
                     } else {
+                        tracing::debug!(
+                            after = after.0,
+                            position = batch.position.0,
+                            changes = batch.changes.len(),
+                            "numbered batch taken"
+                        );
                         version = batch.position.0;
                         replies.push((batch.position, reply));
                         batches.push(batch);

@@ -24,7 +24,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::messages::RegistryMsg;
 pub use crate::messages::WatcherMsg;
 use crate::replication::{Replication, backoff, wait_to_retry};
-use crate::stream::{IndexRecord, Subject, decode_payload, ensure_stream, parse_subject};
+use crate::stream::{
+    Deliveries, IndexRecord, Subject, decode_payload, ensure_stream, parse_subject,
+};
 
 pub struct LifecycleWatcher;
 
@@ -41,6 +43,8 @@ pub struct WatcherState {
     seen: BTreeSet<String>,
     reconciled: bool,
     failures: u32,
+    /// The consumer's deliveries so far: a hole means records were lost.
+    deliveries: Deliveries,
     epoch: u64,
 }
 
@@ -62,6 +66,7 @@ impl Actor for LifecycleWatcher {
             seen: BTreeSet::new(),
             reconciled: false,
             failures: 0,
+            deliveries: Deliveries::default(),
             epoch: 0,
         })
     }
@@ -117,6 +122,7 @@ impl WatcherState {
                 .map_err(|e| e.to_string())?;
             self.seen.clear();
             self.reconciled = false;
+            self.deliveries.restart();
             let pending = consumer
                 .info()
                 .await
@@ -147,6 +153,8 @@ impl WatcherState {
                 .ok_or("the consumer's message stream ended")?
                 .map_err(|e| e.to_string())?;
             let info = message.info().map_err(|e| e.to_string())?;
+            // A record lost in transit: start over from the stream's start.
+            self.deliveries.next(info.consumer_sequence)?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             match (
                 parse_subject(&settings.prefix, &message.subject),

@@ -281,9 +281,61 @@ impl StreamSettings {
     }
 }
 
+/// Checks that an ack-less consumer's messages arrive without a hole.
+///
+/// Without acks the server counts a message as delivered once it sends it:
+/// a message sent just before a connection broke (a nats-server restarted
+/// with its consumer's state, a client reconnect) is never sent again, and
+/// the next one continues after it. Only the consumer sequence shows the
+/// hole (stream sequences of a filtered consumer skip other subjects'
+/// messages): it counts every delivery of one consumer from 1. Seen by the
+/// chaos scenario (docs/replication.md); the caller starts a new consumer
+/// from its applied position.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    last: u64,
+}
+
+impl Deliveries {
+    /// A new consumer: its first delivery is 1.
+    pub fn restart(&mut self) {
+        self.last = 0;
+    }
+
+    /// Takes the consumer sequence of the next message, or says which
+    /// deliveries were lost.
+    pub fn next(&mut self, consumer_sequence: u64) -> Result<(), String> {
+        let expected = self.last + 1;
+        if consumer_sequence != expected {
+            return Err(format!(
+                "the consumer's delivery {consumer_sequence} came after {}: deliveries were lost in transit or repeated",
+                self.last
+            ));
+        }
+        self.last = consumer_sequence;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_must_follow_one_another_from_one() {
+        let mut d = Deliveries::default();
+        assert!(
+            d.next(2).is_err(),
+            "a first delivery other than 1 is a hole"
+        );
+        assert!(d.next(1).is_ok());
+        assert!(d.next(2).is_ok());
+        let hole = d.next(5).unwrap_err();
+        assert!(hole.contains("delivery 5 came after 2"), "{hole}");
+        assert!(d.next(2).is_err(), "a repeated delivery is refused");
+        d.restart();
+        assert!(d.next(1).is_ok());
+    }
 
     #[test]
     fn subjects_round_trip_for_every_valid_index_name_shape() {

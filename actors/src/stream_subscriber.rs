@@ -50,8 +50,8 @@ use crate::messages::BatcherMsg;
 pub use crate::messages::SubscriberMsg;
 use crate::replication::{Link, backoff, wait_to_retry};
 use crate::stream::{
-    FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload, index_filter,
-    parse_subject,
+    Deliveries, FingerprintPayload, MetadataPayload, StreamSettings, Subject, decode_payload,
+    index_filter, parse_subject,
 };
 
 /// Batches in flight between fetch and apply.
@@ -76,6 +76,8 @@ pub struct SubscriberState {
     messages: Option<pull::Stream>,
     /// Stream sequence of the last message fetched: what the next batch follows.
     after: u64,
+    /// The consumer's deliveries so far: a hole means messages were lost.
+    deliveries: Deliveries,
     credits: Arc<Semaphore>,
     /// Consecutive failures, for the backoff.
     failures: u32,
@@ -104,6 +106,7 @@ impl Actor for StreamSubscriber {
             consumer: None,
             messages: None,
             after: 0,
+            deliveries: Deliveries::default(),
             credits: Arc::new(Semaphore::new(CREDITS as usize)),
             failures: 0,
             epoch: 0,
@@ -234,6 +237,7 @@ impl SubscriberState {
                 .await
                 .map_err(|e| e.to_string())?
                 .num_pending;
+            tracing::debug!(index = %self.args.handle.name, start = self.after + 1, stream_last = last, pending, "consumer created");
             if let Some(replica) = &self.args.handle.replica {
                 replica.fetched(pending);
             }
@@ -250,6 +254,7 @@ impl SubscriberState {
                 .map_err(|e| e.to_string())?;
             self.consumer = Some(consumer);
             self.messages = Some(messages);
+            self.deliveries.restart();
         }
         Ok(self.consumer.as_ref())
     }
@@ -288,7 +293,7 @@ impl SubscriberState {
             .await
             .map_err(|e| e.to_string())?;
         let after = self.after;
-        let Some(messages) = self.messages.as_mut() else {
+        let (Some(messages), deliveries) = (self.messages.as_mut(), &mut self.deliveries) else {
             return Ok(());
         };
         let mut changes = Vec::new();
@@ -298,6 +303,7 @@ impl SubscriberState {
         let mut pending = None;
         let mut generation_ended = false;
         let mut redelivered = None;
+        let mut first = 0u64;
         // Wait up to `wait` for the first message, then take what follows (up
         // to `max_batch`): while the stream has more (a replay), waiting a
         // little for the next message keeps batches large; once nothing is
@@ -312,6 +318,9 @@ impl SubscriberState {
             };
             count += 1;
             let info = message.info().map_err(|e| e.to_string())?;
+            // A hole: start over from the applied position (the batch built
+            // so far is dropped and fetched again).
+            deliveries.next(info.consumer_sequence)?;
             next_wait = if info.pending > 0 {
                 Duration::from_millis(5)
             } else {
@@ -334,6 +343,9 @@ impl SubscriberState {
                 // The generation ended here: apply what came before, stop.
                 generation_ended = true;
                 break;
+            }
+            if first == 0 {
+                first = seq;
             }
             last = seq;
             match subject {
@@ -402,6 +414,7 @@ impl SubscriberState {
         batcher
             .cast(BatcherMsg::Apply(batch, after, tx.into()))
             .map_err(|e| e.to_string())?;
+        tracing::debug!(index = %self.args.handle.name, after = self.after, first, last, count, "batch sent");
         self.after = last;
         self.failures = 0;
         let (me, handle) = (myself.clone(), self.args.handle.clone());
@@ -423,6 +436,7 @@ impl SubscriberState {
                     }
                 }
                 Ok(Err(e)) => {
+                    tracing::debug!(index = %handle.name, last, error = %e, "batch refused");
                     let _ = me.cast(SubscriberMsg::Failed(e.to_string()));
                 }
                 Err(_) => {

@@ -212,11 +212,26 @@ impl NatsProcess {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        // With FPNODE_LOADTEST_LOG set, the server's log goes to nats.log
+        // beside its configuration (appended across restarts).
+        let log = match std::env::var_os("FPNODE_LOADTEST_LOG") {
+            Some(_) => {
+                let path = self.conf.with_file_name("nats.log");
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?,
+                )
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {} (run scripts/setup)", self.binary))?;
         self.child = Some(child);
