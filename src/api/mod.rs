@@ -129,8 +129,13 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), read_body));
     // `_stream` reads its body as it arrives: no whole-body buffering, no
     // body size limit (docs/api.md).
-    Router::new()
-        .route("/{index}/_stream", post(ingest_stream))
+    let mut unbuffered = Router::new().route("/{index}/_stream", post(ingest_stream));
+    if state.proxy.is_none() {
+        // The WebSocket feed reads the local WAL: replicas and standalone
+        // nodes serve it, a proxy does not (docs/api.md).
+        unbuffered = unbuffered.route("/_changes", get(changes_socket));
+    }
+    unbuffered
         .merge(buffered)
         .layer(middleware::from_fn(track_metrics))
         .with_state(state)

@@ -22,10 +22,10 @@ use tokio::sync::Semaphore;
 use super::*;
 
 /// Changes per answer unless `limit` says otherwise, and at most.
-const DEFAULT_LIMIT: usize = 1000;
-const MAX_LIMIT: usize = 10_000;
+pub(super) const DEFAULT_LIMIT: usize = 1000;
+pub(super) const MAX_LIMIT: usize = 10_000;
 /// Comment lines sent on an idle event stream, so proxies keep it open.
-const HEARTBEAT: Duration = Duration::from_secs(15);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a long poll waits by default, and at most.
 const DEFAULT_WAIT_MS: u64 = 60_000;
 const MAX_WAIT_MS: u64 = 300_000;
@@ -147,7 +147,7 @@ pub async fn index_changes(
 /// the log a few at a time, on blocking threads the writers also need.
 static FEED_READS: Semaphore = Semaphore::const_new(2);
 
-async fn read_changes(
+pub(super) async fn read_changes(
     index: Arc<Index>,
     since: Position,
     limit: usize,
@@ -167,71 +167,99 @@ fn not_retained(format: codec::Format, oldest: u64) -> Response {
     respond(format, StatusCode::GONE, Some(body))
 }
 
-/// The SSE stream: pages read from the WAL as the index moves on, one event
-/// per batch, heartbeats while idle, an `error` event and the end when the
-/// feed cannot go on (not retained, index deleted).
-fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool) -> Response {
-    struct Tail {
-        h: Arc<IndexHandle>,
-        cursor: Position,
-        queue: VecDeque<Event>,
-        done: bool,
-        /// Where the last page ended in the WAL: the next read starts there.
-        hint: Option<ChangesCursor>,
-        _counted: Subscriber,
+/// One subscriber's position in an index's change log: pages read from the
+/// WAL as the index moves on. Shared by the SSE and WebSocket feeds; it holds
+/// one page at most, so a slow subscriber costs memory for that page only.
+pub(super) struct Tail {
+    h: Arc<IndexHandle>,
+    cursor: Position,
+    limit: usize,
+    done: bool,
+    /// Where the last page ended in the WAL: the next read starts there.
+    hint: Option<ChangesCursor>,
+    _counted: Subscriber,
+}
+
+/// What a [`Tail`] yields next.
+pub(super) enum TailItem {
+    Batches(Vec<Batch>),
+    /// The feed cannot go on (not retained, index deleted, read failure):
+    /// the error to send, then nothing more.
+    End(serde_json::Value),
+}
+
+impl Tail {
+    pub(super) fn new(h: Arc<IndexHandle>, since: Position, limit: usize) -> Tail {
+        Tail {
+            h,
+            cursor: since,
+            limit,
+            done: false,
+            hint: None,
+            _counted: Subscriber::new(),
+        }
     }
-    let tail = Tail {
-        h,
-        cursor: since,
-        queue: VecDeque::new(),
-        done: false,
-        hint: None,
-        _counted: Subscriber::new(),
-    };
-    let events = futures::stream::unfold(tail, move |mut t| async move {
+
+    /// Waits for the next batches after the cursor; `None` once ended.
+    pub(super) async fn next(&mut self) -> Option<TailItem> {
         loop {
-            if let Some(event) = t.queue.pop_front() {
-                return Some((Ok::<_, Infallible>(event), t));
-            }
-            if t.done {
+            if self.done {
                 return None;
             }
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-            if !t.h.wait_past(t.cursor, far).await {
-                if t.h.is_deleted() {
-                    t.done = true;
-                    t.queue
-                        .push_back(error_event(json_error("IndexDeleted", None)));
+            if !self.h.wait_past(self.cursor, far).await {
+                if self.h.is_deleted() {
+                    return Some(self.end("IndexDeleted", None));
                 }
                 continue;
             }
-            let (index, cursor) = (t.h.index.clone(), t.cursor);
-            match read_changes(index, cursor, limit, t.hint).await {
+            let (index, cursor) = (self.h.index.clone(), self.cursor);
+            match read_changes(index, cursor, self.limit, self.hint).await {
                 Ok(Ok(page)) => {
-                    t.hint = page.cursor;
-                    for batch in &page.batches {
-                        t.cursor = batch.position;
-                        t.queue.push_back(batch_event(batch, hashes));
-                    }
+                    self.hint = page.cursor;
+                    let Some(last) = page.batches.last() else {
+                        // Nothing logged past the cursor yet although the
+                        // index moved: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    self.cursor = last.position;
                     metrics::counter!("fpnode_change_feed_events_total")
                         .increment(page.batches.len() as u64);
+                    return Some(TailItem::Batches(page.batches));
                 }
                 Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) => {
-                    t.done = true;
-                    t.queue
-                        .push_back(error_event(json_error("ChangesNotRetained", Some(oldest))));
+                    return Some(self.end("ChangesNotRetained", Some(oldest)));
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(index = %t.h.name, error = %e, "reading changes failed");
-                    t.done = true;
-                    t.queue
-                        .push_back(error_event(json_error("InternalError", None)));
+                    tracing::error!(index = %self.h.name, error = %e, "reading changes failed");
+                    return Some(self.end("InternalError", None));
                 }
-                Err(_) => {
-                    t.done = true;
-                    t.queue
-                        .push_back(error_event(json_error("InternalError", None)));
+                Err(()) => return Some(self.end("InternalError", None)),
+            }
+        }
+    }
+
+    fn end(&mut self, error: &str, oldest: Option<u64>) -> TailItem {
+        self.done = true;
+        TailItem::End(json_error(error, oldest))
+    }
+}
+
+/// The SSE stream: one event per batch, heartbeats while idle, an `error`
+/// event and the end when the feed cannot go on.
+fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool) -> Response {
+    let tail = (Tail::new(h, since, limit), VecDeque::new());
+    let events = futures::stream::unfold(tail, move |(mut t, mut queue)| async move {
+        loop {
+            if let Some(event) = queue.pop_front() {
+                return Some((Ok::<_, Infallible>(event), (t, queue)));
+            }
+            match t.next().await? {
+                TailItem::Batches(batches) => {
+                    queue.extend(batches.iter().map(|b| batch_event(b, hashes)));
                 }
+                TailItem::End(error) => queue.push_back(error_event(error)),
             }
         }
     });
@@ -276,7 +304,7 @@ fn batch_event(batch: &Batch, hashes: bool) -> Event {
         .data(data.to_string())
 }
 
-fn json_error(name: &str, oldest: Option<u64>) -> serde_json::Value {
+pub(super) fn json_error(name: &str, oldest: Option<u64>) -> serde_json::Value {
     match oldest {
         Some(o) => serde_json::json!({ "error": name, "oldest_version": o }),
         None => serde_json::json!({ "error": name }),

@@ -1,12 +1,14 @@
 //! The handlers of the HTTP API, one per endpoint of docs/api.md, by room:
 //! `system` (health, metrics refresh, fallbacks, test hooks), `indexes`
-//! (create, delete, status), `changes` (`_changes`: the change feed), `snapshot` (streaming an archive), `fingerprints`
-//! (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
+//! (create, delete, status), `changes` (`_changes`: the change feed),
+//! `changes_ws` (the same feeds over one WebSocket), `snapshot` (streaming
+//! an archive), `fingerprints` (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
 //! change stream applied as it arrives) and `routing` (where a write goes in
 //! each mode). This file holds what they share: request decoding, the
 //! response format, error mapping and index lookup.
 
 mod changes;
+mod changes_ws;
 mod fingerprints;
 mod indexes;
 mod ingest_stream;
@@ -17,6 +19,7 @@ mod system;
 use routing::{wait_for_index, write};
 
 pub use changes::*;
+pub use changes_ws::*;
 pub use fingerprints::*;
 pub use indexes::*;
 pub use ingest_stream::*;

@@ -1,0 +1,252 @@
+//! `GET /_changes` over WebSocket: one connection follows the change feeds of
+//! any number of indexes (docs/api.md, "Change feed over WebSocket").
+//!
+//! The client sends JSON text frames: `{"op": "subscribe", "index": "main",
+//! "since": 120, "kinds": ["delete"], "hashes": true}` and `{"op":
+//! "unsubscribe", "index": "main"}`. The server answers `subscribed` /
+//! `unsubscribed`, then sends one `change` message per batch of each
+//! subscribed index (`version` resumes it), an `error` message for a
+//! subscription that cannot go on (`ChangesNotRetained` with the oldest
+//! version kept, `IndexDeleted`, `IndexNotFound`) or for a frame it cannot
+//! take (`InvalidMessage`, `TooManySubscriptions`), and a ping every 15 s.
+//!
+//! Memory is bounded per connection: each subscription is a [`Tail`] reading
+//! the index's WAL (one page at most) into a queue of [`QUEUE`] messages
+//! shared by the connection; a full queue stops the reads, never the writers.
+//! A client that does not take a message within [`SEND_TIMEOUT`] is too slow:
+//! it gets a close frame saying so (code 1008, `SlowConsumer`) and the
+//! connection ends. It resumes from the last `version` it got.
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use fpnode_segments::{Batch, Position};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, json_error};
+use super::*;
+
+/// Messages waiting to be sent on one connection.
+const QUEUE: usize = 64;
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: usize = 64;
+/// How long one message may take to be sent before the client is dropped as
+/// too slow.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest frame a client may send (a subscribe is a few hundred bytes).
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum Op {
+    Subscribe {
+        index: String,
+        #[serde(default)]
+        since: u64,
+        #[serde(default)]
+        kinds: Option<Vec<Kind>>,
+        #[serde(default)]
+        hashes: bool,
+    },
+    Unsubscribe {
+        index: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Insert,
+    Delete,
+}
+
+pub async fn changes_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_CLIENT_FRAME)
+        .on_upgrade(move |socket| serve(state, socket))
+}
+
+async fn serve(state: AppState, socket: WebSocket) {
+    metrics::gauge!("fpnode_change_feed_sockets").increment(1.0);
+    let (mut sink, mut incoming) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+    let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut ping = tokio::time::interval(HEARTBEAT);
+    ping.reset();
+    let closing = loop {
+        tokio::select! {
+            frame = incoming.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let reply = handle(&state, text.as_str(), &mut subscriptions, &tx).await;
+                    if let Some(reply) = reply
+                        && send(&mut sink, reply).await.is_err()
+                    {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = invalid("frames are JSON text");
+                    if send(&mut sink, reply).await.is_err() {
+                        break None;
+                    }
+                }
+                // Pings are answered by the library; pongs need nothing.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
+            },
+            Some(out) = rx.recv() => {
+                if send(&mut sink, out).await.is_err() {
+                    break Some(CloseFrame {
+                        code: axum::extract::ws::close_code::POLICY,
+                        reason: "SlowConsumer".into(),
+                    });
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    for (_, task) in subscriptions.drain() {
+        task.abort();
+    }
+    if let Some(frame) = closing {
+        metrics::counter!("fpnode_change_feed_slow_disconnects_total").increment(1);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    metrics::gauge!("fpnode_change_feed_sockets").decrement(1.0);
+}
+
+/// Sends one text message, failing if the client does not take it in time.
+async fn send(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    text: String,
+) -> std::result::Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Carries out one client frame; answers what to send back at once.
+async fn handle(
+    state: &AppState,
+    text: &str,
+    subscriptions: &mut HashMap<String, JoinHandle<()>>,
+    tx: &mpsc::Sender<String>,
+) -> Option<String> {
+    let op = match serde_json::from_str::<Op>(text) {
+        Ok(op) => op,
+        Err(e) => return Some(invalid(&e.to_string())),
+    };
+    subscriptions.retain(|_, task| !task.is_finished());
+    match op {
+        Op::Unsubscribe { index } => {
+            if let Some(task) = subscriptions.remove(&index) {
+                task.abort();
+            }
+            Some(serde_json::json!({ "type": "unsubscribed", "index": index }).to_string())
+        }
+        Op::Subscribe {
+            index,
+            since,
+            kinds,
+            hashes,
+        } => {
+            if !subscriptions.contains_key(&index) && subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                return Some(index_error(
+                    &index,
+                    json_error("TooManySubscriptions", None),
+                ));
+            }
+            let h = match lookup(state, &index).await {
+                Ok(h) => h,
+                Err(e) => return Some(index_error(&index, json_error(&e.to_string(), None))),
+            };
+            // A new subscribe of the same index replaces the old one.
+            if let Some(task) = subscriptions.remove(&index) {
+                task.abort();
+            }
+            let ack = serde_json::json!({ "type": "subscribed", "index": index, "since": since })
+                .to_string();
+            // The acknowledgement is sent before the connection's queue is
+            // read again, so it comes before the subscription's first change.
+            let tail = Tail::new(h, Position(since), DEFAULT_LIMIT);
+            let task = tokio::spawn(follow(tail, index.clone(), kinds, hashes, tx.clone()));
+            subscriptions.insert(index, task);
+            Some(ack)
+        }
+    }
+}
+
+/// One subscription: its batches, filtered, into the connection's queue
+/// (waiting while it is full), then its end.
+async fn follow(
+    mut tail: Tail,
+    index: String,
+    kinds: Option<Vec<Kind>>,
+    hashes: bool,
+    tx: mpsc::Sender<String>,
+) {
+    while let Some(item) = tail.next().await {
+        let messages = match item {
+            TailItem::Batches(batches) => batches
+                .iter()
+                .map(|b| change_message(&index, b, kinds.as_deref(), hashes))
+                .collect(),
+            TailItem::End(error) => vec![index_error(&index, error)],
+        };
+        for message in messages {
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A batch as one message. A batch whose changes the filter drops entirely is
+/// still sent (with no changes), so the client's resume point moves on.
+fn change_message(index: &str, batch: &Batch, kinds: Option<&[Kind]>, hashes: bool) -> String {
+    let wanted = |k: Kind| kinds.is_none_or(|ks| ks.contains(&k));
+    let changes: Vec<serde_json::Value> = batch
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Insert { id, hashes: h } if wanted(Kind::Insert) => Some(if hashes {
+                serde_json::json!({ "kind": "insert", "id": id, "hashes": h })
+            } else {
+                serde_json::json!({ "kind": "insert", "id": id })
+            }),
+            Change::Delete { id } if wanted(Kind::Delete) => {
+                Some(serde_json::json!({ "kind": "delete", "id": id }))
+            }
+            _ => None,
+        })
+        .collect();
+    serde_json::json!({
+        "type": "change",
+        "index": index,
+        "version": batch.position.0,
+        "changes": changes,
+    })
+    .to_string()
+}
+
+fn index_error(index: &str, mut error: serde_json::Value) -> String {
+    if let Some(map) = error.as_object_mut() {
+        map.insert("type".into(), "error".into());
+        map.insert("index".into(), index.into());
+    }
+    error.to_string()
+}
+
+fn invalid(detail: &str) -> String {
+    serde_json::json!({ "type": "error", "error": "InvalidMessage", "detail": detail }).to_string()
+}

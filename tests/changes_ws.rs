@@ -1,0 +1,234 @@
+//! `GET /_changes` over WebSocket against the real binary (docs/api.md):
+//! several indexes on one connection, filters by kind, hashes on request,
+//! unsubscribe, resume from a version after a reconnect, errors named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Node};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(node: &Node) -> Socket {
+    let url = format!("ws://127.0.0.1:{}/_changes", node.port);
+    let (socket, res) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(res.status(), 101);
+    socket
+}
+
+async fn send(socket: &mut Socket, op: Value) {
+    socket
+        .send(Message::Text(op.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON message (pings skipped), within 10 s.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("no message within 10 s")
+            .expect("the connection ended")
+            .unwrap();
+        match frame {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// `change` messages of `index` until its version reaches `upto`.
+async fn changes_until(socket: &mut Socket, index: &str, upto: u64) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let m = next(socket).await;
+        assert_eq!(m["type"], json!("change"), "{m}");
+        assert_eq!(m["index"], json!(index), "{m}");
+        let version = m["version"].as_u64().unwrap();
+        got.push(m);
+        if version >= upto {
+            return got;
+        }
+    }
+}
+
+async fn put(api: &Api, index: &str, id: u64, hashes: Value) -> u64 {
+    let r = api
+        .call(
+            "PUT",
+            &format!("/{index}/{id}"),
+            Some(json!({ "hashes": hashes })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    version(api, index).await
+}
+
+/// The index's version (single-fingerprint writes answer without one).
+async fn version(api: &Api, index: &str) -> u64 {
+    let r = api.call("GET", &format!("/{index}"), None).await;
+    r.body["version"].as_u64().unwrap()
+}
+
+async fn delete(api: &Api, index: &str, id: u64) -> u64 {
+    let r = api.call("DELETE", &format!("/{index}/{id}"), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    version(api, index).await
+}
+
+#[tokio::test]
+async fn one_socket_follows_two_indexes_with_filters_and_unsubscribes() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    for index in ["a", "b"] {
+        assert_eq!(
+            api.call("PUT", &format!("/{index}"), None).await.status,
+            200
+        );
+    }
+    put(&api, "a", 1, json!([10, 11])).await;
+    let mut socket = connect(&node).await;
+    // `a` from the start, with hashes; `b` deletes only.
+    send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "a", "since": 0, "hashes": true }),
+    )
+    .await;
+    assert_eq!(
+        next(&mut socket).await,
+        json!({ "type": "subscribed", "index": "a", "since": 0 })
+    );
+    assert_eq!(
+        next(&mut socket).await,
+        json!({ "type": "change", "index": "a", "version": 1,
+                "changes": [{ "kind": "insert", "id": 1, "hashes": [10, 11] }] })
+    );
+    send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "b", "kinds": ["delete"] }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
+    put(&api, "b", 7, json!([70])).await;
+    let deleted = delete(&api, "b", 7).await;
+    // The insert is filtered out, its batch still moves the resume point.
+    let b = changes_until(&mut socket, "b", deleted).await;
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert_eq!(b[0]["changes"], json!([]));
+    assert_eq!(b[1]["changes"], json!([{ "kind": "delete", "id": 7 }]));
+    // Unsubscribed from `a`: a later write to it is not sent, one to `b` is.
+    send(&mut socket, json!({ "op": "unsubscribe", "index": "a" })).await;
+    assert_eq!(
+        next(&mut socket).await,
+        json!({ "type": "unsubscribed", "index": "a" })
+    );
+    put(&api, "a", 2, json!([20])).await;
+    let v = delete(&api, "b", 8).await;
+    let m = next(&mut socket).await;
+    assert_eq!(
+        (m["index"].clone(), m["version"].clone()),
+        (json!("b"), json!(v)),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnected_client_resumes_from_its_last_version_with_nothing_missing() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    let mut socket = connect(&node).await;
+    send(&mut socket, json!({ "op": "subscribe", "index": "idx" })).await;
+    assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
+    for id in 1..=5 {
+        put(&api, "idx", id, json!([id])).await;
+    }
+    let first = changes_until(&mut socket, "idx", 5).await;
+    let last_seen = first.last().unwrap()["version"].as_u64().unwrap();
+    drop(socket);
+    // Written while no one listens.
+    for id in 6..=10 {
+        put(&api, "idx", id, json!([id])).await;
+    }
+    let mut socket = connect(&node).await;
+    send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "idx", "since": last_seen }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
+    let rest = changes_until(&mut socket, "idx", 10).await;
+    let ids: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .flat_map(|m| m["changes"].as_array().unwrap().clone())
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<_>>(), "no gap, no duplicate");
+}
+
+#[tokio::test]
+async fn bad_frames_and_unknown_or_unretained_indexes_are_named_errors() {
+    let node = Node::start(&[
+        "--changes-retention-bytes",
+        "0",
+        "--wal-file-bytes",
+        "200",
+        "--checkpoint-threshold",
+        "20",
+        "--checkpoint-age-ms",
+        "50",
+    ])
+    .await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    let mut socket = connect(&node).await;
+    socket.send(Message::Text("not json".into())).await.unwrap();
+    let m = next(&mut socket).await;
+    assert_eq!(m["error"], json!("InvalidMessage"), "{m}");
+    send(&mut socket, json!({ "op": "subscribe" })).await;
+    assert_eq!(next(&mut socket).await["error"], json!("InvalidMessage"));
+    send(&mut socket, json!({ "op": "subscribe", "index": "nope" })).await;
+    assert_eq!(
+        next(&mut socket).await,
+        json!({ "type": "error", "index": "nope", "error": "IndexNotFound" })
+    );
+    // The connection is still usable after errors; a version dropped by the
+    // retention ends that subscription with the oldest version kept.
+    for id in 1..=40 {
+        put(&api, "idx", id, json!([id, id + 1])).await;
+    }
+    let mut gone = None;
+    for _ in 0..200 {
+        let r = api.call("GET", "/idx/_changes?since=0", None).await;
+        if r.status == 410 {
+            gone = Some(r.body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let oldest = gone.expect("version 0 stayed retained")["oldest_version"]
+        .as_u64()
+        .unwrap();
+    send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "idx", "since": 0 }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
+    let m = next(&mut socket).await;
+    assert_eq!(
+        (m["type"].clone(), m["index"].clone(), m["error"].clone()),
+        (json!("error"), json!("idx"), json!("ChangesNotRetained")),
+        "{m}"
+    );
+    assert!(m["oldest_version"].as_u64().unwrap() >= oldest, "{m}");
+}
