@@ -79,6 +79,8 @@ pub struct IndexHandle {
     /// Woken after every publish (and when the index is deleted): change
     /// feeds wait on it instead of polling.
     pub published: Arc<tokio::sync::Notify>,
+    /// The recent batches of its change log, shared by its feed subscribers.
+    pub feed: crate::feed::FeedRing,
     /// Writes in flight (queued or being applied) for this index: the
     /// Batcher's admission bound.
     pub write_permits: Arc<Semaphore>,
@@ -97,6 +99,7 @@ impl IndexHandle {
             batcher: RwLock::new(None),
             unanswered: Arc::default(),
             published: Arc::default(),
+            feed: Default::default(),
             write_permits: Arc::new(Semaphore::new(max_writes_in_flight)),
             healthy: AtomicBool::new(true),
             deleted: AtomicBool::new(false),

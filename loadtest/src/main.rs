@@ -7,6 +7,7 @@ mod chaos;
 mod charts;
 mod cluster;
 mod corpus;
+mod feed;
 mod import;
 mod measure;
 mod openloop;

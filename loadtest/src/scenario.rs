@@ -19,6 +19,9 @@
 //! [[steps]]
 //! kind = "stream_ingest" # the whole corpus through one _stream request
 //! [[steps]]
+//! kind = "feed"          # change-feed subscribers while writers insert
+//! subscribers = 1000
+//! [[steps]]
 //! kind = "search"        # closed loop
 //! queries = 2000
 //! clients = 2
@@ -41,6 +44,7 @@ use crate::chaos::{ChaosPlan, ChaosResult, Target, chaos};
 use crate::charts::{self, Axes, Series};
 use crate::cluster::{NatsProcess, NodeProcess, stream_size};
 use crate::corpus::{Corpus, Distribution};
+use crate::feed::{FeedPlan, FeedResult, feed};
 use crate::import::{ImportOptions, ImportResult};
 use crate::measure::{self, DiskResult};
 use crate::openloop::{OpenLoopResult, open_loop};
@@ -258,6 +262,30 @@ pub enum Step {
         #[serde(default = "default_write_batch")]
         batch: u32,
     },
+    /// Change-feed subscribers (SSE and WebSocket) follow the index while
+    /// writers insert; some are cut off and resume. The writers run once
+    /// alone first, for the throughput they would have without subscribers.
+    Feed {
+        subscribers: usize,
+        #[serde(default = "default_half")]
+        websocket_share: f64,
+        #[serde(default = "default_clients")]
+        writers: usize,
+        #[serde(default = "default_batch")]
+        batch: u32,
+        #[serde(default = "default_seconds")]
+        seconds: f64,
+        #[serde(default)]
+        kill_share: f64,
+        /// Fail the run if the writers' throughput with subscribers is below
+        /// this share of the one without (none by default).
+        #[serde(default)]
+        min_throughput_ratio: f64,
+    },
+}
+
+fn default_half() -> f64 {
+    0.5
 }
 
 fn default_writes() -> u32 {
@@ -390,6 +418,11 @@ pub enum Outcome {
         min_recall: f64,
     },
     Chaos(ChaosResult),
+    Feed {
+        #[serde(flatten)]
+        result: FeedResult,
+        min_throughput_ratio: f64,
+    },
 }
 
 /// A new replica's replay of the whole stream.
@@ -496,6 +529,20 @@ impl Outcome {
                 ));
                 f
             }
+            Outcome::Feed {
+                result,
+                min_throughput_ratio,
+            } => {
+                let mut f = result.failures();
+                if result.throughput_ratio < *min_throughput_ratio {
+                    f.push(format!(
+                        "feed: writers' throughput with subscribers is {:.0}% of the one without, below {:.0}%",
+                        result.throughput_ratio * 100.0,
+                        min_throughput_ratio * 100.0
+                    ));
+                }
+                f
+            }
             Outcome::Chaos(r) if r.lost > 0 => vec![format!(
                 "chaos: {} acknowledged fingerprints lost (first: {:?})",
                 r.lost, r.lost_ids
@@ -551,6 +598,7 @@ impl std::fmt::Display for Outcome {
                 "mixed: {search} (required recall@1 >= {min_recall}); meanwhile {writes}"
             ),
             Outcome::Chaos(r) => r.fmt(f),
+            Outcome::Feed { result, .. } => result.fmt(f),
         }
     }
 }
@@ -850,6 +898,31 @@ pub async fn run(
                 Outcome::Chaos(
                     chaos(corpus, node, nats.as_mut(), INDEX, &plan, next_id.clone()).await?,
                 )
+            }
+            Step::Feed {
+                subscribers,
+                websocket_share,
+                writers,
+                batch,
+                seconds,
+                kill_share,
+                min_throughput_ratio,
+            } => {
+                let Some(node) = node.as_ref() else {
+                    bail!("feed: no node");
+                };
+                let plan = FeedPlan {
+                    subscribers: *subscribers,
+                    websocket_share: *websocket_share,
+                    writers: *writers,
+                    batch: *batch,
+                    seconds: *seconds,
+                    kill_share: *kill_share,
+                };
+                Outcome::Feed {
+                    result: feed(corpus, &url, INDEX, node.pid(), &plan, next_id.clone()).await?,
+                    min_throughput_ratio: *min_throughput_ratio,
+                }
             }
         };
         match &outcome {

@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
+use fpnode_actors::feed::FeedBatch;
 use fpnode_segments::wal::{ChangesCursor, ChangesPage};
 use fpnode_segments::{Batch, Error as EngineError, Index, Position};
 use tokio::sync::Semaphore;
@@ -182,7 +183,9 @@ pub(super) struct Tail {
 
 /// What a [`Tail`] yields next.
 pub(super) enum TailItem {
-    Batches(Vec<Batch>),
+    /// The next batches after the cursor, shared with every subscriber near
+    /// the index's head (`IndexHandle::feed`).
+    Batches(Vec<Arc<FeedBatch>>),
     /// The feed cannot go on (not retained, index deleted, read failure):
     /// the error to send, then nothing more.
     End(serde_json::Value),
@@ -213,29 +216,39 @@ impl Tail {
                 }
                 continue;
             }
-            let (index, cursor) = (self.h.index.clone(), self.cursor);
-            match read_changes(index, cursor, self.limit, self.hint).await {
-                Ok(Ok(page)) => {
-                    self.hint = page.cursor;
-                    let Some(last) = page.batches.last() else {
+            let (index, cursor, limit) = (self.h.index.clone(), self.cursor, self.limit);
+            let read = |since, hint| {
+                let index = index.clone();
+                async move {
+                    match read_changes(index, since, limit, hint).await {
+                        Ok(Ok(page)) => Ok(page),
+                        Ok(Err(e)) => Err(Some(e)),
+                        Err(()) => Err(None),
+                    }
+                }
+            };
+            match self.h.feed.after(cursor, limit, self.hint, read).await {
+                Ok((batches, hint)) => {
+                    self.hint = hint;
+                    let Some(last) = batches.last() else {
                         // Nothing logged past the cursor yet although the
                         // index moved: do not spin on it.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
-                    self.cursor = last.position;
+                    self.cursor = last.batch.position;
                     metrics::counter!("fpnode_change_feed_events_total")
-                        .increment(page.batches.len() as u64);
-                    return Some(TailItem::Batches(page.batches));
+                        .increment(batches.len() as u64);
+                    return Some(TailItem::Batches(batches));
                 }
-                Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) => {
+                Err(Some(EngineError::ChangesNotRetained { oldest, .. })) => {
                     return Some(self.end("ChangesNotRetained", Some(oldest)));
                 }
-                Ok(Err(e)) => {
+                Err(Some(e)) => {
                     tracing::error!(index = %self.h.name, error = %e, "reading changes failed");
                     return Some(self.end("InternalError", None));
                 }
-                Err(()) => return Some(self.end("InternalError", None)),
+                Err(None) => return Some(self.end("InternalError", None)),
             }
         }
     }
@@ -257,7 +270,14 @@ fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool
             }
             match t.next().await? {
                 TailItem::Batches(batches) => {
-                    queue.extend(batches.iter().map(|b| batch_event(b, hashes)));
+                    // Each batch is encoded once for every subscriber.
+                    let form = usize::from(hashes);
+                    queue.extend(batches.iter().map(|b| {
+                        Event::default()
+                            .id(b.batch.position.0.to_string())
+                            .event("change")
+                            .data(b.encoded(form, |batch| batch_json(batch, hashes)))
+                    }));
                 }
                 TailItem::End(error) => queue.push_back(error_event(error)),
             }
@@ -285,7 +305,8 @@ impl Drop for Subscriber {
     }
 }
 
-fn batch_event(batch: &Batch, hashes: bool) -> Event {
+/// A batch as the SSE feed's `data`: `{version, changes: [{kind, id, hashes?}]}`.
+fn batch_json(batch: &Batch, hashes: bool) -> String {
     let changes: Vec<serde_json::Value> = batch
         .changes
         .iter()
@@ -297,11 +318,7 @@ fn batch_event(batch: &Batch, hashes: bool) -> Event {
             Change::Delete { id } => serde_json::json!({ "kind": "delete", "id": id }),
         })
         .collect();
-    let data = serde_json::json!({ "version": batch.position.0, "changes": changes });
-    Event::default()
-        .id(batch.position.0.to_string())
-        .event("change")
-        .data(data.to_string())
+    serde_json::json!({ "version": batch.position.0, "changes": changes }).to_string()
 }
 
 pub(super) fn json_error(name: &str, oldest: Option<u64>) -> serde_json::Value {

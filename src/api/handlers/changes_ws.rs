@@ -35,6 +35,8 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// How long one message may take to be sent before the client is dropped as
 /// too slow.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The read buffer of one connection.
+const READ_BUFFER: usize = 4096;
 /// The largest frame a client may send (a subscribe is a few hundred bytes).
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
@@ -63,7 +65,11 @@ enum Kind {
 }
 
 pub async fn changes_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    // Client frames are small: a small read buffer (the default 128 KiB
+    // is zeroed on every read of every connection, which measured as the
+    // node's top cost with 500 sockets: docs/benchmarks.md).
     ws.max_message_size(MAX_CLIENT_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| serve(state, socket))
 }
 
@@ -196,10 +202,21 @@ async fn follow(
     tx: mpsc::Sender<String>,
 ) {
     while let Some(item) = tail.next().await {
-        let messages = match item {
+        let messages: Vec<String> = match item {
+            // Unfiltered messages are encoded once per batch for every
+            // subscriber (forms 2 and 3: SSE uses 0 and 1).
+            TailItem::Batches(batches) if kinds.is_none() => batches
+                .iter()
+                .map(|b| {
+                    b.encoded(2 + usize::from(hashes), |batch| {
+                        change_message(&index, batch, None, hashes)
+                    })
+                    .to_string()
+                })
+                .collect(),
             TailItem::Batches(batches) => batches
                 .iter()
-                .map(|b| change_message(&index, b, kinds.as_deref(), hashes))
+                .map(|b| change_message(&index, &b.batch, kinds.as_deref(), hashes))
                 .collect(),
             TailItem::End(error) => vec![index_error(&index, error)],
         };
