@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, Node};
+use common::{Api, NO_CHANGES_RETAINED, Node, wait_not_retained};
 use serde_json::json;
 
 /// `PUT /idx/<id>` with `hashes`; the answer's status.
@@ -154,34 +154,13 @@ async fn a_long_poll_answers_when_a_change_arrives_or_at_its_timeout() {
 
 #[tokio::test]
 async fn a_version_older_than_the_retention_is_gone_with_the_oldest_kept() {
-    // Small WAL files, checkpoints every few writes, nothing retained.
-    let node = Node::start(&[
-        "--changes-retention-bytes",
-        "0",
-        "--wal-file-bytes",
-        "200",
-        "--checkpoint-threshold",
-        "20",
-        "--checkpoint-age-ms",
-        "50",
-    ])
-    .await;
+    let node = Node::start(NO_CHANGES_RETAINED).await;
     let api = Api::json(&node);
     assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
     for id in 1..=40u64 {
         assert_eq!(put(&api, id, json!([id, id + 1, id + 2])).await, 200);
     }
-    // Wait for a checkpoint to drop the oldest WAL files.
-    let mut gone = None;
-    for _ in 0..200 {
-        let r = api.call("GET", "/idx/_changes?since=0", None).await;
-        if r.status == 410 {
-            gone = Some(r.body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let body = gone.expect("version 0 stayed retained with retention 0");
+    let body = wait_not_retained(&api, "idx").await;
     assert_eq!(body["error"], json!("ChangesNotRetained"));
     let oldest = body["oldest_version"].as_u64().unwrap();
     assert!(oldest > 1 && oldest <= 40, "{body}");

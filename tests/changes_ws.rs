@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, Node};
+use common::{Api, NO_CHANGES_RETAINED, Node, wait_not_retained};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -177,17 +177,7 @@ async fn a_reconnected_client_resumes_from_its_last_version_with_nothing_missing
 
 #[tokio::test]
 async fn bad_frames_and_unknown_or_unretained_indexes_are_named_errors() {
-    let node = Node::start(&[
-        "--changes-retention-bytes",
-        "0",
-        "--wal-file-bytes",
-        "200",
-        "--checkpoint-threshold",
-        "20",
-        "--checkpoint-age-ms",
-        "50",
-    ])
-    .await;
+    let node = Node::start(NO_CHANGES_RETAINED).await;
     let api = Api::json(&node);
     assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
     let mut socket = connect(&node).await;
@@ -206,16 +196,7 @@ async fn bad_frames_and_unknown_or_unretained_indexes_are_named_errors() {
     for id in 1..=40 {
         put(&api, "idx", id, json!([id, id + 1])).await;
     }
-    let mut gone = None;
-    for _ in 0..200 {
-        let r = api.call("GET", "/idx/_changes?since=0", None).await;
-        if r.status == 410 {
-            gone = Some(r.body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let oldest = gone.expect("version 0 stayed retained")["oldest_version"]
+    let oldest = wait_not_retained(&api, "idx").await["oldest_version"]
         .as_u64()
         .unwrap();
     send(
@@ -231,4 +212,20 @@ async fn bad_frames_and_unknown_or_unretained_indexes_are_named_errors() {
         "{m}"
     );
     assert!(m["oldest_version"].as_u64().unwrap() >= oldest, "{m}");
+    // A failed subscription does not spoil the feed: from the current
+    // version, the next write arrives.
+    let now = version(&api, "idx").await;
+    send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "idx", "since": now }),
+    )
+    .await;
+    assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
+    let v = put(&api, "idx", 41, json!([41])).await;
+    let m = next(&mut socket).await;
+    assert_eq!(
+        (m["type"].clone(), m["version"].clone()),
+        (json!("change"), json!(v)),
+        "{m}"
+    );
 }

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use fpnode_segments::wal::{ChangesCursor, ChangesPage};
 use fpnode_segments::{Batch, Change, Position};
 
-/// What the ring may hold, counted as the batches' hashes and ids (its
-/// encodings come on top, of about the same size).
+/// What the ring may hold: the batches' hashes and ids, counted three
+/// times to cover their encodings (JSON, about twice the binary size for
+/// the usual one or two forms).
 pub const RING_BYTES: usize = 16 << 20;
 /// Reads one caller makes to bring the ring up to its cursor.
 const MAX_EXTENSIONS: usize = 8;
@@ -54,6 +55,7 @@ impl FeedBatch {
                 Change::Delete { .. } => 16,
             })
             .sum::<usize>()
+            * 3
             + 64
     }
 }
@@ -161,38 +163,58 @@ impl FeedRing {
             let ring = self.ring();
             ring.end().is_none_or(|end| since.0 >= end)
         };
-        if !at_end {
-            // Behind the ring: an old cursor reads the WAL on its own.
-            metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "own").increment(1);
-            let page = read(since, own_hint).await?;
-            let batches = page.batches.into_iter().map(FeedBatch::new).map(Arc::new);
-            return Ok((batches.collect(), page.cursor));
+        if at_end {
+            let one_reader = self.extending.lock().await;
+            match self.extend(since, limit, own_hint, &read).await {
+                Ok(Some(batches)) => return Ok((batches, None)),
+                // Trimmed past `since` meanwhile, or still short of it.
+                Ok(None) => {}
+                // The ring's end cannot be read any more (retention, a
+                // failing disk): it starts over at the next caller's cursor,
+                // and this caller gets its own answer.
+                Err(_) => *self.ring() = Ring::default(),
+            }
+            drop(one_reader);
         }
-        let _one_reader = self.extending.lock().await;
-        // Extend the ring from its end until it holds `since` and what
-        // follows. Never from a cursor past the end (a subscriber that read
-        // on its own from behind may be there): that would leave a hole.
+        // Behind the ring: an old cursor reads the WAL on its own.
+        metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "own").increment(1);
+        let page = read(since, own_hint).await?;
+        let batches = page.batches.into_iter().map(FeedBatch::new).map(Arc::new);
+        Ok((batches.collect(), page.cursor))
+    }
+
+    /// Extends the ring from its end (or starts it at `since`) until it holds
+    /// what follows `since`. Never from a cursor past the end (a subscriber
+    /// that read on its own from behind may be there): that would leave a
+    /// hole. `None` if the ring cannot serve `since`.
+    async fn extend<F, Fut, E>(
+        &self,
+        since: Position,
+        limit: usize,
+        own_hint: Option<ChangesCursor>,
+        read: &F,
+    ) -> Result<Option<Vec<Arc<FeedBatch>>>, E>
+    where
+        F: Fn(Position, Option<ChangesCursor>) -> Fut,
+        Fut: Future<Output = Result<ChangesPage, E>>,
+    {
         for _ in 0..MAX_EXTENSIONS {
             let (from, hint) = {
-                let mut ring = self.ring();
+                let ring = self.ring();
                 // Whoever held the lock may have read these batches already.
                 if let Some(batches) = ring.after(since.0, limit)
                     && !batches.is_empty()
                 {
-                    return Ok((batches, None));
+                    return Ok(Some(batches));
+                }
+                if ring.start.is_some_and(|start| since.0 < start) {
+                    return Ok(None);
                 }
                 match ring.end() {
+                    Some(end) if end == since.0 => (end, ring.hint.or(own_hint)),
                     Some(end) => (end, ring.hint),
-                    None => {
-                        ring.start = Some(since.0);
-                        (since.0, None)
-                    }
+                    None => (since.0, own_hint),
                 }
-            };
-            let hint = if from == since.0 {
-                hint.or(own_hint)
-            } else {
-                hint
             };
             metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "shared")
                 .increment(1);
@@ -203,18 +225,19 @@ impl FeedRing {
                 .map(|b| Arc::new(FeedBatch::new(b)))
                 .collect();
             if batches.is_empty() {
-                return Ok((Vec::new(), None));
+                // Nothing logged after `since` yet.
+                return Ok(Some(Vec::new()));
             }
             let mut ring = self.ring();
+            if ring.end().is_none() {
+                // A new ring starts where its first successful read did.
+                ring.start = Some(from);
+            }
             if ring.end() == Some(from) {
                 ring.append(&batches, page.cursor);
             }
         }
-        // Still not there (a cursor far past the ring's end): read alone.
-        metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "own").increment(1);
-        let page = read(since, own_hint).await?;
-        let batches = page.batches.into_iter().map(FeedBatch::new).map(Arc::new);
-        Ok((batches.collect(), page.cursor))
+        Ok(None)
     }
 }
 
@@ -332,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn a_cursor_behind_the_bounded_ring_reads_on_its_own() {
         let ring = FeedRing::default();
-        // Batches of ~400 KB: the ring keeps about 40 of 100.
+        // Batches counted ~1.2 MB each: the ring keeps about 13 of 100.
         let hashes = 100_000;
         ring.after(Position(0), usize::MAX, None, |since, _| async move {
             Ok::<_, EngineError>(log_page(since.0, 100, hashes))
@@ -357,13 +380,26 @@ mod tests {
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         // The ring did not take that read: it still starts where it did.
         assert_eq!(ring.ring().start, Some(start));
-        // A failed read leaves the ring as it was and is tried again.
+        // A shared read that fails (the ring's end no longer retained)
+        // empties the ring; the caller gets its own read's answer, and the
+        // next caller starts a new ring at its cursor.
+        let froms = Mutex::new(Vec::new());
         let failed = ring
-            .after(Position(100), 10, None, |_, _| async {
-                Err::<ChangesPage, _>(EngineError::Poisoned("disk".into()))
+            .after(Position(100), 10, None, |since, _| {
+                froms.lock().unwrap().push(since.0);
+                async { Err::<ChangesPage, _>(EngineError::Poisoned("gone".into())) }
             })
             .await;
         assert!(failed.is_err());
-        assert_eq!(ring.ring().end(), Some(100));
+        assert_eq!(*froms.lock().unwrap(), vec![100, 100], "shared, then own");
+        assert_eq!(ring.ring().end(), None);
+        let (batches, _) = ring
+            .after(Position(150), 10, None, |since, _| async move {
+                Ok::<_, EngineError>(log_page(since.0, 152, 1))
+            })
+            .await
+            .unwrap();
+        assert_eq!(positions(&batches), vec![151, 152]);
+        assert_eq!(ring.ring().start, Some(150));
     }
 }

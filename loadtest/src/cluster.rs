@@ -65,19 +65,7 @@ impl NodeProcess {
     fn spawn(&mut self) -> anyhow::Result<()> {
         // With FPNODE_LOADTEST_LOG set, the node's log goes to node.log
         // beside its data directory (appended across restarts).
-        let stdout = match std::env::var_os("FPNODE_LOADTEST_LOG") {
-            Some(_) => {
-                let path = self.dir.with_extension("log");
-                Stdio::from(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("cannot open {}", path.display()))?,
-                )
-            }
-            None => Stdio::null(),
-        };
+        let stdout = log_to(&self.dir.with_extension("log"))?;
         let child = Command::new(&self.binary)
             .arg("--dir")
             .arg(&self.dir)
@@ -214,19 +202,7 @@ impl NatsProcess {
     fn spawn(&mut self) -> anyhow::Result<()> {
         // With FPNODE_LOADTEST_LOG set, the server's log goes to nats.log
         // beside its configuration (appended across restarts).
-        let log = match std::env::var_os("FPNODE_LOADTEST_LOG") {
-            Some(_) => {
-                let path = self.conf.with_file_name("nats.log");
-                Stdio::from(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .with_context(|| format!("cannot open {}", path.display()))?,
-                )
-            }
-            None => Stdio::null(),
-        };
+        let log = log_to(&self.conf.with_file_name("nats.log"))?;
         let child = Command::new(&self.binary)
             .arg("-c")
             .arg(&self.conf)
@@ -285,4 +261,18 @@ pub async fn stream_size(nats_url: &str, name: &str) -> anyhow::Result<(u64, u64
         .with_context(|| format!("no stream {name}"))?;
     let info = stream.info().await?;
     Ok((info.state.messages, info.state.bytes))
+}
+
+/// With FPNODE_LOADTEST_LOG set, a process's log is appended to `path`
+/// (across restarts); without, it is discarded.
+fn log_to(path: &Path) -> anyhow::Result<Stdio> {
+    if std::env::var_os("FPNODE_LOADTEST_LOG").is_none() {
+        return Ok(Stdio::null());
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Stdio::from(file))
 }

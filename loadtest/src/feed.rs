@@ -496,14 +496,20 @@ pub async fn feed(
     shared.writes_over.store(true, Ordering::Release);
     let target = with.versions.last().map_or(since, |(v, _)| *v);
     shared.target.store(target, Ordering::Release);
+    // Two minutes in all for every subscriber to reach the last version;
+    // one still behind then is stopped and counted as incomplete.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
-    for t in tasks {
-        match tokio::time::timeout(Duration::from_secs(120), t).await {
+    for mut t in tasks {
+        match tokio::time::timeout_at(deadline, &mut t).await {
             Ok(s) => seen.push(s?),
-            Err(_) => seen.push(Seen {
-                error: Some("did not reach the last version within 120 s".into()),
-                ..Seen::default()
-            }),
+            Err(_) => {
+                t.abort();
+                seen.push(Seen {
+                    error: Some("did not reach the last version within 120 s".into()),
+                    ..Seen::default()
+                })
+            }
         }
     }
     sampling.store(false, Ordering::Release);
@@ -518,11 +524,13 @@ pub async fn feed(
         resumed += u64::from(s.resumed);
         let got: std::collections::HashSet<u64> = s.versions.iter().map(|(v, _)| *v).collect();
         let missing = acked.keys().filter(|v| !got.contains(v)).count();
-        if missing == 0 && s.duplicates == 0 && s.error.is_none() {
+        // Only the writers write: any other version is one nobody made.
+        let unexpected = got.iter().filter(|v| !acked.contains_key(v)).count();
+        if missing == 0 && unexpected == 0 && s.duplicates == 0 && s.error.is_none() {
             complete += 1;
         } else if incomplete.len() < 10 {
             incomplete.push(format!(
-                "subscriber {i} ({}): {missing} versions missing, {} duplicates{}",
+                "subscriber {i} ({}): {missing} versions missing, {unexpected} unexpected, {} duplicates{}",
                 if i < websocket { "WebSocket" } else { "SSE" },
                 s.duplicates,
                 s.error

@@ -242,3 +242,31 @@ impl Api {
         }
     }
 }
+
+/// Node options under which the change feed keeps nothing: small WAL files,
+/// checkpoints every few writes, no retention.
+pub const NO_CHANGES_RETAINED: &[&str] = &[
+    "--changes-retention-bytes",
+    "0",
+    "--wal-file-bytes",
+    "200",
+    "--checkpoint-threshold",
+    "20",
+    "--checkpoint-age-ms",
+    "50",
+];
+
+/// Waits (4 s at most) until `GET /<index>/_changes?since=0` answers
+/// `410`: a checkpoint dropped the oldest WAL files. Its body.
+pub async fn wait_not_retained(api: &Api, index: &str) -> Value {
+    for _ in 0..200 {
+        let r = api
+            .call("GET", &format!("/{index}/_changes?since=0"), None)
+            .await;
+        if r.status == 410 {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("version 0 of {index} stayed retained");
+}

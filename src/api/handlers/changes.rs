@@ -154,10 +154,15 @@ pub(super) async fn read_changes(
     limit: usize,
     hint: Option<ChangesCursor>,
 ) -> std::result::Result<fpnode_segments::Result<ChangesPage>, ()> {
-    let _permit = FEED_READS.acquire().await.map_err(|_| ())?;
-    tokio::task::spawn_blocking(move || index.changes_since(since, limit, hint))
-        .await
-        .map_err(|_| ())
+    // The permit goes with the read: a caller that gives up (a client gone)
+    // does not free it while the read still runs.
+    let permit = FEED_READS.acquire().await.map_err(|_| ())?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        index.changes_since(since, limit, hint)
+    })
+    .await
+    .map_err(|_| ())
 }
 
 fn not_retained(format: codec::Format, oldest: u64) -> Response {

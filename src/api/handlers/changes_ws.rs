@@ -73,54 +73,62 @@ pub async fn changes_socket(State(state): State<AppState>, ws: WebSocketUpgrade)
         .on_upgrade(move |socket| serve(state, socket))
 }
 
+/// A queued message: the subscription it belongs to, and its text.
+type Queued = (u64, String);
+
+/// One connection's subscriptions by index: the id its messages carry and
+/// the task that follows it.
+type Subscriptions = HashMap<String, (u64, JoinHandle<()>)>;
+
 async fn serve(state: AppState, socket: WebSocket) {
     metrics::gauge!("fpnode_change_feed_sockets").increment(1.0);
     let (mut sink, mut incoming) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
-    let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE);
+    let mut subscriptions = Subscriptions::new();
+    let mut next_id = 0u64;
     let mut ping = tokio::time::interval(HEARTBEAT);
     ping.reset();
-    let closing = loop {
-        tokio::select! {
+    let ended = loop {
+        let sent = tokio::select! {
             frame = incoming.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
-                    let reply = handle(&state, text.as_str(), &mut subscriptions, &tx).await;
-                    if let Some(reply) = reply
-                        && send(&mut sink, reply).await.is_err()
-                    {
-                        break None;
+                    match handle(&state, text.as_str(), &mut subscriptions, &mut next_id, &tx).await {
+                        Some(reply) => send(&mut sink, Message::Text(reply.into())).await,
+                        None => Ok(()),
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
                     let reply = invalid("frames are JSON text");
-                    if send(&mut sink, reply).await.is_err() {
-                        break None;
-                    }
+                    send(&mut sink, Message::Text(reply.into())).await
                 }
                 // Pings are answered by the library; pongs need nothing.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Ended::Gone),
             },
-            Some(out) = rx.recv() => {
-                if send(&mut sink, out).await.is_err() {
-                    break Some(CloseFrame {
-                        code: axum::extract::ws::close_code::POLICY,
-                        reason: "SlowConsumer".into(),
-                    });
+            Some((id, text)) = rx.recv() => {
+                // Messages queued by a subscription since replaced or
+                // unsubscribed are dropped: the client resumes by version.
+                if subscriptions.values().any(|(current, _)| *current == id) {
+                    send(&mut sink, Message::Text(text.into())).await
+                } else {
+                    Ok(())
                 }
             }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break None;
-                }
-            }
+            _ = ping.tick() => send(&mut sink, Message::Ping(Bytes::new())).await,
+        };
+        if let Err(ended) = sent {
+            break ended;
         }
     };
-    for (_, task) in subscriptions.drain() {
+    for (_, (_, task)) in subscriptions.drain() {
         task.abort();
     }
-    if let Some(frame) = closing {
+    if ended == Ended::Slow {
         metrics::counter!("fpnode_change_feed_slow_disconnects_total").increment(1);
+        let frame = CloseFrame {
+            code: axum::extract::ws::close_code::POLICY,
+            reason: "SlowConsumer".into(),
+        };
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             sink.send(Message::Close(Some(frame))),
@@ -130,14 +138,24 @@ async fn serve(state: AppState, socket: WebSocket) {
     metrics::gauge!("fpnode_change_feed_sockets").decrement(1.0);
 }
 
-/// Sends one text message, failing if the client does not take it in time.
+/// Why a connection ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client closed it or went away.
+    Gone,
+    /// The client did not take a frame within [`SEND_TIMEOUT`].
+    Slow,
+}
+
+/// Sends one frame, failing if the client does not take it in time.
 async fn send(
     sink: &mut futures::stream::SplitSink<WebSocket, Message>,
-    text: String,
-) -> std::result::Result<(), ()> {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Text(text.into()))).await {
+    frame: Message,
+) -> std::result::Result<(), Ended> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(frame)).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(Ended::Gone),
+        Err(_) => Err(Ended::Slow),
     }
 }
 
@@ -145,17 +163,17 @@ async fn send(
 async fn handle(
     state: &AppState,
     text: &str,
-    subscriptions: &mut HashMap<String, JoinHandle<()>>,
-    tx: &mpsc::Sender<String>,
+    subscriptions: &mut Subscriptions,
+    next_id: &mut u64,
+    tx: &mpsc::Sender<Queued>,
 ) -> Option<String> {
     let op = match serde_json::from_str::<Op>(text) {
         Ok(op) => op,
         Err(e) => return Some(invalid(&e.to_string())),
     };
-    subscriptions.retain(|_, task| !task.is_finished());
     match op {
         Op::Unsubscribe { index } => {
-            if let Some(task) = subscriptions.remove(&index) {
+            if let Some((_, task)) = subscriptions.remove(&index) {
                 task.abort();
             }
             Some(serde_json::json!({ "type": "unsubscribed", "index": index }).to_string())
@@ -167,6 +185,11 @@ async fn handle(
             hashes,
         } => {
             if !subscriptions.contains_key(&index) && subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                // Ended subscriptions (their error sent long ago, most
+                // likely) stay until replaced; make room from them first.
+                subscriptions.retain(|_, (_, task)| !task.is_finished());
+            }
+            if !subscriptions.contains_key(&index) && subscriptions.len() >= MAX_SUBSCRIPTIONS {
                 return Some(index_error(
                     &index,
                     json_error("TooManySubscriptions", None),
@@ -177,7 +200,7 @@ async fn handle(
                 Err(e) => return Some(index_error(&index, json_error(&e.to_string(), None))),
             };
             // A new subscribe of the same index replaces the old one.
-            if let Some(task) = subscriptions.remove(&index) {
+            if let Some((_, task)) = subscriptions.remove(&index) {
                 task.abort();
             }
             let ack = serde_json::json!({ "type": "subscribed", "index": index, "since": since })
@@ -185,8 +208,10 @@ async fn handle(
             // The acknowledgement is sent before the connection's queue is
             // read again, so it comes before the subscription's first change.
             let tail = Tail::new(h, Position(since), DEFAULT_LIMIT);
-            let task = tokio::spawn(follow(tail, index.clone(), kinds, hashes, tx.clone()));
-            subscriptions.insert(index, task);
+            *next_id += 1;
+            let id = *next_id;
+            let task = tokio::spawn(follow(tail, index.clone(), kinds, hashes, (id, tx.clone())));
+            subscriptions.insert(index, (id, task));
             Some(ack)
         }
     }
@@ -199,7 +224,7 @@ async fn follow(
     index: String,
     kinds: Option<Vec<Kind>>,
     hashes: bool,
-    tx: mpsc::Sender<String>,
+    (id, tx): (u64, mpsc::Sender<Queued>),
 ) {
     while let Some(item) = tail.next().await {
         let messages: Vec<String> = match item {
@@ -221,7 +246,7 @@ async fn follow(
             TailItem::End(error) => vec![index_error(&index, error)],
         };
         for message in messages {
-            if tx.send(message).await.is_err() {
+            if tx.send((id, message)).await.is_err() {
                 return;
             }
         }
