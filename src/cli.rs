@@ -239,8 +239,15 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_FORWARD_TIMEOUT_MS", default_value_t = 15_000)]
     pub forward_timeout_ms: u64,
 
-    /// Messages a replica fetches from the stream at once.
-    #[arg(long, env = "FPNODE_FETCH_MAX", default_value_t = 16_000)]
+    /// Messages a replica fetches from the stream at once (at most 32,000:
+    /// the NATS client drops messages beyond its 65,536-message channel,
+    /// and up to twice a fetch can be on its way; docs/replication.md).
+    #[arg(
+        long,
+        env = "FPNODE_FETCH_MAX",
+        default_value_t = 16_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=32_000)
+    )]
     pub fetch_max: usize,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `fpnode=debug`.

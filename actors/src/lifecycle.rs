@@ -45,6 +45,8 @@ pub struct WatcherState {
     failures: u32,
     /// The consumer's deliveries so far: a hole means records were lost.
     deliveries: Deliveries,
+    /// The link's reconnect count when the consumer was created.
+    created_at_reconnect: u64,
     epoch: u64,
 }
 
@@ -67,6 +69,7 @@ impl Actor for LifecycleWatcher {
             reconciled: false,
             failures: 0,
             deliveries: Deliveries::default(),
+            created_at_reconnect: 0,
             epoch: 0,
         })
     }
@@ -106,7 +109,18 @@ impl WatcherState {
     async fn poll(&mut self) -> Result<(), String> {
         let replication = self.args.replication.clone();
         let settings = replication.settings();
+        let reconnects = replication.link.reconnects();
+        if self.consumer.is_some() && reconnects != self.created_at_reconnect {
+            // The connection came back: its server may have restarted and
+            // lost our pull requests, or records sent just before (a hole
+            // seen only at the next record). Start over from the stream's
+            // start (records are handled idempotently).
+            tracing::info!("NATS reconnected: new lifecycle consumer");
+            self.consumer = None;
+            self.messages = None;
+        }
         if self.consumer.is_none() {
+            self.created_at_reconnect = reconnects;
             let stream = ensure_stream(&replication.js, settings)
                 .await
                 .map_err(|e| e.to_string())?;
