@@ -34,11 +34,17 @@ pub struct FeedBatch {
 }
 
 impl FeedBatch {
-    fn new(batch: Batch) -> FeedBatch {
-        FeedBatch {
-            batch,
-            forms: Default::default(),
-        }
+    /// Batches read from the log, ready to share.
+    fn shared(batches: Vec<Batch>) -> Vec<Arc<FeedBatch>> {
+        batches
+            .into_iter()
+            .map(|batch| {
+                Arc::new(FeedBatch {
+                    batch,
+                    forms: Default::default(),
+                })
+            })
+            .collect()
     }
 
     /// The batch encoded in form `form`, made by the first caller.
@@ -179,8 +185,7 @@ impl FeedRing {
         // Behind the ring: an old cursor reads the WAL on its own.
         metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "own").increment(1);
         let page = read(since, own_hint).await?;
-        let batches = page.batches.into_iter().map(FeedBatch::new).map(Arc::new);
-        Ok((batches.collect(), page.cursor))
+        Ok((FeedBatch::shared(page.batches), page.cursor))
     }
 
     /// Extends the ring from its end (or starts it at `since`) until it holds
@@ -219,11 +224,7 @@ impl FeedRing {
             metrics::counter!("fpnode_change_feed_log_reads_total", "reader" => "shared")
                 .increment(1);
             let page = read(Position(from), hint).await?;
-            let batches: Vec<Arc<FeedBatch>> = page
-                .batches
-                .into_iter()
-                .map(|b| Arc::new(FeedBatch::new(b)))
-                .collect();
+            let batches = FeedBatch::shared(page.batches);
             if batches.is_empty() {
                 // Nothing logged after `since` yet.
                 return Ok(Some(Vec::new()));

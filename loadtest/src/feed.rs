@@ -224,10 +224,23 @@ async fn write_for(
 /// What one subscriber saw.
 #[derive(Default)]
 struct Seen {
+    /// The last version received: where a resume starts.
+    last: u64,
     versions: Vec<(u64, Instant)>,
     duplicates: u64,
     resumed: bool,
     error: Option<String>,
+}
+
+impl Seen {
+    fn record(&mut self, version: u64) {
+        if version <= self.last {
+            self.duplicates += 1;
+        } else {
+            self.versions.push((version, Instant::now()));
+            self.last = version;
+        }
+    }
 }
 
 struct Shared {
@@ -251,33 +264,19 @@ async fn subscriber(
     since: u64,
     cut_after: Option<Duration>,
 ) -> Seen {
-    let mut seen = Seen::default();
-    let mut last = since;
+    let mut seen = Seen {
+        last: since,
+        ..Seen::default()
+    };
     let mut first_connection = true;
     let started = Instant::now();
     let mut cut = cut_after;
     loop {
         let deadline = cut.map(|d| started + d);
         let outcome = if websocket {
-            follow_ws(
-                &shared,
-                last,
-                deadline,
-                &mut seen,
-                &mut last,
-                first_connection,
-            )
-            .await
+            follow_ws(&shared, deadline, &mut seen, first_connection).await
         } else {
-            follow_sse(
-                &shared,
-                last,
-                deadline,
-                &mut seen,
-                &mut last,
-                first_connection,
-            )
-            .await
+            follow_sse(&shared, deadline, &mut seen, first_connection).await
         };
         first_connection = false;
         match outcome {
@@ -301,36 +300,48 @@ enum Ended {
     Cut,
 }
 
-fn record(seen: &mut Seen, last: &mut u64, version: u64) {
-    if version <= *last {
-        seen.duplicates += 1;
-    } else {
-        seen.versions.push((version, Instant::now()));
-        *last = version;
+/// What a follower does next: take an item, or end its connection.
+enum Next<T> {
+    Item(T),
+    End(Ended),
+}
+
+/// The next item of a subscriber's connection, unless it reached the target
+/// or its cut-off is due (checked at least every 250 ms).
+async fn next_or_end<S: futures::Stream + Unpin>(
+    items: &mut S,
+    shared: &Shared,
+    last: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<Next<S::Item>> {
+    loop {
+        if last >= shared.target.load(Ordering::Acquire) {
+            return Ok(Next::End(Ended::Reached));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d)
+            && !shared.writes_over.load(Ordering::Acquire)
+        {
+            return Ok(Next::End(Ended::Cut));
+        }
+        match tokio::time::timeout(Duration::from_millis(250), items.next()).await {
+            Err(_) => continue,
+            Ok(None) => anyhow::bail!("the connection ended"),
+            Ok(Some(item)) => return Ok(Next::Item(item)),
+        }
     }
-}
-
-fn done(shared: &Shared, last: u64) -> bool {
-    last >= shared.target.load(Ordering::Acquire)
-}
-
-fn cut_due(shared: &Shared, deadline: Option<Instant>) -> bool {
-    deadline.is_some_and(|d| Instant::now() >= d) && !shared.writes_over.load(Ordering::Acquire)
 }
 
 async fn follow_sse(
     shared: &Shared,
-    since: u64,
     deadline: Option<Instant>,
     seen: &mut Seen,
-    last: &mut u64,
     first: bool,
 ) -> anyhow::Result<Ended> {
     let res = shared
         .client
         .get(format!("{}/{}/_changes", shared.url, shared.index))
         .header("Accept", "text/event-stream")
-        .header("Last-Event-ID", since.to_string())
+        .header("Last-Event-ID", seen.last.to_string())
         .send()
         .await
         .context("SSE connect")?;
@@ -342,16 +353,9 @@ async fn follow_sse(
     let mut pending = Vec::new();
     let (mut id, mut event) = (None::<u64>, String::new());
     loop {
-        if done(shared, *last) {
-            return Ok(Ended::Reached);
-        }
-        if cut_due(shared, deadline) {
-            return Ok(Ended::Cut);
-        }
-        let chunk = match tokio::time::timeout(Duration::from_millis(250), body.next()).await {
-            Err(_) => continue,
-            Ok(None) => anyhow::bail!("the event stream ended"),
-            Ok(Some(chunk)) => chunk.context("reading events")?,
+        let chunk = match next_or_end(&mut body, shared, seen.last, deadline).await? {
+            Next::Item(chunk) => chunk.context("reading events")?,
+            Next::End(ended) => return Ok(ended),
         };
         pending.extend_from_slice(&chunk);
         let mut consumed = 0;
@@ -363,7 +367,7 @@ async fn follow_sse(
                 if event == "change"
                     && let Some(v) = id
                 {
-                    record(seen, last, v);
+                    seen.record(v);
                 } else if event == "error" {
                     anyhow::bail!("error event");
                 }
@@ -389,31 +393,28 @@ struct WsMessage {
 
 async fn follow_ws(
     shared: &Shared,
-    since: u64,
     deadline: Option<Instant>,
     seen: &mut Seen,
-    last: &mut u64,
     first: bool,
 ) -> anyhow::Result<Ended> {
     let (mut socket, _) = tokio_tungstenite::connect_async(shared.ws_url.as_str())
         .await
         .context("WebSocket connect")?;
-    let subscribe = json!({ "op": "subscribe", "index": shared.index, "since": since });
+    let subscribe = json!({ "op": "subscribe", "index": shared.index, "since": seen.last });
     socket
         .send(Message::Text(subscribe.to_string().into()))
         .await?;
     loop {
-        if done(shared, *last) {
-            let _ = socket.close(None).await;
-            return Ok(Ended::Reached);
-        }
-        if cut_due(shared, deadline) {
-            return Ok(Ended::Cut);
-        }
-        let frame = match tokio::time::timeout(Duration::from_millis(250), socket.next()).await {
-            Err(_) => continue,
-            Ok(None) => anyhow::bail!("the socket closed"),
-            Ok(Some(frame)) => frame.context("reading the socket")?,
+        let frame = match next_or_end(&mut socket, shared, seen.last, deadline).await? {
+            Next::Item(frame) => frame.context("reading the socket")?,
+            Next::End(ended) => {
+                if matches!(ended, Ended::Reached) {
+                    // A clean close; the run is over for this subscriber
+                    // whether or not the server acknowledges it.
+                    let _ = socket.close(None).await;
+                }
+                return Ok(ended);
+            }
         };
         let Message::Text(text) = frame else {
             continue;
@@ -423,10 +424,7 @@ async fn follow_ws(
             "subscribed" if first => {
                 shared.connected.fetch_add(1, Ordering::AcqRel);
             }
-            "change" => {
-                let v = m.version.context("change without a version")?;
-                record(seen, last, v);
-            }
+            "change" => seen.record(m.version.context("change without a version")?),
             "error" => anyhow::bail!("error message {text}"),
             _ => {}
         }

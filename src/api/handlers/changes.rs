@@ -276,12 +276,11 @@ fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool
             match t.next().await? {
                 TailItem::Batches(batches) => {
                     // Each batch is encoded once for every subscriber.
-                    let form = usize::from(hashes);
                     queue.extend(batches.iter().map(|b| {
                         Event::default()
                             .id(b.batch.position.0.to_string())
                             .event("change")
-                            .data(b.encoded(form, |batch| batch_json(batch, hashes)))
+                            .data(b.encoded(form(false, hashes), |batch| batch_json(batch, hashes)))
                     }));
                 }
                 TailItem::End(error) => queue.push_back(error_event(error)),
@@ -312,9 +311,21 @@ impl Drop for Subscriber {
 
 /// A batch as the SSE feed's `data`: `{version, changes: [{kind, id, hashes?}]}`.
 fn batch_json(batch: &Batch, hashes: bool) -> String {
-    let changes: Vec<serde_json::Value> = batch
+    let changes = changes_json(batch, hashes, |_| true);
+    serde_json::json!({ "version": batch.position.0, "changes": changes }).to_string()
+}
+
+/// The changes of a batch as the SSE and WebSocket feeds send them,
+/// `[{kind, id, hashes?}]`, those `keep` accepts.
+pub(super) fn changes_json(
+    batch: &Batch,
+    hashes: bool,
+    keep: impl Fn(&Change) -> bool,
+) -> Vec<serde_json::Value> {
+    batch
         .changes
         .iter()
+        .filter(|c| keep(c))
         .map(|c| match c {
             Change::Insert { id, hashes: h } if hashes => {
                 serde_json::json!({ "kind": "insert", "id": id, "hashes": h })
@@ -322,8 +333,13 @@ fn batch_json(batch: &Batch, hashes: bool) -> String {
             Change::Insert { id, .. } => serde_json::json!({ "kind": "insert", "id": id }),
             Change::Delete { id } => serde_json::json!({ "kind": "delete", "id": id }),
         })
-        .collect();
-    serde_json::json!({ "version": batch.position.0, "changes": changes }).to_string()
+        .collect()
+}
+
+/// Which of a [`FeedBatch`]'s cached encodings a feed uses: SSE 0 and 1,
+/// WebSocket 2 and 3, with hashes the odd ones.
+pub(super) fn form(websocket: bool, hashes: bool) -> usize {
+    2 * usize::from(websocket) + usize::from(hashes)
 }
 
 pub(super) fn json_error(name: &str, oldest: Option<u64>) -> serde_json::Value {

@@ -25,7 +25,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, json_error};
+use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, changes_json, form, json_error};
 use super::*;
 
 /// Messages waiting to be sent on one connection.
@@ -229,11 +229,11 @@ async fn follow(
     while let Some(item) = tail.next().await {
         let messages: Vec<String> = match item {
             // Unfiltered messages are encoded once per batch for every
-            // subscriber (forms 2 and 3: SSE uses 0 and 1).
+            // subscriber.
             TailItem::Batches(batches) if kinds.is_none() => batches
                 .iter()
                 .map(|b| {
-                    b.encoded(2 + usize::from(hashes), |batch| {
+                    b.encoded(form(true, hashes), |batch| {
                         change_message(&index, batch, None, hashes)
                     })
                     .to_string()
@@ -256,22 +256,13 @@ async fn follow(
 /// A batch as one message. A batch whose changes the filter drops entirely is
 /// still sent (with no changes), so the client's resume point moves on.
 fn change_message(index: &str, batch: &Batch, kinds: Option<&[Kind]>, hashes: bool) -> String {
-    let wanted = |k: Kind| kinds.is_none_or(|ks| ks.contains(&k));
-    let changes: Vec<serde_json::Value> = batch
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Insert { id, hashes: h } if wanted(Kind::Insert) => Some(if hashes {
-                serde_json::json!({ "kind": "insert", "id": id, "hashes": h })
-            } else {
-                serde_json::json!({ "kind": "insert", "id": id })
-            }),
-            Change::Delete { id } if wanted(Kind::Delete) => {
-                Some(serde_json::json!({ "kind": "delete", "id": id }))
-            }
-            _ => None,
-        })
-        .collect();
+    let kind = |c: &Change| match c {
+        Change::Insert { .. } => Kind::Insert,
+        Change::Delete { .. } => Kind::Delete,
+    };
+    let changes = changes_json(batch, hashes, |c| {
+        kinds.is_none_or(|ks| ks.contains(&kind(c)))
+    });
     serde_json::json!({
         "type": "change",
         "index": index,
