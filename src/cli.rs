@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Build a new index offline from a stream of fingerprints (no node may be
     /// serving the data directory). Much faster than loading through the API for
     /// large corpora: every posting is written at most twice.
@@ -249,6 +249,29 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=32_000)
     )]
     pub fetch_max: usize,
+
+    /// Import jobs read files only under this directory (`POST /_jobs`
+    /// `{"kind": "import", "file": ...}`); unset: only uploaded bodies.
+    #[arg(long, env = "FPNODE_IMPORT_DIR")]
+    pub import_dir: Option<PathBuf>,
+
+    /// Where export and snapshot jobs write their files (default:
+    /// `<dir>/exports`).
+    #[arg(long, env = "FPNODE_EXPORT_DIR")]
+    pub export_dir: Option<PathBuf>,
+
+    /// Background jobs running at once; more wait in a queue of 64.
+    #[arg(
+        long,
+        env = "FPNODE_MAX_JOBS",
+        default_value_t = 1,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
+    )]
+    pub max_jobs: usize,
+
+    /// The largest body `POST /:index/_import` accepts, in bytes.
+    #[arg(long, env = "FPNODE_MAX_UPLOAD_BYTES", default_value_t = 16 << 30)]
+    pub max_upload_bytes: u64,
 
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `fpnode=debug`.
     #[arg(long, env = "FPNODE_LOG", default_value = "info")]

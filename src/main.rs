@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod records;
 mod tools;
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use fpnode_actors::index_supervisor::SupervisionOptions;
+use fpnode_actors::jobs::{Jobs, JobsOptions};
 use fpnode_actors::replication::{Replication, ReplicationOptions};
 use fpnode_actors::stream::{StreamError, StreamSettings, ensure_stream};
 use fpnode_actors::{Node, NodeOptions};
@@ -26,7 +28,7 @@ use crate::cli::{Cli, Command, Mode, ServeArgs};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         None => cli.serve,
         Some(Command::Import(args)) => return offline(tools::import(args)),
         Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
@@ -115,6 +117,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let jobs = start_jobs(&args).await?;
     let state = AppState {
         node: node.clone(),
         limits: Limits {
@@ -127,6 +130,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fault_injection: args.enable_fault_injection,
         replication,
         proxy,
+        jobs: Some(jobs.clone()),
     };
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
     // Requests in flight get SHUTDOWN_GRACE to finish; change feeds, long
@@ -145,10 +149,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         () = grace => tracing::warn!(?SHUTDOWN_GRACE, "requests still open at shutdown: closed"),
     }
     tracing::info!("shutting down");
+    jobs.0.shutdown().await;
     if let Some(node) = node {
         node.shutdown().await;
     }
     Ok(())
+}
+
+/// Starts the job supervisor (records under `<dir>/jobs`) and checks the
+/// import directory.
+async fn start_jobs(args: &ServeArgs) -> anyhow::Result<(Jobs, api::jobs::JobDirs)> {
+    let import = match &args.import_dir {
+        None => None,
+        Some(d) => Some(
+            d.canonicalize()
+                .with_context(|| format!("import directory {}", d.display()))?,
+        ),
+    };
+    let dirs = api::jobs::JobDirs {
+        import,
+        export: args
+            .export_dir
+            .clone()
+            .unwrap_or_else(|| args.dir.join("exports")),
+        max_upload_bytes: args.max_upload_bytes,
+    };
+    let jobs = Jobs::start(JobsOptions {
+        max_running: args.max_jobs,
+        ..JobsOptions::new(args.dir.join("jobs"))
+    })
+    .await
+    .context("starting the job supervisor")?;
+    Ok((jobs, dirs))
 }
 
 /// Opens the data directory's indexes and starts the actor tree.

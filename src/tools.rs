@@ -2,7 +2,7 @@
 //! through the bulk builder) and `fpnode inspect` (what a data directory holds).
 //! Both work on a data directory no node is serving: the index lock makes sure.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,19 +11,8 @@ use fpnode_segments::bulk::{BulkBuilder, BulkOptions};
 use fpnode_segments::catalog::{Catalog, valid_index_name};
 use fpnode_segments::index::{IndexOptions, WAL_DIR};
 use fpnode_segments::{Generation, Index, Position};
-use serde::Deserialize;
 
-use crate::cli::{ExportArgs, ImportArgs, InputFormat, InspectArgs, RestoreArgs};
-
-/// One fingerprint of an import stream: `{"id": 1, "hashes": [...]}` in NDJSON,
-/// or a map with `i`/`h` (or the full names) in MessagePack.
-#[derive(Debug, Deserialize)]
-struct Record {
-    #[serde(alias = "i")]
-    id: u64,
-    #[serde(alias = "h")]
-    hashes: Vec<u32>,
-}
+use crate::cli::{ExportArgs, ImportArgs, InspectArgs, RestoreArgs};
 
 /// What [`prepare`] hands back: the catalog, the input reader and the build directory.
 type Prepared = (Catalog, BufReader<Box<dyn Read>>, PathBuf);
@@ -62,44 +51,15 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let mut builder = BulkBuilder::new(&tmp, Generation(generation), Position(args.version), opts)?;
     let started = Instant::now();
-    let mut n: u64 = 0;
-    let mut add = |r: Record, n: &mut u64| -> anyhow::Result<()> {
-        let id = u32::try_from(r.id)
-            .ok()
-            .filter(|&id| id != 0)
-            .with_context(|| format!("record {}: invalid fingerprint id {}", *n + 1, r.id))?;
-        builder.add(id, &r.hashes)?;
-        *n += 1;
-        if (*n).is_multiple_of(1_000_000) {
+    crate::records::for_each(&mut reader, args.format, |_, n, id, hashes| {
+        builder
+            .add(id, &hashes)
+            .map_err(|e| crate::records::RecordError::Stopped(e.to_string()))?;
+        if n.is_multiple_of(1_000_000) {
             eprintln!("  {n} fingerprints read in {:.0?}", started.elapsed());
         }
         Ok(())
-    };
-    match args.format {
-        InputFormat::Ndjson => {
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).context("reading input")? == 0 {
-                    break;
-                }
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let r: Record = serde_json::from_str(&line)
-                    .with_context(|| format!("record {}: not a fingerprint", n + 1))?;
-                add(r, &mut n)?;
-            }
-        }
-        InputFormat::Msgpack => loop {
-            if reader.fill_buf().context("reading input")?.is_empty() {
-                break;
-            }
-            let r: Record = rmp_serde::decode::from_read(&mut reader)
-                .with_context(|| format!("record {}: not a fingerprint", n + 1))?;
-            add(r, &mut n)?;
-        },
-    }
+    })?;
     let report = builder.finish()?;
     catalog
         .install(&args.index, generation, &tmp)
@@ -176,26 +136,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    #[derive(serde::Serialize)]
-    struct Full<'a> {
-        id: u32,
-        hashes: &'a [u32],
-    }
-    #[derive(serde::Serialize)]
-    struct Short<'a> {
-        i: u32,
-        h: &'a [u32],
-    }
     for (id, hashes) in &all {
-        match args.format {
-            InputFormat::Ndjson => {
-                serde_json::to_writer(&mut out, &Full { id: *id, hashes })?;
-                out.write_all(b"\n")?;
-            }
-            InputFormat::Msgpack => {
-                rmp_serde::encode::write_named(&mut out, &Short { i: *id, h: hashes })?;
-            }
-        }
+        crate::records::write(&mut out, args.format, *id, hashes)?;
     }
     out.flush().context("writing the export")?;
     eprintln!("exported {} fingerprints of {}", all.len(), args.index);

@@ -26,6 +26,7 @@ pub mod feed;
 pub mod handle;
 pub mod index_supervisor;
 pub mod index_writer;
+pub mod jobs;
 pub mod lifecycle;
 pub mod messages;
 pub mod node;

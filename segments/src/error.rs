@@ -57,6 +57,9 @@ pub enum Error {
     /// A write pipeline that another one replaced tried to log.
     #[error("this write pipeline was replaced by a newer one")]
     Fenced,
+    /// A long operation (a compaction) was stopped by its caller.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

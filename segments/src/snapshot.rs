@@ -152,16 +152,27 @@ impl Snapshot {
     /// All live fingerprints with their distinct hashes, ascending by id. Meant
     /// for tests, dumps and snapshots of small indexes: it materialises everything.
     pub fn dump(&self) -> Result<std::collections::BTreeMap<FingerprintId, Vec<u32>>> {
+        self.dump_range(0..=FingerprintId::MAX)
+    }
+
+    /// The live fingerprints whose ids are in `ids`, with their distinct
+    /// hashes, ascending by id. Reads every posting of every segment once:
+    /// an export in id ranges holds one range in memory at a time.
+    pub fn dump_range(
+        &self,
+        ids: std::ops::RangeInclusive<FingerprintId>,
+    ) -> Result<std::collections::BTreeMap<FingerprintId, Vec<u32>>> {
         let mut out: std::collections::BTreeMap<FingerprintId, Vec<u32>> = Default::default();
         for v in &self.segments {
-            for id in v.segment.docs.defined.iter() {
+            for id in v.segment.docs.defined.range(ids.clone()) {
                 if !v.shadowed.contains(id) {
                     out.insert(id, Vec::new());
                 }
             }
             for p in v.segment.cursor() {
                 let (hash, id) = crate::types::unpack(p?);
-                if !v.shadowed.contains(id)
+                if ids.contains(&id)
+                    && !v.shadowed.contains(id)
                     && let Some(h) = out.get_mut(&id)
                 {
                     h.push(hash);
@@ -169,6 +180,15 @@ impl Snapshot {
             }
         }
         Ok(out)
+    }
+
+    /// The ids of every live fingerprint.
+    pub fn live_ids(&self) -> RoaringBitmap {
+        let mut live = RoaringBitmap::new();
+        for v in &self.segments {
+            live |= &v.segment.docs.defined - v.shadowed.as_ref();
+        }
+        live
     }
 
     pub fn num_segments(&self) -> usize {

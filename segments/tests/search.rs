@@ -219,3 +219,61 @@ fn a_search_past_its_deadline_answers_search_timeout() {
     };
     assert_eq!(index.snapshot().search(&[1, 2], &future).unwrap().len(), 1);
 }
+
+/// A compaction told to stop leaves the index as it was (same segments, same
+/// answers, no unfinished file); let run, it leaves one segment with the same
+/// answers, having reported its progress on the way.
+#[test]
+fn a_cancelled_compaction_changes_nothing_and_a_finished_one_merges_all() {
+    let corpus = corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
+    let changes: Vec<Change> = corpus
+        .iter()
+        .map(|(&id, h)| Change::Insert {
+            id,
+            hashes: h.clone(),
+        })
+        .collect();
+    for (i, chunk) in changes.chunks(600).enumerate() {
+        index
+            .apply(&[Batch::new(Position(i as u64 + 1), chunk.to_vec())])
+            .unwrap();
+        index.checkpoint().unwrap();
+    }
+    let before = index.stats().file_segments;
+    assert!(before >= 4, "{before} file segments");
+    let asked = std::sync::atomic::AtomicU64::new(0);
+    let stop = |written: u64, total: u64| {
+        asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(written <= total, "{written} of {total}");
+        written < 100_000
+    };
+    match index.compact(&stop) {
+        Err(Error::Cancelled) => {}
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert!(asked.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert_eq!(index.stats().file_segments, before);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    check(&index, &corpus, "after a cancelled compaction");
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let merged = index
+        .compact(&|written, total| {
+            last.store(
+                written * 100 / total.max(1),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            true
+        })
+        .unwrap();
+    assert!(merged);
+    assert!(last.load(std::sync::atomic::Ordering::Relaxed) >= 50);
+    assert_eq!(index.stats().file_segments, 1);
+    check(&index, &corpus, "after a compaction");
+}

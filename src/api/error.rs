@@ -69,6 +69,23 @@ pub enum ApiError {
     /// `_stream`: the body sent nothing for 5 minutes.
     #[error("BodyTimeout")]
     BodyTimeout,
+    /// `/_jobs`: no job of that id (or it was pruned).
+    #[error("JobNotFound")]
+    JobNotFound,
+    /// `DELETE /_jobs/:id` of a job that has already ended.
+    #[error("JobFinished")]
+    JobFinished,
+    /// `POST /_jobs`: an unknown kind, a missing or unknown parameter.
+    #[error("InvalidJob")]
+    InvalidJob,
+    /// The job queue is full: retry later.
+    #[error("TooManyJobs")]
+    TooManyJobs,
+    /// An import file outside `--import-dir` (or none configured).
+    #[error("FileNotAllowed")]
+    FileNotAllowed,
+    #[error("FileNotFound")]
+    FileNotFound,
 }
 
 impl ApiError {
@@ -76,19 +93,24 @@ impl ApiError {
         use ApiError::*;
         match self {
             BadRequest | InvalidIndexName | InvalidFingerprintId | TooManyChanges
-            | TooManyHashes | QueryTooLong | InvalidLine | TruncatedBody => StatusCode::BAD_REQUEST,
+            | TooManyHashes | QueryTooLong | InvalidLine | TruncatedBody | InvalidJob => {
+                StatusCode::BAD_REQUEST
+            }
+            FileNotAllowed => StatusCode::FORBIDDEN,
             PayloadTooLarge | LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            IndexNotFound | FingerprintNotFound | NotFound => StatusCode::NOT_FOUND,
+            IndexNotFound | FingerprintNotFound | NotFound | JobNotFound | FileNotFound => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             VersionMismatch
             | IndexAlreadyExists
             | OlderIndexAlreadyExists
-            | NewerIndexAlreadyExists => StatusCode::CONFLICT,
+            | NewerIndexAlreadyExists
+            | JobFinished => StatusCode::CONFLICT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IndexNotReady | IndexFailed | SearchTimeout | Unavailable | Overloaded | Loading => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            IndexNotReady | IndexFailed | SearchTimeout | Unavailable | Overloaded | Loading
+            | TooManyJobs => StatusCode::SERVICE_UNAVAILABLE,
             Internal | SearchFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +122,7 @@ impl ApiError {
             | ApiError::Unavailable
             | ApiError::IndexNotReady
             | ApiError::Loading => Some(1),
+            ApiError::TooManyJobs => Some(5),
             _ => None,
         }
     }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod framing;
 mod handlers;
+pub mod jobs;
 pub mod proxy;
 mod types;
 
@@ -63,12 +64,28 @@ pub struct AppState {
     pub replication: Option<Arc<Replication>>,
     /// Proxy mode: the replicas reads are forwarded to.
     pub proxy: Option<Arc<proxy::Proxy>>,
+    /// Background jobs (`/_jobs`) and where they read and write files.
+    pub jobs: Option<(fpnode_actors::jobs::Jobs, jobs::JobDirs)>,
 }
 
 impl AppState {
     /// The local indexes; a proxy has none (its read routes forward instead).
     pub fn node(&self) -> Result<&Node, error::ApiError> {
         self.node.as_ref().ok_or(error::ApiError::NotFound)
+    }
+
+    pub fn jobs(&self) -> Result<&fpnode_actors::jobs::Jobs, error::ApiError> {
+        self.jobs
+            .as_ref()
+            .map(|(j, _)| j)
+            .ok_or(error::ApiError::NotFound)
+    }
+
+    pub fn jobs_dirs(&self) -> Result<&jobs::JobDirs, error::ApiError> {
+        self.jobs
+            .as_ref()
+            .map(|(_, d)| d)
+            .ok_or(error::ApiError::NotFound)
     }
 }
 
@@ -85,6 +102,8 @@ pub fn router(state: AppState) -> Router {
     let r = Router::new()
         .route("/_health", get(health))
         .route("/_metrics", get(metrics_text))
+        .route("/_jobs", get(list_jobs).post(start_job))
+        .route("/_jobs/{id}", get(get_job).delete(cancel_job))
         .route("/{index}/_update", post(update));
     // A proxy answers reads by forwarding them to a replica; writes are the
     // same handlers in every mode (they publish to the stream).
@@ -129,7 +148,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), read_body));
     // `_stream` reads its body as it arrives: no whole-body buffering, no
     // body size limit (docs/api.md).
-    let mut unbuffered = Router::new().route("/{index}/_stream", post(ingest_stream));
+    let mut unbuffered = Router::new()
+        .route("/{index}/_stream", post(ingest_stream))
+        .route("/{index}/_import", post(jobs::import_upload));
     if state.proxy.is_none() {
         // The WebSocket feed reads the local WAL: replicas and standalone
         // nodes serve it, a proxy does not (docs/api.md).

@@ -11,11 +11,11 @@ use super::{Index, MemoryEntry, SEGMENTS_DIR, State, lock};
 use crate::error::{Error, Result};
 use crate::file_segment::{FileSegment, FileSegmentWriter};
 use crate::manifest::{Manifest, ManifestSegment};
-use crate::merge::{merge_postings, merged_docs};
+use crate::merge::{PostingSink, merge_postings, merged_docs};
 use crate::merge_policy::MergeInput;
 use crate::segment::{Segment, SegmentInfo};
 use crate::snapshot::SegmentView;
-use crate::types::{MetadataDelta, Position, SegmentId, apply_metadata_delta};
+use crate::types::{MetadataDelta, PackedPosting, Position, SegmentId, apply_metadata_delta};
 
 /// The segments one checkpoint or merge has taken (marked `busy`). Released
 /// under the state lock when the task commits or fails, and by `Drop` if the
@@ -248,14 +248,33 @@ impl Index {
 
     /// Merges all file segments into one (after a checkpoint of memory).
     pub fn force_merge(&self) -> Result<()> {
+        self.compact(&|_, _| true).map(|_| ())
+    }
+
+    /// Checkpoints memory, then merges all file segments into one, telling
+    /// `keep_going(postings written, postings to write)` how far it is every
+    /// [`WATCH_EVERY`] postings; `false` stops it with [`Error::Cancelled`],
+    /// the index unchanged (the unfinished file is removed). Returns whether
+    /// there was anything to merge.
+    pub fn compact(&self, keep_going: &dyn Fn(u64, u64) -> bool) -> Result<bool> {
         self.checkpoint()?;
-        self.merge_files_with(|inputs| (inputs.len() >= 2).then_some(0..inputs.len()))?;
-        Ok(())
+        self.merge_files_watched(
+            |inputs| (inputs.len() >= 2).then_some(0..inputs.len()),
+            Some(keep_going),
+        )
     }
 
     fn merge_files_with(
         &self,
         choose: impl FnOnce(&[MergeInput]) -> Option<std::ops::Range<usize>>,
+    ) -> Result<bool> {
+        self.merge_files_watched(choose, None)
+    }
+
+    fn merge_files_watched(
+        &self,
+        choose: impl FnOnce(&[MergeInput]) -> Option<std::ops::Range<usize>>,
+        keep_going: Option<&dyn Fn(u64, u64) -> bool>,
     ) -> Result<bool> {
         let _merge = lock(&self.merge_lock);
         let (views, id, drop_tombstones, taken) = {
@@ -277,7 +296,7 @@ impl Index {
             let taken = Taken::new(self, &mut st, &views);
             (views, id, run.start == 0, taken)
         };
-        let result = self.run_file_merge(&views, id, drop_tombstones);
+        let result = self.run_file_merge(&views, id, drop_tombstones, keep_going);
         let mut st = lock(&self.state);
         taken.release(&mut st);
         let merged = result?;
@@ -303,6 +322,7 @@ impl Index {
         views: &[SegmentView],
         id: SegmentId,
         drop_tombstones: bool,
+        keep_going: Option<&dyn Fn(u64, u64) -> bool>,
     ) -> Result<Arc<Segment>> {
         let (Some(first), Some(last)) = (views.first(), views.last()) else {
             return Err(Error::InvalidInput("empty merge".into()));
@@ -311,7 +331,7 @@ impl Index {
             first.segment.info.min_position,
             last.segment.info.max_position,
         );
-        self.write_file_segment(id, views, drop_tombstones, min_pos, max_pos)
+        self.write_file_segment_watched(id, views, drop_tombstones, (min_pos, max_pos), keep_going)
     }
 
     fn write_file_segment(
@@ -322,9 +342,32 @@ impl Index {
         min_pos: Position,
         max_pos: Position,
     ) -> Result<Arc<Segment>> {
+        self.write_file_segment_watched(id, views, drop_tombstones, (min_pos, max_pos), None)
+    }
+
+    fn write_file_segment_watched(
+        &self,
+        id: SegmentId,
+        views: &[SegmentView],
+        drop_tombstones: bool,
+        (min_pos, max_pos): (Position, Position),
+        keep_going: Option<&dyn Fn(u64, u64) -> bool>,
+    ) -> Result<Arc<Segment>> {
         let seg_dir = self.dir.join(SEGMENTS_DIR);
         let mut writer = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone())?;
-        merge_postings(views, &mut writer)?;
+        match keep_going {
+            None => merge_postings(views, &mut writer)?,
+            Some(keep_going) => {
+                let total = views.iter().map(|v| v.segment.info.num_postings).sum();
+                let mut sink = Watched {
+                    sink: &mut writer,
+                    written: 0,
+                    total,
+                    keep_going,
+                };
+                merge_postings(views, &mut sink)?
+            }
+        };
         let docs = merged_docs(views, drop_tombstones);
         let (path, _, size) = writer.finish(&docs, min_pos, max_pos)?;
         self.counters
@@ -381,5 +424,45 @@ fn manifest_entry(seg: &Segment) -> ManifestSegment {
         max_position: seg.info.max_position,
         num_postings: seg.info.num_postings,
         size_bytes: seg.size_bytes(),
+    }
+}
+
+/// How often a watched merge reports its progress, in postings.
+pub const WATCH_EVERY: u64 = 1 << 16;
+
+/// A posting sink that reports its progress and can be stopped.
+struct Watched<'a, S> {
+    sink: &'a mut S,
+    written: u64,
+    total: u64,
+    keep_going: &'a dyn Fn(u64, u64) -> bool,
+}
+
+impl<S: PostingSink> Watched<'_, S> {
+    fn check(&self) -> Result<()> {
+        if (self.keep_going)(self.written, self.total) {
+            Ok(())
+        } else {
+            Err(Error::Cancelled)
+        }
+    }
+}
+
+impl<S: PostingSink> PostingSink for Watched<'_, S> {
+    fn push(&mut self, posting: PackedPosting) -> Result<()> {
+        self.written += 1;
+        if self.written.is_multiple_of(WATCH_EVERY) {
+            self.check()?;
+        }
+        self.sink.push(posting)
+    }
+
+    fn push_all(&mut self, postings: &[PackedPosting]) -> Result<()> {
+        for chunk in postings.chunks(WATCH_EVERY as usize) {
+            self.check()?;
+            self.sink.push_all(chunk)?;
+            self.written += chunk.len() as u64;
+        }
+        Ok(())
     }
 }

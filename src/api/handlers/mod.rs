@@ -3,7 +3,7 @@
 //! (create, delete, status), `changes` (`_changes`: the change feed),
 //! `changes_ws` (the same feeds over one WebSocket), `snapshot` (streaming
 //! an archive), `fingerprints` (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
-//! change stream applied as it arrives) and `routing` (where a write goes in
+//! change stream applied as it arrives), `jobs` (`/_jobs`) and `routing` (where a write goes in
 //! each mode). This file holds what they share: request decoding, the
 //! response format, error mapping and index lookup.
 
@@ -12,6 +12,7 @@ mod changes_ws;
 mod fingerprints;
 mod indexes;
 mod ingest_stream;
+mod jobs;
 mod routing;
 mod snapshot;
 mod system;
@@ -23,6 +24,7 @@ pub use changes_ws::*;
 pub use fingerprints::*;
 pub use indexes::*;
 pub use ingest_stream::*;
+pub use jobs::*;
 pub use snapshot::*;
 pub use system::*;
 
@@ -198,6 +200,34 @@ fn publish_error(e: PublishError) -> ApiError {
             ApiError::Internal
         }
     }
+}
+
+/// The index `name` of this node (for the jobs).
+pub(crate) async fn lookup_index(
+    state: &AppState,
+    name: &str,
+) -> std::result::Result<Arc<IndexHandle>, ApiError> {
+    lookup(state, name).await
+}
+
+/// A write through the mode's write path, with its idempotency key (jobs).
+pub(crate) async fn write_through(
+    state: &AppState,
+    index: &str,
+    request: WriteRequest,
+    key: &str,
+) -> std::result::Result<u64, ApiError> {
+    write(state, index, request, Some(key)).await
+}
+
+/// The response format a request asks for (handlers that read their own body).
+pub(crate) fn response_format_of(headers: &HeaderMap) -> Format {
+    response_format(headers, false)
+}
+
+/// An error answered in `format`.
+pub(crate) fn fail_with(format: Format, error: ApiError) -> Failure {
+    Failure { format, error }
 }
 
 async fn lookup(state: &AppState, name: &str) -> std::result::Result<Arc<IndexHandle>, ApiError> {

@@ -1,0 +1,243 @@
+//! The `import` job: a file of fingerprints (the `fpnode export` format)
+//! applied through the write path in groups, as `_update` would (so it
+//! works in every mode), and `POST /:index/_import`, which spools an
+//! uploaded body to disk and imports it the same way.
+//!
+//! A blocking thread reads and parses the file into groups of
+//! [`GROUP`] inserts and hands them over a channel of two, so memory holds
+//! at most three groups whatever the file's size. Each group is durable once
+//! written; a cancel stops between groups and what was written stays.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fpnode_actors::jobs::{JobError, JobSpec, JobWork};
+use fpnode_actors::{WriteRequest, replication::fresh_request_key};
+use fpnode_segments::{Change, MetadataDelta};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::{AppState, Ctl, failed, format_name, input_format};
+use crate::api::error::ApiError;
+use crate::api::handlers;
+use crate::cli::InputFormat;
+use crate::records::{Counted, RecordError, for_each};
+
+/// Fingerprints per write.
+const GROUP: usize = 1_000;
+
+pub(super) fn work(
+    state: AppState,
+    index: String,
+    path: PathBuf,
+    format: InputFormat,
+    remove_after: bool,
+) -> JobWork {
+    Box::new(move |ctl: Ctl| {
+        Box::pin(async move {
+            let outcome = run(&state, &index, &path, format, &ctl).await;
+            if remove_after {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            outcome
+        })
+    })
+}
+
+/// A group read: its inserts, the bytes and records read up to its end.
+type Read = (Vec<Change>, u64, u64);
+
+async fn run(
+    state: &AppState,
+    index: &str,
+    path: &std::path::Path,
+    format: InputFormat,
+    ctl: &Ctl,
+) -> Result<Value, JobError> {
+    let file = std::fs::File::open(path).map_err(|e| failed("opening the file", e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| failed("reading the file's size", e))?
+        .len();
+    ctl.set_total(size);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Read, JobError>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut input = Counted::new(BufReader::with_capacity(1 << 20, file));
+        let mut group = Vec::with_capacity(GROUP);
+        let send = |item: Result<Read, JobError>| {
+            tx.blocking_send(item)
+                .map_err(|_| RecordError::Stopped("the job stopped".into()))
+        };
+        let read = for_each(&mut input, format, |input, n, id, hashes| {
+            group.push(Change::Insert { id, hashes });
+            if group.len() >= GROUP {
+                send(Ok((std::mem::take(&mut group), input.bytes, n)))?;
+            }
+            Ok(())
+        });
+        match read {
+            Ok(n) => {
+                if !group.is_empty() {
+                    let _ = send(Ok((group, input.bytes, n)));
+                }
+            }
+            Err(RecordError::Stopped(_)) => {}
+            Err(e) => {
+                let _ = send(Err(JobError::Failed(e.to_string())));
+            }
+        }
+    });
+    let (mut bytes, mut records, mut version) = (0u64, 0u64, None);
+    let mut groups = 0u64;
+    while let Some(item) = rx.recv().await {
+        let (changes, read_to, read) = item?;
+        ctl.check()?;
+        let request = WriteRequest {
+            changes,
+            metadata: MetadataDelta::new(),
+            expected_version: None,
+        };
+        // One key per group: a publish retried inside the write path is
+        // applied once (replica and proxy modes).
+        let key = format!("job-{}-{}-{}", ctl.id, groups, fresh_request_key());
+        let v = handlers::write_through(state, index, request, &key)
+            .await
+            .map_err(|e| {
+                JobError::Failed(format!("writing records {}-{read}: {e}", records + 1))
+            })?;
+        groups += 1;
+        records = read;
+        version = Some(v);
+        ctl.advance(read_to - bytes).await?;
+        bytes = read_to;
+    }
+    let _ = reader.await;
+    Ok(json!({"fingerprints": records, "version": version, "bytes": bytes}))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct UploadQuery {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    max_rate: Option<f64>,
+}
+
+/// `POST /:index/_import`: the body (NDJSON or MessagePack fingerprints,
+/// by `Content-Type` or `?format=`) is written to the uploads directory as
+/// it arrives, then imported by a job; answers `202` with the job once the
+/// body is on disk. The file is removed when the job ends.
+pub async fn import_upload(
+    State(state): State<AppState>,
+    Path(index): Path<String>,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let format = handlers::response_format_of(&headers);
+    match upload(&state, index, q, &headers, body).await {
+        Ok(job) => handlers::job_response(format, StatusCode::ACCEPTED, &job),
+        Err(e) => handlers::fail_with(format, e).into_response(),
+    }
+}
+
+async fn upload(
+    state: &AppState,
+    index: String,
+    q: UploadQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<fpnode_actors::jobs::JobView, ApiError> {
+    let jobs = state.jobs()?;
+    let dirs = state.jobs_dirs()?;
+    if !fpnode_actors::registry::valid_index_name(&index) {
+        return Err(ApiError::InvalidIndexName);
+    }
+    if q.max_rate.is_some_and(|r| !r.is_finite() || r <= 0.0) {
+        return Err(ApiError::InvalidJob);
+    }
+    let by_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let format = match (q.format.as_deref(), by_type.as_deref()) {
+        (Some(f), _) => input_format(Some(f))?,
+        (None, Some("application/msgpack" | "application/x-msgpack")) => InputFormat::Msgpack,
+        (None, None | Some("application/x-ndjson" | "application/json" | "application/jsonl")) => {
+            InputFormat::Ndjson
+        }
+        (None, Some(_)) => return Err(ApiError::UnsupportedMediaType),
+    };
+    if state.node.is_some() {
+        handlers::lookup_index(state, &index).await?;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > dirs.max_upload_bytes) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let dir = jobs.uploads_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+        tracing::error!(dir = %dir.display(), error = %e, "uploads directory not created");
+        ApiError::Internal
+    })?;
+    let path = dir.join(format!("{}.upload", fresh_request_key()));
+    let size = match spool(&path, body, dirs.max_upload_bytes).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+    };
+    let spec = JobSpec {
+        kind: "import".into(),
+        index: Some(index.clone()),
+        params: json!({"upload_bytes": size, "format": format_name(format)}),
+        unit: "bytes",
+        max_rate: q.max_rate,
+    };
+    let work = work(state.clone(), index, path.clone(), format, true);
+    match jobs.submit(spec, work).await {
+        Ok(job) => Ok(job),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(handlers::jobs_error(e))
+        }
+    }
+}
+
+/// Writes the body to `path` as it arrives, at most `limit` bytes.
+async fn spool(path: &std::path::Path, body: Body, limit: u64) -> Result<u64, ApiError> {
+    let mut file = tokio::fs::File::create(path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "upload file not created");
+        ApiError::Internal
+    })?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BadRequest)?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        file.write_all(&chunk).await.map_err(|e| {
+            tracing::error!(path = %path.display(), error = %e, "upload not written");
+            ApiError::Unavailable
+        })?;
+    }
+    file.flush().await.map_err(|_| ApiError::Unavailable)?;
+    Ok(size)
+}
