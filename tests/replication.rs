@@ -5,7 +5,8 @@
 //! once; a new replica answers `503 LOADING` until it caught up; with NATS
 //! down reads keep answering and writes fail fast; a replica SIGKILLed during
 //! writes catches up without losing or doubling anything; a replica whose
-//! StreamSubscriber fails during writes restarts it and loses nothing.
+//! StreamSubscriber fails during writes restarts it and loses nothing; `_stream`
+//! and import jobs through a proxy and a replica reach both replicas.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -878,4 +879,87 @@ async fn a_stream_through_a_proxy_and_a_replica_reaches_both_replicas() {
             );
         }
     }
+}
+
+/// Import jobs in replica and proxy modes: an uploaded body through the
+/// proxy and a file through a replica go through the stream, and both
+/// replicas hold every fingerprint at the version the jobs report. The
+/// kinds that work on local files are refused by the proxy.
+#[tokio::test]
+async fn import_jobs_through_a_proxy_and_a_replica_reach_both_replicas() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let imports = tempfile::tempdir().unwrap();
+    let dir = imports.path().to_str().unwrap().to_string();
+    let a = replica(&nats, &["--import-dir", &dir]).await;
+    let b = replica(&nats, &[]).await;
+    let p = proxy(&nats, &[&a, &b]).await;
+    let (ja, jb, jp) = (Api::json(&a), Api::json(&b), Api::json(&p));
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    let ndjson = |ids: std::ops::RangeInclusive<u32>| {
+        let mut out = String::new();
+        for id in ids {
+            out += &json!({ "id": id, "hashes": hashes(id, 0) }).to_string();
+            out.push('\n');
+        }
+        out
+    };
+    std::fs::write(imports.path().join("part2.ndjson"), ndjson(3001..=4500)).unwrap();
+    let res = reqwest::Client::new()
+        .post(p.url("/main/_import"))
+        .header("Content-Type", "application/x-ndjson")
+        .body(ndjson(1..=2500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let uploaded: Value = res.json().await.unwrap();
+    let started = ja
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "import", "index": "main", "file": "part2.ndjson"})),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let mut last_version = 0;
+    for (api, id) in [(&jp, &uploaded["id"]), (&ja, &started.body["id"])] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let job = loop {
+            let j = api.call("GET", &format!("/_jobs/{id}"), None).await.body;
+            if j["state"] != "queued" && j["state"] != "running" {
+                break j;
+            }
+            assert!(Instant::now() < deadline, "{j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(job["state"], "succeeded", "{job}");
+        last_version = last_version.max(job["result"]["version"].as_u64().unwrap());
+    }
+    for api in [&ja, &jb] {
+        wait_version(api, last_version, Duration::from_secs(10)).await;
+        assert_eq!(status(api).await["num_docs"], 4000, "{}", api.base);
+        for id in [1, 2500, 3001, 4500] {
+            assert_eq!(
+                api.call("GET", &format!("/main/{id}"), None).await.status,
+                200
+            );
+        }
+    }
+    let refused = jp
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "verify", "index": "main"})),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let verified = jb
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "verify", "index": "main"})),
+        )
+        .await;
+    assert_eq!(verified.status, 202, "{}", verified.body);
 }
