@@ -33,8 +33,8 @@ pub enum Command {
     /// may be serving the data directory).
     Restore(RestoreArgs),
     /// Write every fingerprint of an index, sorted by id, in the format
-    /// `fpnode import` reads (no node may be serving the data directory). Holds
-    /// the whole index in memory: meant for checks and small indexes.
+    /// `fpnode import` reads (no node may be serving the data directory), in
+    /// passes of 200,000 fingerprints (each pass reads every posting once).
     Export(ExportArgs),
 }
 

@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::InputFormat;
 
+/// Fingerprints read per pass of an export: each pass reads every posting
+/// once and holds this many fingerprints (about 500 bytes each at 120
+/// hashes), so an export's memory does not grow with the index.
+pub const EXPORT_PASS: usize = 200_000;
+
 #[derive(Debug, Deserialize)]
 struct Record {
     #[serde(alias = "i")]

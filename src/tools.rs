@@ -125,10 +125,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     let index = Index::open(&dir, IndexOptions::default())
         .with_context(|| format!("cannot open index {}", args.index))?;
-    let all = index
-        .snapshot()
-        .dump()
-        .with_context(|| format!("reading index {}", args.index))?;
+    let snapshot = index.snapshot();
+    let ids: Vec<u32> = snapshot.live_ids().iter().collect();
     let out: Box<dyn Write> = match args.output.as_deref() {
         None | Some("-") => Box::new(std::io::stdout().lock()),
         Some(path) => {
@@ -136,11 +134,20 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    for (id, hashes) in &all {
-        crate::records::write(&mut out, args.format, *id, hashes)?;
+    // In passes of id ranges: one range's fingerprints in memory at a time.
+    for pass in ids.chunks(crate::records::EXPORT_PASS) {
+        let (Some(&lo), Some(&hi)) = (pass.first(), pass.last()) else {
+            continue;
+        };
+        let fingerprints = snapshot
+            .dump_range(lo..=hi)
+            .with_context(|| format!("reading index {}", args.index))?;
+        for (id, hashes) in &fingerprints {
+            crate::records::write(&mut out, args.format, *id, hashes)?;
+        }
     }
     out.flush().context("writing the export")?;
-    eprintln!("exported {} fingerprints of {}", all.len(), args.index);
+    eprintln!("exported {} fingerprints of {}", ids.len(), args.index);
     Ok(())
 }
 

@@ -12,10 +12,7 @@ use serde_json::json;
 
 use super::{Ctl, Output, blocking, engine, failed};
 use crate::cli::InputFormat;
-
-/// Fingerprints read per pass of an export: each pass reads every posting
-/// once and holds this many fingerprints (about 500 bytes each at 120 hashes).
-const EXPORT_PASS: usize = 200_000;
+use crate::records::EXPORT_PASS;
 
 /// `export`: every live fingerprint, ascending by id, in the `fpnode
 /// export` format, read from one snapshot of the index (so the file is the
