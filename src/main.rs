@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use fpnode_actors::events::NodeEvents;
 use fpnode_actors::index_supervisor::SupervisionOptions;
 use fpnode_actors::jobs::{Jobs, JobsOptions};
 use fpnode_actors::replication::{Replication, ReplicationOptions};
@@ -104,6 +105,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Mode::Standalone => None,
         Mode::Replica | Mode::Proxy => Some(connect_stream(&args).await?),
     };
+    let events = Arc::new(
+        NodeEvents::open(&args.dir)
+            .with_context(|| format!("opening the node event log in {}", args.dir.display()))?,
+    );
     let (node, proxy) = match args.mode {
         Mode::Proxy => {
             let proxy = api::proxy::Proxy::start(
@@ -112,12 +117,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )?;
             (None, Some(proxy))
         }
-        Mode::Standalone | Mode::Replica => {
-            (Some(start_node(&args, replication.clone()).await?), None)
-        }
+        Mode::Standalone | Mode::Replica => (
+            Some(start_node(&args, replication.clone(), events.clone()).await?),
+            None,
+        ),
     };
 
-    let jobs = start_jobs(&args).await?;
+    let jobs = start_jobs(&args, events.clone()).await?;
     let state = AppState {
         node: node.clone(),
         limits: Limits {
@@ -130,6 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         fault_injection: args.enable_fault_injection,
         replication,
         proxy,
+        events: Some(events),
         jobs: Some(jobs.clone()),
     };
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
@@ -158,7 +165,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Starts the job supervisor (records under `<dir>/jobs`) and checks the
 /// import directory.
-async fn start_jobs(args: &ServeArgs) -> anyhow::Result<(Jobs, api::jobs::JobDirs)> {
+async fn start_jobs(
+    args: &ServeArgs,
+    events: Arc<NodeEvents>,
+) -> anyhow::Result<(Jobs, api::jobs::JobDirs)> {
     let import = match &args.import_dir {
         None => None,
         Some(d) => Some(
@@ -176,6 +186,7 @@ async fn start_jobs(args: &ServeArgs) -> anyhow::Result<(Jobs, api::jobs::JobDir
     };
     let jobs = Jobs::start(JobsOptions {
         max_running: args.max_jobs,
+        events: Some(events),
         ..JobsOptions::new(args.dir.join("jobs"))
     })
     .await
@@ -187,6 +198,7 @@ async fn start_jobs(args: &ServeArgs) -> anyhow::Result<(Jobs, api::jobs::JobDir
 async fn start_node(
     args: &ServeArgs,
     replication: Option<Arc<Replication>>,
+    events: Arc<NodeEvents>,
 ) -> anyhow::Result<Node> {
     let index = IndexOptions {
         checkpoint_threshold: args.checkpoint_threshold.max(1),
@@ -211,6 +223,7 @@ async fn start_node(
         search_queue: args.search_queue,
         max_writes_in_flight: args.max_writes_in_flight.max(1),
         replication,
+        events: Some(events),
     }))
     .await
     .map_err(|e| {

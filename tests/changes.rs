@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, NO_CHANGES_RETAINED, Node, wait_not_retained};
+use common::{Api, NO_CHANGES_RETAINED, Node, sse_events as events, wait_not_retained};
 use serde_json::json;
 
 /// `PUT /idx/<id>` with `hashes`; the answer's status.
@@ -184,44 +184,6 @@ async fn a_version_older_than_the_retention_is_gone_with_the_oldest_kept() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], json!("ChangesNotRetained"));
     assert!(body["oldest_version"].as_u64().unwrap() >= oldest);
-}
-
-/// Reads server-sent events from `res` until `n` `change` events came (or an
-/// `error` event); returns (id, data) of each.
-async fn events(res: reqwest::Response, n: usize) -> Vec<(String, String, serde_json::Value)> {
-    use futures::StreamExt;
-    let mut body = res.bytes_stream();
-    let mut text = String::new();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .expect("no event within 10 s")
-            .expect("the stream ended")
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            let (mut id, mut kind, mut data) = (String::new(), String::new(), None);
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    kind = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data = Some(serde_json::from_str(v.trim()).unwrap());
-                }
-            }
-            if let Some(data) = data {
-                let error = kind == "error";
-                out.push((id, kind, data));
-                if error {
-                    return out;
-                }
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]

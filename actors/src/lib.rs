@@ -22,6 +22,7 @@
 //! fixed depth and sheds load.
 
 pub mod batcher;
+pub mod events;
 pub mod feed;
 pub mod handle;
 pub mod index_supervisor;

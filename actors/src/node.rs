@@ -32,6 +32,8 @@ pub struct NodeOptions {
     pub max_writes_in_flight: usize,
     /// Replica mode: the stream every index follows.
     pub replication: Option<Arc<crate::replication::Replication>>,
+    /// The node's event log (indexes created and deleted).
+    pub events: Option<Arc<crate::events::NodeEvents>>,
 }
 
 /// The current IndexRegistry, set by the NodeSupervisor whenever it starts
@@ -212,6 +214,7 @@ impl Node {
                 open: open.clone(),
                 tasks: Arc::default(),
                 replication: opts.replication.clone(),
+                events: opts.events.clone(),
             },
             slot: slot.clone(),
             search: work,

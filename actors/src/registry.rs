@@ -34,6 +34,7 @@
 //! so two generations never mix) with a new one starting at the record's
 //! sequence, and a delete record drops it.
 
+use crate::events::{EventKind, NodeEvents};
 use crate::lifecycle::{LifecycleWatcher, WatcherArgs, WatcherMsg};
 use crate::replication::Replication;
 use crate::restart::RestartTracker;
@@ -177,6 +178,8 @@ pub struct RegistryArgs {
     pub tasks: Arc<RegistryTasks>,
     /// Replica mode: the stream the indexes follow.
     pub replication: Option<Arc<Replication>>,
+    /// The node's event log: indexes created and deleted.
+    pub events: Option<Arc<NodeEvents>>,
 }
 
 pub struct RegistryState {
@@ -202,9 +205,18 @@ struct Disk {
     opts: IndexOptions,
     lineage: Arc<Mutex<Lineage>>,
     writes: Arc<Mutex<()>>,
+    events: Option<Arc<NodeEvents>>,
 }
 
 impl Disk {
+    /// Records a node event (docs/api.md "Node events"), once the step it
+    /// reports is durable.
+    fn emit(&self, what: EventKind) {
+        if let Some(events) = &self.events {
+            events.emit(what);
+        }
+    }
+
     /// Writes the lineage as it is now (run on a blocking thread). Writes are
     /// serialised and each takes its snapshot under the write lock, so the
     /// last one written holds every generation reserved before it.
@@ -610,6 +622,12 @@ impl RegistryState {
                     .map(Box::new)
                     .map_err(|e| e.to_string())
             });
+            if index.is_ok() {
+                disk.emit(EventKind::IndexCreated {
+                    index: index_name.clone(),
+                    generation,
+                });
+            }
             // If the registry is gone the reply port drops with the message:
             // the client is answered `Unavailable`, never a false success.
             Done {
@@ -678,6 +696,10 @@ impl RegistryState {
             // Acknowledged once the rename is durable; the files go afterwards.
             let trash = match disk.catalog.delete_index(&index_name, generation) {
                 Ok(trash) => {
+                    disk.emit(EventKind::IndexDeleted {
+                        index: index_name.clone(),
+                        generation,
+                    });
                     let _ = reply.send(Ok(true));
                     Some(trash)
                 }
@@ -750,10 +772,16 @@ impl RegistryState {
         };
         let index_name = name.clone();
         self.spawn_steps(myself, name, token, !record.d, move |disk| {
-            let trash = match dropped.map(|g| disk.catalog.delete_index(&index_name, g)) {
+            let trash = match dropped.map(|g| (g, disk.catalog.delete_index(&index_name, g))) {
                 None => None,
-                Some(Ok(trash)) => Some(trash),
-                Some(Err(e)) => {
+                Some((generation, Ok(trash))) => {
+                    disk.emit(EventKind::IndexDeleted {
+                        index: index_name.clone(),
+                        generation,
+                    });
+                    Some(trash)
+                }
+                Some((_, Err(e))) => {
                     return Done {
                         finished: Finished::Failed(e.to_string()),
                         trash: None,
@@ -773,6 +801,10 @@ impl RegistryState {
                 Ok(None) => Finished::Deleted,
                 Ok(Some(index)) => {
                     tracing::info!(index = %index_name, generation = record.g, start = seq, "following a new generation");
+                    disk.emit(EventKind::IndexCreated {
+                        index: index_name.clone(),
+                        generation: record.g,
+                    });
                     Finished::Created {
                         generation: record.g,
                         index: Ok(Box::new(index)),
@@ -811,6 +843,7 @@ impl RegistryState {
             opts: self.args.index.clone(),
             lineage: self.lineage.clone(),
             writes: self.args.tasks.lineage_writes.clone(),
+            events: self.args.events.clone(),
         };
         let me = myself.clone();
         tokio::spawn(async move {

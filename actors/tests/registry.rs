@@ -67,6 +67,7 @@ async fn a_stuck_create_holds_up_only_its_own_name_and_requests_on_it_run_in_ord
         open: open.clone(),
         tasks: Arc::default(),
         replication: None,
+        events: None,
     };
     let (registry, _) = Actor::spawn(None, IndexRegistry, args).await.unwrap();
 

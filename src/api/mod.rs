@@ -64,6 +64,8 @@ pub struct AppState {
     pub replication: Option<Arc<Replication>>,
     /// Proxy mode: the replicas reads are forwarded to.
     pub proxy: Option<Arc<proxy::Proxy>>,
+    /// The node's events (`GET /_changes`).
+    pub events: Option<Arc<fpnode_actors::events::NodeEvents>>,
     /// Background jobs (`/_jobs`) and where they read and write files.
     pub jobs: Option<(fpnode_actors::jobs::Jobs, jobs::JobDirs)>,
 }
@@ -148,14 +150,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), read_body));
     // `_stream` reads its body as it arrives: no whole-body buffering, no
     // body size limit (docs/api.md).
-    let mut unbuffered = Router::new()
+    // `/_changes`: the node's events; upgraded to a WebSocket, the index
+    // feeds (they read the local WAL: not on a proxy, docs/api.md).
+    let unbuffered = Router::new()
         .route("/{index}/_stream", post(ingest_stream))
-        .route("/{index}/_import", post(jobs::import_upload));
-    if state.proxy.is_none() {
-        // The WebSocket feed reads the local WAL: replicas and standalone
-        // nodes serve it, a proxy does not (docs/api.md).
-        unbuffered = unbuffered.route("/_changes", get(changes_socket));
-    }
+        .route("/{index}/_import", post(jobs::import_upload))
+        .route("/_changes", get(changes_root));
     unbuffered
         .merge(buffered)
         .layer(middleware::from_fn(track_metrics))

@@ -270,3 +270,44 @@ pub async fn wait_not_retained(api: &Api, index: &str) -> Value {
     }
     panic!("version 0 of {index} stayed retained");
 }
+
+/// Reads server-sent events from `res` until `n` events with data came (or
+/// an `error` event); returns (id, event, data) of each.
+pub async fn sse_events(
+    res: reqwest::Response,
+    n: usize,
+) -> Vec<(String, String, serde_json::Value)> {
+    use futures::StreamExt;
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("no event within 10 s")
+            .expect("the stream ended")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (String::new(), String::new(), None);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str(v.trim()).unwrap());
+                }
+            }
+            if let Some(data) = data {
+                let error = kind == "error";
+                out.push((id, kind, data));
+                if error {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}

@@ -240,6 +240,8 @@ pub struct JobsOptions {
     pub keep_finished: usize,
     /// How often a running job's progress is written to its record.
     pub persist_every: Duration,
+    /// The node's event log: every state change of a job is an event.
+    pub events: Option<Arc<crate::events::NodeEvents>>,
 }
 
 impl JobsOptions {
@@ -250,6 +252,7 @@ impl JobsOptions {
             max_queued: 64,
             keep_finished: 1000,
             persist_every: Duration::from_secs(1),
+            events: None,
         }
     }
 }

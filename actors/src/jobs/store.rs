@@ -25,14 +25,16 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> JobsError {
 impl Store {
     /// Opens (creating) the directory and reads every record; a record that
     /// was queued or running is rewritten as interrupted. A file that is not
-    /// a record is renamed `<name>.bad` and logged, never fatal.
-    pub fn open(dir: &Path, fs: Fs) -> Result<(Store, Vec<JobRecord>), JobsError> {
+    /// a record is renamed `<name>.bad` and logged, never fatal. Answers
+    /// the records and the ids of those just recorded as interrupted.
+    pub fn open(dir: &Path, fs: Fs) -> Result<(Store, Vec<JobRecord>, Vec<u64>), JobsError> {
         fs.create_dir_all(dir).map_err(|e| store_error(dir, e))?;
         let store = Store {
             dir: dir.to_path_buf(),
             fs,
         };
         let mut records = Vec::new();
+        let mut interrupted = Vec::new();
         let entries = std::fs::read_dir(dir).map_err(|e| store_error(dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| store_error(dir, e))?.path();
@@ -55,6 +57,7 @@ impl Store {
                         r.error =
                             Some("the node stopped while the job was queued or running".into());
                         store.save(&r)?;
+                        interrupted.push(r.id);
                     }
                     records.push(r);
                 }
@@ -65,7 +68,8 @@ impl Store {
             }
         }
         records.sort_by_key(|r| r.id);
-        Ok((store, records))
+        interrupted.sort_unstable();
+        Ok((store, records, interrupted))
     }
 
     fn path(&self, id: u64) -> PathBuf {

@@ -18,6 +18,7 @@ use super::{
     Entry, JobCtl, JobError, JobRecord, JobSpec, JobState, JobWork, Jobs, JobsError, JobsOptions,
     Progress, Shared, now_ms,
 };
+use crate::events::EventKind;
 
 pub enum JobsMsg {
     Submit(JobSpec, JobWork, RpcReplyPort<Result<u64, JobsError>>),
@@ -45,13 +46,26 @@ struct SupState {
 
 pub(super) async fn start(opts: JobsOptions) -> Result<Jobs, JobsError> {
     let dir = opts.dir.clone();
-    let (store, records) =
-        tokio::task::spawn_blocking(move || Store::open(&dir, fpnode_segments::Fs::default()))
-            .await
-            .map_err(|e| JobsError::Store {
-                path: opts.dir.clone(),
-                message: e.to_string(),
-            })??;
+    let events = opts.events.clone();
+    let (store, records) = tokio::task::spawn_blocking(move || {
+        let (store, records, interrupted) = Store::open(&dir, fpnode_segments::Fs::default())?;
+        if let Some(events) = events {
+            for r in records.iter().filter(|r| interrupted.contains(&r.id)) {
+                events.emit(EventKind::Job {
+                    job: r.id,
+                    kind: r.kind.clone(),
+                    index: r.index.clone(),
+                    state: r.state.name().to_string(),
+                });
+            }
+        }
+        Ok::<_, JobsError>((store, records))
+    })
+    .await
+    .map_err(|e| JobsError::Store {
+        path: opts.dir.clone(),
+        message: e.to_string(),
+    })??;
     let uploads = store.uploads();
     let _ = std::fs::remove_dir_all(&uploads);
     let next_id = records.last().map_or(1, |r| r.id + 1);
@@ -87,12 +101,29 @@ impl SupState {
     async fn commit(&self, r: JobRecord, ctl: Option<Arc<JobCtl>>) -> Result<(), JobsError> {
         let store = self.store.clone();
         let saved = r.clone();
-        tokio::task::spawn_blocking(move || store.save(&saved))
-            .await
-            .map_err(|e| JobsError::Store {
-                path: self.opts.dir.clone(),
-                message: e.to_string(),
-            })??;
+        let moved = self
+            .shared
+            .table()
+            .get(&r.id)
+            .is_none_or(|e| e.record.state != r.state);
+        let events = self.opts.events.clone().filter(|_| moved);
+        tokio::task::spawn_blocking(move || {
+            store.save(&saved)?;
+            if let Some(events) = events {
+                events.emit(EventKind::Job {
+                    job: saved.id,
+                    kind: saved.kind.clone(),
+                    index: saved.index.clone(),
+                    state: saved.state.name().to_string(),
+                });
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| JobsError::Store {
+            path: self.opts.dir.clone(),
+            message: e.to_string(),
+        })??;
         let mut table = self.shared.table();
         match table.get_mut(&r.id) {
             Some(e) => {

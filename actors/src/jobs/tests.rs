@@ -189,8 +189,10 @@ async fn records_left_running_by_a_crash_are_shown_interrupted() {
             std::fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
         }
     }
-    let (_, records) = store::Store::open(&crashed, fpnode_segments::Fs::default()).unwrap();
+    let (_, records, interrupted) =
+        store::Store::open(&crashed, fpnode_segments::Fs::default()).unwrap();
     assert_eq!(records[0].state, JobState::Interrupted);
+    assert_eq!(interrupted, [1]);
     assert!(records[0].progress.done > 0);
     jobs.shutdown().await;
 }

@@ -60,16 +60,7 @@ pub async fn list_jobs(State(state): State<AppState>, r: Req) -> Result<Response
         jobs: Vec<JobView>,
     }
     let list = List { jobs: jobs.list() };
-    let body = match r.format {
-        Format::Json => serde_json::to_vec(&list).unwrap_or_default(),
-        Format::MsgPack => rmp_serde::to_vec_named(&list).unwrap_or_default(),
-    };
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, r.format.content_type())],
-        body,
-    )
-        .into_response())
+    Ok(encode(r.format, StatusCode::OK, &list))
 }
 
 /// `GET /_jobs/:id`.

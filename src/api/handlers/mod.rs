@@ -3,7 +3,7 @@
 //! (create, delete, status), `changes` (`_changes`: the change feed),
 //! `changes_ws` (the same feeds over one WebSocket), `snapshot` (streaming
 //! an archive), `fingerprints` (search, updates, single fingerprints), `ingest_stream` (`_stream`: a
-//! change stream applied as it arrives), `jobs` (`/_jobs`) and `routing` (where a write goes in
+//! change stream applied as it arrives), `jobs` (`/_jobs`), `node_events` (`GET /_changes`: the node's events) and `routing` (where a write goes in
 //! each mode). This file holds what they share: request decoding, the
 //! response format, error mapping and index lookup.
 
@@ -13,6 +13,7 @@ mod fingerprints;
 mod indexes;
 mod ingest_stream;
 mod jobs;
+mod node_events;
 mod routing;
 mod snapshot;
 mod system;
@@ -25,6 +26,7 @@ pub use fingerprints::*;
 pub use indexes::*;
 pub use ingest_stream::*;
 pub use jobs::*;
+pub use node_events::*;
 pub use snapshot::*;
 pub use system::*;
 
@@ -223,6 +225,24 @@ pub(crate) async fn write_through(
 /// The response format a request asks for (handlers that read their own body).
 pub(crate) fn response_format_of(headers: &HeaderMap) -> Format {
     response_format(headers, false)
+}
+
+/// `body` in the negotiated format (serde's names: endpoints new in fpnode).
+pub(crate) fn encode<T: serde::Serialize>(
+    format: Format,
+    status: StatusCode,
+    body: &T,
+) -> Response {
+    let bytes = match format {
+        Format::Json => serde_json::to_vec(body).unwrap_or_default(),
+        Format::MsgPack => rmp_serde::to_vec_named(body).unwrap_or_default(),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        bytes,
+    )
+        .into_response()
 }
 
 /// An error answered in `format`.
