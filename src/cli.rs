@@ -260,7 +260,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_EXPORT_DIR")]
     pub export_dir: Option<PathBuf>,
 
-    /// Background jobs running at once; more wait in a queue of 64.
+    /// Background jobs running at once; more wait (--max-queued-jobs).
     #[arg(
         long,
         env = "FPNODE_MAX_JOBS",
@@ -268,6 +268,10 @@ pub struct ServeArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64)
     )]
     pub max_jobs: usize,
+
+    /// Background jobs that may wait for a turn; more get 503 TooManyJobs.
+    #[arg(long, env = "FPNODE_MAX_QUEUED_JOBS", default_value_t = 64)]
+    pub max_queued_jobs: usize,
 
     /// The largest body `POST /:index/_import` accepts, in bytes.
     #[arg(long, env = "FPNODE_MAX_UPLOAD_BYTES", default_value_t = 16 << 30)]

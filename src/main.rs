@@ -52,7 +52,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let served = runtime.block_on(serve(args));
+    // Blocking work still running (a job's read that cannot stop at once)
+    // gets a bounded time; everything durable was finished by `serve`.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fpnode: {e:#}");
@@ -156,7 +160,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         () = grace => tracing::warn!(?SHUTDOWN_GRACE, "requests still open at shutdown: closed"),
     }
     tracing::info!("shutting down");
-    jobs.0.shutdown().await;
+    jobs.0.shutdown(Duration::from_secs(5)).await;
     if let Some(node) = node {
         node.shutdown().await;
     }
@@ -183,9 +187,11 @@ async fn start_jobs(
             .clone()
             .unwrap_or_else(|| args.dir.join("exports")),
         max_upload_bytes: args.max_upload_bytes,
+        uploads: Arc::new(tokio::sync::Semaphore::new(api::jobs::MAX_UPLOADS)),
     };
     let jobs = Jobs::start(JobsOptions {
         max_running: args.max_jobs,
+        max_queued: args.max_queued_jobs,
         events: Some(events),
         ..JobsOptions::new(args.dir.join("jobs"))
     })

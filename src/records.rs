@@ -4,7 +4,7 @@
 //! names accepted too). Read one record at a time: memory holds one record,
 //! never the file.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -65,16 +65,28 @@ impl<R: BufRead> BufRead for Counted<R> {
     }
 }
 
-/// Calls `f(record number, id, hashes)` for every record of `input`;
-/// answers how many there were. A record with id 0 or beyond `u32` is
-/// `Invalid`, named by its 1-based number.
+/// The largest record (an NDJSON line or a MessagePack value) read: as a
+/// `_stream` line (docs/api.md), room for the most hashes a change may carry.
+pub const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// Calls `f(input, record number, id, hashes)` for every record of `input`;
+/// answers how many there were. A record longer than [`MAX_RECORD_BYTES`],
+/// with more than `max_hashes` hashes, or with id 0 or beyond `u32` is
+/// `Invalid`, named by its 1-based number: memory holds one record at most.
 pub fn for_each<R: BufRead>(
     input: &mut R,
     format: InputFormat,
+    max_hashes: usize,
     mut f: impl FnMut(&mut R, u64, u32, Vec<u32>) -> Result<(), RecordError>,
 ) -> Result<u64, RecordError> {
     let mut n: u64 = 0;
     let check = |n: u64, r: &Record| {
+        if r.hashes.len() > max_hashes {
+            return Err(RecordError::Invalid {
+                record: n,
+                message: format!("{} hashes, more than {max_hashes}", r.hashes.len()),
+            });
+        }
         u32::try_from(r.id)
             .ok()
             .filter(|&id| id != 0)
@@ -83,22 +95,34 @@ pub fn for_each<R: BufRead>(
                 message: format!("invalid fingerprint id {}", r.id),
             })
     };
+    let too_long = |n: u64| RecordError::Invalid {
+        record: n,
+        message: format!("longer than {MAX_RECORD_BYTES} bytes"),
+    };
     match format {
         InputFormat::Ndjson => {
-            let mut line = String::new();
+            let mut line = Vec::new();
             loop {
                 line.clear();
-                if input.read_line(&mut line)? == 0 {
+                let read = input
+                    .by_ref()
+                    .take(MAX_RECORD_BYTES + 1)
+                    .read_until(b'\n', &mut line)?;
+                if read == 0 {
                     break;
                 }
-                if line.trim().is_empty() {
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 n += 1;
-                let r: Record = serde_json::from_str(&line).map_err(|e| RecordError::Invalid {
-                    record: n,
-                    message: format!("not a fingerprint: {e}"),
-                })?;
+                if read as u64 > MAX_RECORD_BYTES {
+                    return Err(too_long(n));
+                }
+                let r: Record =
+                    serde_json::from_slice(&line).map_err(|e| RecordError::Invalid {
+                        record: n,
+                        message: format!("not a fingerprint: {e}"),
+                    })?;
                 let id = check(n, &r)?;
                 f(input, n, id, r.hashes)?;
             }
@@ -108,10 +132,15 @@ pub fn for_each<R: BufRead>(
                 break;
             }
             n += 1;
+            let mut value = input.by_ref().take(MAX_RECORD_BYTES);
             let r: Record =
-                rmp_serde::decode::from_read(&mut *input).map_err(|e| RecordError::Invalid {
+                rmp_serde::decode::from_read(&mut value).map_err(|e| RecordError::Invalid {
                     record: n,
-                    message: format!("not a fingerprint: {e}"),
+                    message: if value.limit() == 0 {
+                        format!("longer than {MAX_RECORD_BYTES} bytes")
+                    } else {
+                        format!("not a fingerprint: {e}")
+                    },
                 })?;
             let id = check(n, &r)?;
             f(input, n, id, r.hashes)?;

@@ -51,7 +51,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let mut builder = BulkBuilder::new(&tmp, Generation(generation), Position(args.version), opts)?;
     let started = Instant::now();
-    crate::records::for_each(&mut reader, args.format, |_, n, id, hashes| {
+    crate::records::for_each(&mut reader, args.format, usize::MAX, |_, n, id, hashes| {
         builder
             .add(id, &hashes)
             .map_err(|e| crate::records::RecordError::Stopped(e.to_string()))?;

@@ -78,6 +78,24 @@ async fn wait_job(api: &Api, id: u64, what: &str, done: impl Fn(&Value) -> bool)
     }
 }
 
+/// Polls `done` until it holds (20 s at most).
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "never {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn wait_state(api: &Api, id: u64, state: &str) -> Value {
     wait_job(api, id, state, |j| j["state"] == state).await
 }
@@ -368,8 +386,17 @@ async fn a_restart_shows_queued_and_running_jobs_as_interrupted() {
         j["progress"]["done"].as_u64() > Some(0)
     })
     .await;
-    // Progress is written to the record every second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Progress is written to the record as it goes (every second).
+    let record = s
+        .node
+        .data_dir()
+        .join("jobs")
+        .join(format!("{slow:012}.json"));
+    wait_until("progress on disk", || {
+        let r: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        r["progress"]["done"].as_u64() > Some(0)
+    })
+    .await;
     // SIGKILL: the records on disk say running and queued.
     s.node.kill();
     s.node.spawn().await;
@@ -512,5 +539,204 @@ async fn bad_requests_and_bad_files_get_named_errors() {
     assert_eq!(
         (a.status, a.body["error"].as_str()),
         (403, Some("FileNotAllowed"))
+    );
+}
+
+#[tokio::test]
+async fn uploads_are_bounded_and_a_queued_upload_cancelled_leaves_no_file() {
+    let s = setup(&["--max-upload-bytes", "300000", "--max-queued-jobs", "1"]).await;
+    let api = &s.api;
+    let uploads = s.node.data_dir().join("jobs").join("uploads");
+    let client = reqwest::Client::new();
+    // Declared too large: refused before it is read.
+    let big = ndjson(&corpus(1, 2000));
+    assert!(big.len() > 300_000);
+    let res = client
+        .post(s.node.url("/a/_import"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    // Streamed (no length) and too large: cut at the limit, nothing kept.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    let res = client
+        .post(s.node.url("/a/_import"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(files_in(&uploads), Vec::<String>::new());
+
+    // A paced import runs; an upload waits behind it with its file.
+    std::fs::write(
+        s.imports.path().join("slow.ndjson"),
+        ndjson(&corpus(1, 3000)),
+    )
+    .unwrap();
+    let slow = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "slow.ndjson", "max_rate": 10000.0}),
+    )
+    .await;
+    wait_state(api, slow, "running").await;
+    let small = ndjson(&corpus(50_000, 100));
+    let res = client
+        .post(s.node.url("/a/_import"))
+        .header("Content-Type", "application/x-ndjson")
+        .body(small.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let queued: Value = res.json().await.unwrap();
+    assert_eq!(queued["state"], "queued");
+    assert_eq!(files_in(&uploads).len(), 1);
+    // The queue (1) is full: jobs and uploads are refused, with a retry hint.
+    let full = api
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "verify", "index": "a"})),
+        )
+        .await;
+    assert_eq!(
+        (full.status, full.body["error"].as_str()),
+        (503, Some("TooManyJobs"))
+    );
+    assert_eq!(full.retry_after.as_deref(), Some("5"));
+    let res = client
+        .post(s.node.url("/a/_import"))
+        .body(small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(files_in(&uploads).len(), 1);
+    // Cancelled while queued: its file goes with it.
+    let id = queued["id"].as_u64().unwrap();
+    let a = api.call("DELETE", &format!("/_jobs/{id}"), None).await;
+    assert_eq!(a.body["state"], "cancelled");
+    assert_eq!(files_in(&uploads), Vec::<String>::new());
+    // The paced import keeps to its rate.
+    let running = job(api, slow).await;
+    let rate = running["rate"].as_f64().unwrap();
+    assert!(rate <= 10000.0 * 1.05, "{rate} bytes/s");
+    let a = api.call("DELETE", &format!("/_jobs/{slow}"), None).await;
+    assert_eq!(a.body["state"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_msgpack_file_is_imported_and_bad_records_are_named() {
+    let s = setup(&[]).await;
+    let api = &s.api;
+    let data = corpus(1, 1500);
+    let mut body = Vec::new();
+    for (id, h) in &data {
+        body.extend(rmp_serde::to_vec_named(&json!({"i": id, "h": h})).unwrap());
+    }
+    std::fs::write(s.imports.path().join("c.msgpack"), &body).unwrap();
+    let id = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "c.msgpack", "format": "msgpack"}),
+    )
+    .await;
+    let done = wait_state(api, id, "succeeded").await;
+    assert_eq!(done["result"]["fingerprints"], 1500);
+    assert_eq!(num_docs(api, "a").await, 1500);
+
+    // A line without an end, longer than 4 MiB: named, not held whole.
+    let mut long = ndjson(&corpus(1, 10));
+    long.extend(b"{\"id\": 11, \"hashes\": [");
+    long.extend(std::iter::repeat_n(b'1', 5 << 20));
+    std::fs::write(s.imports.path().join("long.ndjson"), long).unwrap();
+    let id = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "long.ndjson"}),
+    )
+    .await;
+    let failed = wait_state(api, id, "failed").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("record 11: longer than"), "{error}");
+    // More hashes than a fingerprint may carry (100,000).
+    let many: Vec<u32> = (0..100_001).collect();
+    let line = serde_json::to_vec(&json!({"id": 1, "hashes": many})).unwrap();
+    std::fs::write(s.imports.path().join("many.ndjson"), line).unwrap();
+    let id = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "many.ndjson"}),
+    )
+    .await;
+    let failed = wait_state(api, id, "failed").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("record 1: 100001 hashes"), "{error}");
+}
+
+#[tokio::test]
+async fn verify_names_a_corrupt_segment_and_a_job_on_a_deleted_index_fails() {
+    let s = setup(&[]).await;
+    let api = &s.api;
+    std::fs::write(s.imports.path().join("c.ndjson"), ndjson(&corpus(1, 2000))).unwrap();
+    let id = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "c.ndjson"}),
+    )
+    .await;
+    wait_state(api, id, "succeeded").await;
+    let id = start_job(api, json!({"kind": "compact", "index": "a"})).await;
+    wait_state(api, id, "succeeded").await;
+    // Flip a byte in the middle of the segment's data.
+    let generation = files_in(&s.node.data_dir().join("indexes/a"))
+        .pop()
+        .unwrap();
+    let segments = s
+        .node
+        .data_dir()
+        .join("indexes/a")
+        .join(generation)
+        .join("segments");
+    let file = files_in(&segments)
+        .into_iter()
+        .find(|n| n.ends_with(".fpseg"))
+        .unwrap();
+    let path = segments.join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0xff;
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&bytes[at..=at]).unwrap();
+    }
+    let id = start_job(api, json!({"kind": "verify", "index": "a"})).await;
+    let failed = wait_state(api, id, "failed").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains(&file) && error.contains("checksum"),
+        "{error}"
+    );
+
+    // A job queued for an index deleted before it runs fails, named.
+    assert_eq!(api.call("PUT", "/b", None).await.status, 200);
+    std::fs::write(
+        s.imports.path().join("slow.ndjson"),
+        ndjson(&corpus(1, 3000)),
+    )
+    .unwrap();
+    let slow = start_job(
+        api,
+        json!({"kind": "import", "index": "a", "file": "slow.ndjson", "max_rate": 50000.0}),
+    )
+    .await;
+    let export = start_job(api, json!({"kind": "export", "index": "b"})).await;
+    assert_eq!(api.call("DELETE", "/b", None).await.status, 200);
+    api.call("DELETE", &format!("/_jobs/{slow}"), None).await;
+    let failed = wait_state(api, export, "failed").await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("deleted"),
+        "{failed}"
     );
 }

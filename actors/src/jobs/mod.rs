@@ -201,7 +201,9 @@ impl JobCtl {
     /// job never goes faster than its rate.
     fn wait_for(&self, n: u64) -> Option<Duration> {
         let rate = self.max_rate?;
-        let due = Duration::from_secs_f64((self.done.load(Ordering::Relaxed) + n) as f64 / rate);
+        let due = (self.done.load(Ordering::Relaxed) + n) as f64 / rate;
+        // A rate so small that the wait overflows waits for ever (until a cancel).
+        let due = Duration::try_from_secs_f64(due).unwrap_or(Duration::MAX);
         due.checked_sub(self.started.elapsed())
             .filter(|d| !d.is_zero())
     }
@@ -285,6 +287,7 @@ pub struct Jobs {
     actor: ActorRef<JobsMsg>,
     shared: Arc<Shared>,
     uploads: PathBuf,
+    max_queued: usize,
 }
 
 impl std::fmt::Debug for Jobs {
@@ -342,6 +345,18 @@ impl Jobs {
         self.get(id).ok_or(JobsError::NotFound(id))
     }
 
+    /// Whether a job submitted now would find room in the queue (advisory:
+    /// lets a large upload be refused before it is read).
+    pub fn has_room(&self) -> bool {
+        let queued = self
+            .shared
+            .table()
+            .values()
+            .filter(|e| e.record.state == JobState::Queued)
+            .count();
+        queued < self.max_queued
+    }
+
     /// Every job recorded, newest first.
     pub fn list(&self) -> Vec<JobView> {
         self.shared.table().values().rev().map(view).collect()
@@ -376,9 +391,29 @@ impl Jobs {
         self.shared.changed.subscribe()
     }
 
-    /// Records what runs or waits as interrupted, cancels it, and stops
-    /// the supervisor.
-    pub async fn shutdown(&self) {
+    /// Stops the jobs for a node shutdown: queued ones are recorded as
+    /// interrupted at once, running ones are cancelled and waited for up
+    /// to `wait` (a job that ends in that time is recorded as it ended; one
+    /// that stops because of the cancel, as interrupted), then whatever
+    /// still runs is recorded as interrupted and the supervisor stops.
+    pub async fn shutdown(&self, wait: Duration) {
+        let mut changed = self.shared.changed.subscribe();
+        let _ = ractor::call!(self.actor, JobsMsg::Stopping);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let running = self
+                .shared
+                .table()
+                .values()
+                .any(|e| e.record.state == JobState::Running);
+            if !running
+                || tokio::time::timeout_at(deadline, changed.changed())
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
         let _ = ractor::call!(self.actor, JobsMsg::Shutdown);
         let _ = self
             .actor

@@ -9,6 +9,18 @@ use fpnode_segments::Fs;
 
 use super::{JobRecord, JobState, JobsError};
 
+/// What [`Store::open`] found.
+#[derive(Debug)]
+pub struct Opened {
+    pub store: Store,
+    /// Ascending by id.
+    pub records: Vec<JobRecord>,
+    /// Ids of the records just rewritten as interrupted.
+    pub interrupted: Vec<u64>,
+    /// The highest id of any file there (a record set aside included).
+    pub highest_id: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -25,9 +37,8 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> JobsError {
 impl Store {
     /// Opens (creating) the directory and reads every record; a record that
     /// was queued or running is rewritten as interrupted. A file that is not
-    /// a record is renamed `<name>.bad` and logged, never fatal. Answers
-    /// the records and the ids of those just recorded as interrupted.
-    pub fn open(dir: &Path, fs: Fs) -> Result<(Store, Vec<JobRecord>, Vec<u64>), JobsError> {
+    /// a record is renamed `<name>.bad` and logged, never fatal.
+    pub fn open(dir: &Path, fs: Fs) -> Result<Opened, JobsError> {
         fs.create_dir_all(dir).map_err(|e| store_error(dir, e))?;
         let store = Store {
             dir: dir.to_path_buf(),
@@ -35,9 +46,18 @@ impl Store {
         };
         let mut records = Vec::new();
         let mut interrupted = Vec::new();
+        let mut highest_id = 0;
         let entries = std::fs::read_dir(dir).map_err(|e| store_error(dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| store_error(dir, e))?.path();
+            // Ids are never given twice, even one whose record was set aside.
+            if let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                highest_id = highest_id.max(id);
+            }
             match path.extension().and_then(|e| e.to_str()) {
                 Some("json") => {}
                 Some("tmp") => {
@@ -69,7 +89,12 @@ impl Store {
         }
         records.sort_by_key(|r| r.id);
         interrupted.sort_unstable();
-        Ok((store, records, interrupted))
+        Ok(Opened {
+            store,
+            records,
+            interrupted,
+            highest_id,
+        })
     }
 
     fn path(&self, id: u64) -> PathBuf {

@@ -20,14 +20,20 @@ use super::{
 };
 use crate::events::EventKind;
 
+/// Why a job is interrupted.
+pub(super) const STOPPED: &str = "the node stopped while the job was queued or running";
+
 pub enum JobsMsg {
     Submit(JobSpec, JobWork, RpcReplyPort<Result<u64, JobsError>>),
     Cancel(u64, RpcReplyPort<Result<(), JobsError>>),
     /// From a runner: its job's outcome.
     Done(u64, Result<Value, JobError>),
-    /// Writes running jobs' progress to their records.
+    /// Writes running jobs' progress to their records (then arms the next).
     Persist,
-    /// The node stops: what runs or waits is recorded as interrupted.
+    /// The node is stopping: queued jobs are recorded as interrupted,
+    /// running ones cancelled; no new job starts.
+    Stopping(RpcReplyPort<()>),
+    /// The node stops: what still runs is recorded as interrupted.
     Shutdown(RpcReplyPort<()>),
 }
 
@@ -47,28 +53,31 @@ struct SupState {
 pub(super) async fn start(opts: JobsOptions) -> Result<Jobs, JobsError> {
     let dir = opts.dir.clone();
     let events = opts.events.clone();
-    let (store, records) = tokio::task::spawn_blocking(move || {
-        let (store, records, interrupted) = Store::open(&dir, fpnode_segments::Fs::default())?;
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = Store::open(&dir, fpnode_segments::Fs::default())?;
         if let Some(events) = events {
-            for r in records.iter().filter(|r| interrupted.contains(&r.id)) {
-                events.emit(EventKind::Job {
-                    job: r.id,
-                    kind: r.kind.clone(),
-                    index: r.index.clone(),
-                    state: r.state.name().to_string(),
-                });
+            for r in &opened.records {
+                if opened.interrupted.contains(&r.id) {
+                    events.emit(EventKind::Job {
+                        job: r.id,
+                        kind: r.kind.clone(),
+                        index: r.index.clone(),
+                        state: r.state.name().to_string(),
+                    });
+                }
             }
         }
-        Ok::<_, JobsError>((store, records))
+        Ok::<_, JobsError>(opened)
     })
     .await
     .map_err(|e| JobsError::Store {
         path: opts.dir.clone(),
         message: e.to_string(),
     })??;
+    let (store, records) = (opened.store, opened.records);
     let uploads = store.uploads();
     let _ = std::fs::remove_dir_all(&uploads);
-    let next_id = records.last().map_or(1, |r| r.id + 1);
+    let next_id = opened.highest_id + 1;
     let table = records
         .into_iter()
         .map(|record| (record.id, Entry { record, ctl: None }))
@@ -77,6 +86,7 @@ pub(super) async fn start(opts: JobsOptions) -> Result<Jobs, JobsError> {
         table: std::sync::Mutex::new(table),
         changed: tokio::sync::watch::Sender::new(0),
     });
+    let max_queued = opts.max_queued;
     let state = SupState {
         opts,
         store,
@@ -93,6 +103,7 @@ pub(super) async fn start(opts: JobsOptions) -> Result<Jobs, JobsError> {
         actor,
         shared,
         uploads,
+        max_queued,
     })
 }
 
@@ -141,6 +152,22 @@ impl SupState {
         Ok(())
     }
 
+    /// [`SupState::commit`] for a state that must be shown even if it
+    /// could not be written (a job that ended must not look running for
+    /// ever): the failure is logged, the record shown anyway.
+    async fn commit_anyway(&self, r: JobRecord) {
+        if let Err(e) = self.commit(r.clone(), None).await {
+            tracing::error!(job = r.id, error = %e, "job record not written; shown anyway");
+            let mut table = self.shared.table();
+            if let Some(entry) = table.get_mut(&r.id) {
+                entry.record = r;
+                entry.ctl = None;
+            }
+            drop(table);
+            self.shared.bump();
+        }
+    }
+
     fn record(&self, id: u64) -> Option<(JobRecord, Option<Arc<JobCtl>>)> {
         self.shared
             .table()
@@ -166,7 +193,10 @@ impl SupState {
             r.state = JobState::Running;
             r.started_ms = Some(now_ms());
             if let Err(e) = self.commit(r.clone(), Some(ctl.clone())).await {
-                tracing::error!(job = id, error = %e, "job not started: its record could not be written");
+                r.state = JobState::Failed;
+                r.finished_ms = Some(now_ms());
+                r.error = Some(format!("the job's record could not be written: {e}"));
+                self.commit_anyway(r).await;
                 continue;
             }
             let args = RunnerArgs {
@@ -203,6 +233,11 @@ impl SupState {
                 r.state = JobState::Succeeded;
                 r.result = Some(result);
             }
+            // Cancelled by the node stopping, not by a client.
+            Err(JobError::Cancelled) if self.stopping => {
+                r.state = JobState::Interrupted;
+                r.error = Some(STOPPED.into());
+            }
             Err(JobError::Cancelled) => r.state = JobState::Cancelled,
             Err(JobError::Failed(e)) => {
                 r.state = JobState::Failed;
@@ -216,9 +251,7 @@ impl SupState {
         metrics::counter!("fpnode_jobs_finished_total", "kind" => r.kind.clone(), "state" => r.state.name())
             .increment(1);
         tracing::info!(job = id, kind = %r.kind, state = r.state.name(), error = ?r.error, "job ended");
-        if let Err(e) = self.commit(r, None).await {
-            tracing::error!(job = id, error = %e, "job end not recorded");
-        }
+        self.commit_anyway(r).await;
         self.prune();
     }
 
@@ -291,6 +324,24 @@ impl SupState {
         self.commit(r, None).await
     }
 
+    /// Records a job that will not run (on) as interrupted.
+    async fn interrupt(&self, id: u64) {
+        let Some((mut r, ctl)) = self.record(id) else {
+            return;
+        };
+        if r.state.is_finished() {
+            return;
+        }
+        if let Some(ctl) = &ctl {
+            ctl.cancel();
+            r.progress = ctl.progress(&r.progress.unit);
+        }
+        r.state = JobState::Interrupted;
+        r.finished_ms = Some(now_ms());
+        r.error = Some(STOPPED.into());
+        self.commit_anyway(r).await;
+    }
+
     /// Writes the progress of running jobs that moved since it was last written.
     async fn persist(&self) {
         let moved: Vec<(JobRecord, Arc<JobCtl>)> = self
@@ -326,7 +377,7 @@ impl Actor for JobSupervisor {
         myself: ActorRef<Self::Msg>,
         state: SupState,
     ) -> Result<SupState, ActorProcessingErr> {
-        myself.send_interval(state.opts.persist_every, || JobsMsg::Persist);
+        myself.send_after(state.opts.persist_every, || JobsMsg::Persist);
         state.gauges();
         Ok(state)
     }
@@ -348,34 +399,33 @@ impl Actor for JobSupervisor {
             }
             JobsMsg::Done(id, outcome) => {
                 state.running.retain(|_, j| *j != id);
-                if !state.stopping {
-                    state.finish(id, outcome).await;
-                }
+                state.finish(id, outcome).await;
                 state.start_next(&myself).await;
             }
-            JobsMsg::Persist => state.persist().await,
+            JobsMsg::Persist => {
+                state.persist().await;
+                // Armed after each write: a slow disk never piles these up.
+                myself.send_after(state.opts.persist_every, || JobsMsg::Persist);
+            }
+            JobsMsg::Stopping(reply) => {
+                state.stopping = true;
+                let queued: Vec<u64> = state.queue.drain(..).map(|(id, ..)| id).collect();
+                for id in queued {
+                    state.interrupt(id).await;
+                }
+                for e in state.shared.table().values() {
+                    if let Some(ctl) = &e.ctl {
+                        ctl.cancel();
+                    }
+                }
+                state.gauges();
+                let _ = reply.send(());
+            }
             JobsMsg::Shutdown(reply) => {
                 state.stopping = true;
-                let left: Vec<u64> = state
-                    .queue
-                    .drain(..)
-                    .map(|(id, ..)| id)
-                    .chain(state.running.values().copied())
-                    .collect();
+                let left: Vec<u64> = state.running.values().copied().collect();
                 for id in left {
-                    if let Some((mut r, ctl)) = state.record(id) {
-                        if let Some(ctl) = &ctl {
-                            ctl.cancel();
-                            r.progress = ctl.progress(&r.progress.unit);
-                        }
-                        r.state = JobState::Interrupted;
-                        r.finished_ms = Some(now_ms());
-                        r.error =
-                            Some("the node stopped while the job was queued or running".into());
-                        if let Err(e) = state.commit(r, None).await {
-                            tracing::error!(job = id, error = %e, "interrupted job not recorded");
-                        }
-                    }
+                    state.interrupt(id).await;
                 }
                 let _ = reply.send(());
             }
@@ -393,12 +443,9 @@ impl Actor for JobSupervisor {
             && let Some(id) = state.running.remove(&cell.get_id())
         {
             tracing::error!(job = id, error = %err, "job runner failed");
-            metrics::counter!("fpnode_actor_restarts_total", "actor" => "job_runner").increment(1);
-            if !state.stopping {
-                state
-                    .finish(id, Err(JobError::Failed(format!("the job failed: {err}"))))
-                    .await;
-            }
+            state
+                .finish(id, Err(JobError::Failed(format!("the job failed: {err}"))))
+                .await;
             state.start_next(&myself).await;
         }
         Ok(())

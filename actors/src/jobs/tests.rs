@@ -55,8 +55,9 @@ fn options(dir: &std::path::Path) -> JobsOptions {
 async fn a_job_runs_to_its_result_and_its_record_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = Jobs::start(options(dir.path())).await.unwrap();
+    // 500 items at 5,000/s: 0.1 s.
     let job = jobs
-        .submit(spec("count", None), counting(500))
+        .submit(spec("count", Some(5000.0)), counting(500))
         .await
         .unwrap();
     assert_eq!(job.record.id, 1);
@@ -64,9 +65,10 @@ async fn a_job_runs_to_its_result_and_its_record_survives_a_restart() {
     assert_eq!(done.record.result, Some(json!({"items": 500})));
     assert_eq!(done.record.progress.done, 500);
     assert_eq!(done.record.progress.total, Some(500));
-    assert!(done.rate.is_some());
+    let rate = done.rate.expect("a rate");
+    assert!(rate > 0.0 && rate <= 5000.0 * 1.05, "{rate} items/s");
     assert_eq!(done.eta_seconds, None);
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 
     let jobs = Jobs::start(options(dir.path())).await.unwrap();
     let again = jobs.get(1).unwrap();
@@ -74,7 +76,7 @@ async fn a_job_runs_to_its_result_and_its_record_survives_a_restart() {
     // Ids keep counting after a restart.
     let next = jobs.submit(spec("count", None), counting(1)).await.unwrap();
     assert_eq!(next.record.id, 2);
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -116,7 +118,7 @@ async fn a_running_job_is_cancelled_at_its_next_step_and_queued_ones_at_once() {
         jobs.cancel(99, Duration::from_secs(1)).await,
         Err(JobsError::NotFound(99))
     ));
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -140,7 +142,7 @@ async fn the_queue_is_bounded() {
         Err(JobsError::QueueFull(2))
     ));
     assert_eq!(jobs.list().len(), 3, "a refused job is not recorded");
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -153,7 +155,7 @@ async fn a_stop_leaves_running_and_queued_jobs_interrupted_with_their_progress()
     jobs.submit(spec("count", None), counting(1)).await.unwrap();
     wait_state(&jobs, 1, JobState::Running).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
     let jobs = Jobs::start(options(dir.path())).await.unwrap();
     for id in [1, 2] {
         let r = jobs.get(id).unwrap().record;
@@ -161,7 +163,7 @@ async fn a_stop_leaves_running_and_queued_jobs_interrupted_with_their_progress()
         assert!(r.error.is_some());
     }
     assert!(jobs.get(1).unwrap().record.progress.done > 0);
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -172,14 +174,21 @@ async fn records_left_running_by_a_crash_are_shown_interrupted() {
         .await
         .unwrap();
     wait_state(&jobs, 1, JobState::Running).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // No shutdown: the records stay as a crash leaves them.
-    let on_disk: JobRecord = serde_json::from_slice(
-        &std::fs::read(dir.path().join("jobs").join("000000000001.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(on_disk.state, JobState::Running);
-    assert!(on_disk.progress.done > 0, "progress is written as it goes");
+    // No shutdown: the records stay as a crash leaves them. Progress is
+    // written as it goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_disk: JobRecord = serde_json::from_slice(
+            &std::fs::read(dir.path().join("jobs").join("000000000001.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(on_disk.state, JobState::Running);
+        if on_disk.progress.done > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // What a crash leaves: a copy of the directory as it is now.
     let crashed = dir.path().join("crashed");
     std::fs::create_dir(&crashed).unwrap();
@@ -189,12 +198,44 @@ async fn records_left_running_by_a_crash_are_shown_interrupted() {
             std::fs::copy(&path, crashed.join(path.file_name().unwrap())).unwrap();
         }
     }
-    let (_, records, interrupted) =
-        store::Store::open(&crashed, fpnode_segments::Fs::default()).unwrap();
+    let opened = store::Store::open(&crashed, fpnode_segments::Fs::default()).unwrap();
+    let (records, interrupted) = (opened.records, opened.interrupted);
     assert_eq!(records[0].state, JobState::Interrupted);
     assert_eq!(interrupted, [1]);
     assert!(records[0].progress.done > 0);
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_a_job_that_ends_in_time_and_records_its_real_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = Jobs::start(options(dir.path())).await.unwrap();
+    // A job that ignores the cancel and ends after 200 ms.
+    let stubborn: JobWork = Box::new(|_ctl| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(json!("done"))
+        })
+    });
+    jobs.submit(spec("late", None), stubborn).await.unwrap();
+    wait_state(&jobs, 1, JobState::Running).await;
+    jobs.shutdown(Duration::from_secs(5)).await;
+    let jobs = Jobs::start(options(dir.path())).await.unwrap();
+    assert_eq!(jobs.get(1).unwrap().record.state, JobState::Succeeded);
+    jobs.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_tiny_rate_waits_until_cancelled_and_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = Jobs::start(options(dir.path())).await.unwrap();
+    jobs.submit(spec("count", Some(1e-300)), counting(3))
+        .await
+        .unwrap();
+    wait_state(&jobs, 1, JobState::Running).await;
+    let cancelled = jobs.cancel(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(cancelled.record.state, JobState::Cancelled);
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -214,7 +255,7 @@ async fn a_job_that_panics_is_recorded_failed_and_the_next_one_runs() {
         "{failed:?}"
     );
     wait_state(&jobs, after.record.id, JobState::Succeeded).await;
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -243,5 +284,5 @@ async fn old_finished_records_are_pruned() {
         })
         .count();
     assert_eq!(files, 3);
-    jobs.shutdown().await;
+    jobs.shutdown(Duration::from_secs(5)).await;
 }

@@ -181,6 +181,34 @@ impl FileSegment {
         Ok(())
     }
 
+    /// Reads and checks every chunk of the data region again, even those
+    /// already verified, telling `keep_going(bytes checked, bytes in all)`
+    /// after every [`VERIFY_STEP`] bytes; `false` stops it with
+    /// [`Error::Cancelled`] (the `verify` job).
+    pub fn reverify_all(&self, keep_going: &mut dyn FnMut(u64, u64) -> bool) -> Result<()> {
+        let total = self.footer.data_end - HEADER_LEN;
+        let cs = u64::from(self.footer.chunk_size).max(1);
+        let chunks = total.div_ceil(cs);
+        let per_step = (VERIFY_STEP / cs).max(1);
+        let mut c = 0;
+        while c < chunks {
+            let last = (c + per_step).min(chunks);
+            for chunk in c..last {
+                let start = HEADER_LEN + chunk * cs;
+                let end = (start + cs).min(self.footer.data_end);
+                let want = le_u32(&self.map, (self.footer.chunks_offset + 4 * chunk) as usize);
+                if crc32fast::hash(&self.map[start as usize..end as usize]) != want {
+                    return Err(Error::corrupt(&self.path, start, "data checksum mismatch"));
+                }
+            }
+            c = last;
+            if !keep_going((c * cs).min(total), total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(())
+    }
+
     #[inline]
     fn first_hash(&self, block: u64) -> u32 {
         le_u32(
@@ -364,3 +392,6 @@ impl Iterator for FileCursor<'_> {
         Some(Ok(p))
     }
 }
+
+/// How many bytes [`FileSegment::reverify_all`] checks between reports.
+pub const VERIFY_STEP: u64 = 16 << 20;

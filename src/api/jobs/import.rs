@@ -9,7 +9,6 @@
 //! written; a cancel stops between groups and what was written stays.
 
 use std::io::BufReader;
-use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -22,7 +21,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::{AppState, Ctl, failed, format_name, input_format};
+use super::{AppState, Ctl, RemoveOnDrop, failed, format_name, input_format};
 use crate::api::error::ApiError;
 use crate::api::handlers;
 use crate::cli::InputFormat;
@@ -31,19 +30,19 @@ use crate::records::{Counted, RecordError, for_each};
 /// Fingerprints per write.
 const GROUP: usize = 1_000;
 
+/// The job reading `file` (opened and checked already); `upload`, if any,
+/// is removed when the job ends or is dropped unrun.
 pub(super) fn work(
     state: AppState,
     index: String,
-    path: PathBuf,
+    file: std::fs::File,
     format: InputFormat,
-    remove_after: bool,
+    upload: Option<RemoveOnDrop>,
 ) -> JobWork {
     Box::new(move |ctl: Ctl| {
         Box::pin(async move {
-            let outcome = run(&state, &index, &path, format, &ctl).await;
-            if remove_after {
-                let _ = tokio::fs::remove_file(&path).await;
-            }
+            let outcome = run(&state, &index, file, format, &ctl).await;
+            drop(upload);
             outcome
         })
     })
@@ -55,16 +54,16 @@ type Read = (Vec<Change>, u64, u64);
 async fn run(
     state: &AppState,
     index: &str,
-    path: &std::path::Path,
+    file: std::fs::File,
     format: InputFormat,
     ctl: &Ctl,
 ) -> Result<Value, JobError> {
-    let file = std::fs::File::open(path).map_err(|e| failed("opening the file", e))?;
     let size = file
         .metadata()
         .map_err(|e| failed("reading the file's size", e))?
         .len();
     ctl.set_total(size);
+    let max_hashes = state.limits.max_hashes;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Read, JobError>>(2);
     let reader = tokio::task::spawn_blocking(move || {
         let mut input = Counted::new(BufReader::with_capacity(1 << 20, file));
@@ -73,7 +72,7 @@ async fn run(
             tx.blocking_send(item)
                 .map_err(|_| RecordError::Stopped("the job stopped".into()))
         };
-        let read = for_each(&mut input, format, |input, n, id, hashes| {
+        let read = for_each(&mut input, format, max_hashes, |input, n, id, hashes| {
             group.push(Change::Insert { id, hashes });
             if group.len() >= GROUP {
                 send(Ok((std::mem::take(&mut group), input.bytes, n)))?;
@@ -113,7 +112,7 @@ async fn run(
         groups += 1;
         records = read;
         version = Some(v);
-        ctl.advance(read_to - bytes).await?;
+        ctl.advance(read_to.saturating_sub(bytes)).await?;
         bytes = read_to;
     }
     let _ = reader.await;
@@ -189,19 +188,25 @@ async fn upload(
     if declared.is_some_and(|n| n > dirs.max_upload_bytes) {
         return Err(ApiError::PayloadTooLarge);
     }
+    // Refused before the body is read: a full queue, or as many uploads
+    // being written as allowed (each may be large, on the data volume).
+    if !jobs.has_room() {
+        return Err(ApiError::TooManyJobs);
+    }
+    let Ok(_spooling) = dirs.uploads.clone().try_acquire_owned() else {
+        return Err(ApiError::TooManyJobs);
+    };
     let dir = jobs.uploads_dir();
     tokio::fs::create_dir_all(&dir).await.map_err(|e| {
         tracing::error!(dir = %dir.display(), error = %e, "uploads directory not created");
         ApiError::Internal
     })?;
-    let path = dir.join(format!("{}.upload", fresh_request_key()));
-    let size = match spool(&path, body, dirs.max_upload_bytes).await {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(e);
-        }
-    };
+    let upload = RemoveOnDrop(dir.join(format!("{}.upload", fresh_request_key())));
+    let size = spool(&upload.0, body, dirs.max_upload_bytes).await?;
+    let file = std::fs::File::open(&upload.0).map_err(|e| {
+        tracing::error!(path = %upload.0.display(), error = %e, "upload not reopened");
+        ApiError::Internal
+    })?;
     let spec = JobSpec {
         kind: "import".into(),
         index: Some(index.clone()),
@@ -209,14 +214,10 @@ async fn upload(
         unit: "bytes",
         max_rate: q.max_rate,
     };
-    let work = work(state.clone(), index, path.clone(), format, true);
-    match jobs.submit(spec, work).await {
-        Ok(job) => Ok(job),
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            Err(handlers::jobs_error(e))
-        }
-    }
+    // The file goes with the job: removed when it ends, or with the job
+    // if it is refused, cancelled while queued or never started.
+    let work = work(state.clone(), index, file, format, Some(upload));
+    jobs.submit(spec, work).await.map_err(handlers::jobs_error)
 }
 
 /// Writes the body to `path` as it arrives, at most `limit` bytes.

@@ -32,7 +32,12 @@ pub struct JobDirs {
     pub export: PathBuf,
     /// The largest body `POST /:index/_import` accepts.
     pub max_upload_bytes: u64,
+    /// Uploads being written at once (more: `503 TooManyJobs`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads written to disk at once.
+pub const MAX_UPLOADS: usize = 4;
 
 /// `POST /_jobs`.
 #[derive(Debug, Deserialize)]
@@ -68,6 +73,26 @@ fn format_name(f: InputFormat) -> &'static str {
 
 fn failed(what: &str, e: impl std::fmt::Display) -> JobError {
     JobError::Failed(format!("{what}: {e}"))
+}
+
+/// A file removed when this is dropped: an upload, whether its job ran,
+/// was cancelled while queued or never started.
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "upload not removed");
+        }
+    }
+}
+
+/// The start of an output file's name: the index's name, cut so the whole
+/// name stays within the file system's 255 bytes.
+fn file_stem(index: &str) -> &str {
+    &index[..index.len().min(160)]
 }
 
 /// Runs `f` on a blocking thread (a panic there is the job's failure).
@@ -111,13 +136,17 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
     let mut params = json!({});
     let work: JobWork = match req.kind.as_str() {
         "import" => {
-            let file = req.file.as_deref().ok_or(ApiError::InvalidJob)?;
-            let path = import_path(state.jobs_dirs()?, file)?;
+            let file = req.file.clone().ok_or(ApiError::InvalidJob)?;
             if local(state) {
                 super::handlers::lookup_index(state, &req.index).await?;
             }
+            let dirs = state.jobs_dirs()?.clone();
+            let name = file.clone();
+            let opened = tokio::task::spawn_blocking(move || open_import(&dirs, &name))
+                .await
+                .map_err(|_| ApiError::Internal)??;
             params = json!({"file": file, "format": format_name(format)});
-            import::work(state.clone(), req.index.clone(), path, format, false)
+            import::work(state.clone(), req.index.clone(), opened, format, None)
         }
         kind => {
             // The other kinds work on this node's files: not on a proxy.
@@ -146,29 +175,44 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
     Ok((spec, work))
 }
 
-/// `file` under the import directory, canonical (no escape through `..` or
-/// a symlink), a regular file.
-fn import_path(dirs: &JobDirs, file: &str) -> Result<PathBuf, ApiError> {
+/// Opens `file` under the import directory: a plain relative name (no
+/// `..`, not absolute), a regular file, and where the opened descriptor
+/// really leads (read back from `/proc/self/fd`, so neither a symlink nor a
+/// rename between the check and the open can lead outside) still under
+/// the directory. The job reads this descriptor, never the path again.
+/// Blocking: call it on a blocking thread.
+fn open_import(dirs: &JobDirs, file: &str) -> Result<std::fs::File, ApiError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let root = dirs.import.as_ref().ok_or(ApiError::FileNotAllowed)?;
-    // Only plain names below the root: no `..`, no absolute path.
     let plain = Path::new(file)
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)));
     if !plain || file.is_empty() {
         return Err(ApiError::FileNotAllowed);
     }
-    let path = match root.join(file).canonicalize() {
-        Ok(p) => p,
+    // Non-blocking: opening a FIFO must not wait for a writer.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(root.join(file));
+    let f = match opened {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::FileNotFound),
         Err(_) => return Err(ApiError::FileNotAllowed),
     };
-    if !path.starts_with(root) {
+    let real = {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .or_else(|_| root.join(file).canonicalize())
+            .map_err(|_| ApiError::FileNotAllowed)?
+    };
+    if !real.starts_with(root) {
         return Err(ApiError::FileNotAllowed);
     }
-    if !path.is_file() {
+    if !f.metadata().map_err(|_| ApiError::FileNotFound)?.is_file() {
         return Err(ApiError::FileNotFound);
     }
-    Ok(path)
+    Ok(f)
 }
 
 /// A file written as `<name>.tmp`, made durable and renamed into place by
@@ -181,7 +225,9 @@ struct Output {
 
 impl Output {
     fn new(dir: &Path, name: String) -> Result<(Output, std::fs::File), JobError> {
-        std::fs::create_dir_all(dir).map_err(|e| failed("creating the export directory", e))?;
+        fpnode_segments::Fs::default()
+            .create_dir_all(dir)
+            .map_err(|e| failed("creating the export directory", e))?;
         let path = dir.join(name);
         let tmp = path.with_extension("tmp");
         let file = std::fs::File::create(&tmp).map_err(|e| failed("creating the file", e))?;

@@ -10,7 +10,7 @@ use fpnode_actors::IndexHandle;
 use fpnode_actors::jobs::{JobError, JobWork};
 use serde_json::json;
 
-use super::{Ctl, Output, blocking, engine, failed};
+use super::{Ctl, Output, blocking, engine, failed, file_stem};
 use crate::cli::InputFormat;
 use crate::records::EXPORT_PASS;
 
@@ -29,7 +29,7 @@ pub(super) fn export(h: Arc<IndexHandle>, dir: PathBuf, format: InputFormat) -> 
                 InputFormat::Msgpack => "msgpack",
             };
             let version = snapshot.position.0;
-            let name = format!("{}-v{version}-job{}.{ext}", h.name, ctl.id);
+            let name = format!("{}-v{version}-job{}.{ext}", file_stem(&h.name), ctl.id);
             let (output, file) = Output::new(&dir, name)?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             for pass in ids.chunks(EXPORT_PASS) {
@@ -73,7 +73,7 @@ pub(super) fn snapshot(h: Arc<IndexHandle>, dir: PathBuf) -> JobWork {
             let snapshot = index.snapshot();
             ctl.set_total(snapshot.file_bytes());
             let version = snapshot.position.0;
-            let name = format!("{}-v{version}-job{}.fpsnap", h.name, ctl.id);
+            let name = format!("{}-v{version}-job{}.fpsnap", file_stem(&h.name), ctl.id);
             let (output, file) = Output::new(&dir, name)?;
             let mut out = Paced {
                 out: BufWriter::with_capacity(1 << 20, file),
