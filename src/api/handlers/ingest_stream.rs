@@ -31,8 +31,6 @@ const IN_FLIGHT: usize = 4;
 const IDLE_FLUSH: Duration = Duration::from_millis(50);
 /// After a stop, the rest of the body is read and dropped for at most this
 /// long and this many bytes, then the connection is closed.
-const DRAIN_FOR: Duration = Duration::from_secs(5);
-const DRAIN_BYTES: usize = 256 << 20;
 /// A body that sends nothing for this long is given up on.
 const IDLE_LIMIT: Duration = Duration::from_secs(300);
 
@@ -205,16 +203,8 @@ impl Run {
         // drop) the rest of its body for a while, beside sending the last
         // line, so neither side waits on the other.
         let drain = async {
-            if !stopped {
-                return;
-            }
-            let deadline = tokio::time::Instant::now() + DRAIN_FOR;
-            let mut drained = 0usize;
-            while drained < DRAIN_BYTES {
-                match tokio::time::timeout_at(deadline, data.next()).await {
-                    Ok(Some(Ok(chunk))) => drained += chunk.len(),
-                    _ => break,
-                }
+            if stopped {
+                drain_body(&mut data).await;
             }
         };
         let send = tokio::time::timeout(DRAIN_FOR, self.tx.send(json_line(&last)));

@@ -245,6 +245,25 @@ pub(crate) fn encode<T: serde::Serialize>(
         .into_response()
 }
 
+/// How long, and how much of, a body a handler that stopped early still
+/// reads (and drops), so a client that is still sending and not yet
+/// reading gets the answer instead of a broken pipe.
+pub(crate) const DRAIN_FOR: Duration = Duration::from_secs(5);
+const DRAIN_BYTES: usize = 256 << 20;
+
+/// Reads and drops what is left of a body, within [`DRAIN_FOR`] and 256 MiB.
+pub(crate) async fn drain_body(data: &mut axum::body::BodyDataStream) {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + DRAIN_FOR;
+    let mut drained = 0usize;
+    while drained < DRAIN_BYTES {
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len(),
+            _ => break,
+        }
+    }
+}
+
 /// An error answered in `format`.
 pub(crate) fn fail_with(format: Format, error: ApiError) -> Failure {
     Failure { format, error }

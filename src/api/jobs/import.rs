@@ -139,9 +139,15 @@ pub async fn import_upload(
     body: Body,
 ) -> Response {
     let format = handlers::response_format_of(&headers);
-    match upload(&state, index, q, &headers, body).await {
+    let mut data = body.into_data_stream();
+    match upload(&state, index, q, &headers, &mut data).await {
         Ok(job) => handlers::job_response(format, StatusCode::ACCEPTED, &job),
-        Err(e) => handlers::fail_with(format, e).into_response(),
+        Err(e) => {
+            // Refused early: what the client is still sending is read (for
+            // a while) so it gets this answer, not a broken pipe.
+            handlers::drain_body(&mut data).await;
+            handlers::fail_with(format, e).into_response()
+        }
     }
 }
 
@@ -150,7 +156,7 @@ async fn upload(
     index: String,
     q: UploadQuery,
     headers: &HeaderMap,
-    body: Body,
+    data: &mut axum::body::BodyDataStream,
 ) -> Result<fpnode_actors::jobs::JobView, ApiError> {
     let jobs = state.jobs()?;
     let dirs = state.jobs_dirs()?;
@@ -202,7 +208,7 @@ async fn upload(
         ApiError::Internal
     })?;
     let upload = RemoveOnDrop(dir.join(format!("{}.upload", fresh_request_key())));
-    let size = spool(&upload.0, body, dirs.max_upload_bytes).await?;
+    let size = spool(&upload.0, data, dirs.max_upload_bytes).await?;
     let file = std::fs::File::open(&upload.0).map_err(|e| {
         tracing::error!(path = %upload.0.display(), error = %e, "upload not reopened");
         ApiError::Internal
@@ -221,12 +227,15 @@ async fn upload(
 }
 
 /// Writes the body to `path` as it arrives, at most `limit` bytes.
-async fn spool(path: &std::path::Path, body: Body, limit: u64) -> Result<u64, ApiError> {
+async fn spool(
+    path: &std::path::Path,
+    stream: &mut axum::body::BodyDataStream,
+    limit: u64,
+) -> Result<u64, ApiError> {
     let mut file = tokio::fs::File::create(path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "upload file not created");
         ApiError::Internal
     })?;
-    let mut stream = body.into_data_stream();
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::BadRequest)?;
