@@ -10,10 +10,14 @@ pub async fn index_health(
     headers: HeaderMap,
 ) -> Response {
     let format = response_format(&headers, false);
+    // `is_healthy` is false once the index is deleted: it is asked first,
+    // so a delete landing between two checks answers 404, never 503.
     match lookup(&state, &index).await {
-        Ok(h) if h.is_deleted() => StatusCode::NOT_FOUND.into_response(),
-        Ok(h) if h.is_loading() => (StatusCode::SERVICE_UNAVAILABLE, "LOADING\n").into_response(),
+        Ok(h) if h.is_loading() && !h.is_deleted() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "LOADING\n").into_response()
+        }
         Ok(h) if h.is_healthy() => "OK\n".into_response(),
+        Ok(h) if h.is_deleted() => StatusCode::NOT_FOUND.into_response(),
         Ok(_) => Failure {
             format,
             error: ApiError::IndexNotReady,
