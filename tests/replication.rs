@@ -963,3 +963,70 @@ async fn import_jobs_through_a_proxy_and_a_replica_reach_both_replicas() {
         .await;
     assert_eq!(verified.status, 202, "{}", verified.body);
 }
+
+/// Change feeds through a proxy: an event stream is streamed through as the
+/// replica sends it (live events included), `Last-Event-ID` resumes it
+/// exactly, and a long poll waits through the proxy for the next write.
+#[tokio::test]
+async fn change_feeds_stream_through_a_proxy_and_resume_from_last_event_id() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let p = proxy(&nats, &[&a, &b]).await;
+    let jp = Api::json(&p);
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    let mut versions = Vec::new();
+    for round in 0..3 {
+        versions.push(update(&jp, &[1 + round], round * 2, &mut model).await);
+    }
+    let client = reqwest::Client::new();
+    let res = client
+        .get(p.url("/main/_changes?feed=eventsource"))
+        .header("Last-Event-ID", versions[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let writer = {
+        let jp = jp.clone();
+        let mut model = model.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            update(&jp, &[9], 0, &mut model).await
+        })
+    };
+    let got = common::sse_events(res, 3).await;
+    let live = writer.await.unwrap();
+    let ids: Vec<u64> = got.iter().map(|(id, _, _)| id.parse().unwrap()).collect();
+    assert_eq!(ids, [versions[1], versions[2], live]);
+    assert_eq!(got[2].2["changes"][0]["id"], 9);
+
+    // A long poll through the proxy waits for the next write.
+    let poll = {
+        let url = p.url(&format!(
+            "/main/_changes?feed=longpoll&since={live}&timeout=20000"
+        ));
+        tokio::spawn(async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished());
+    let next = update(&jp, &[11], 0, &mut model).await;
+    let answer = poll.await.unwrap();
+    assert_eq!(answer["results"][0]["version"], next, "{answer}");
+    assert_eq!(answer["results"][0]["id"], 11);
+}

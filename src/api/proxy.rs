@@ -8,6 +8,14 @@
 //! tried; an answer of `503` (the replica is loading or overloaded) is also
 //! retried on the next replica, and only when every healthy replica was tried
 //! does the client get the last answer, or `503 Unavailable` if there was none.
+//!
+//! Change feeds that wait (`_changes` as an event stream or a long poll) are
+//! streamed through as the replica sends them, with `Last-Event-ID`
+//! forwarded, under no overall time limit: an event stream is cut only if
+//! the replica sends nothing (not even its 15 s heartbeat) for
+//! [`FEED_SILENCE`]; the client then reconnects (to the next replica) from
+//! the last event it got. Versions are stream sequences, the same on every
+//! replica, so the resume is exact.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +31,11 @@ use super::codec::{self, Out, field};
 use super::error::ApiError;
 
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a forwarded change feed may stay silent (replicas send a
+/// heartbeat every 15 s).
+const FEED_SILENCE: Duration = Duration::from_secs(45);
+/// The longest long poll a replica holds (docs/api.md), plus room.
+const LONG_POLL_LIMIT: Duration = Duration::from_secs(330);
 
 #[derive(Debug)]
 struct Replica {
@@ -36,6 +49,8 @@ pub struct Proxy {
     replicas: Vec<Replica>,
     next: AtomicUsize,
     client: reqwest::Client,
+    /// For change feeds: no overall timeout, a silence limit instead.
+    feeds: reqwest::Client,
 }
 
 impl Proxy {
@@ -49,6 +64,10 @@ impl Proxy {
             .timeout(forward_timeout)
             .connect_timeout(Duration::from_secs(1))
             .build()?;
+        let feeds = reqwest::Client::builder()
+            .read_timeout(FEED_SILENCE)
+            .connect_timeout(Duration::from_secs(1))
+            .build()?;
         let proxy = Arc::new(Proxy {
             replicas: urls
                 .iter()
@@ -59,6 +78,7 @@ impl Proxy {
                 .collect(),
             next: AtomicUsize::new(0),
             client,
+            feeds,
         });
         let checker = Arc::downgrade(&proxy);
         tokio::spawn(async move {
@@ -139,13 +159,25 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
+        let feed = waiting_feed(&parts);
         let mut last = None;
         for r in self.candidates() {
-            let mut out = self
-                .client
+            let client = if feed.is_some() {
+                &self.feeds
+            } else {
+                &self.client
+            };
+            let mut out = client
                 .request(parts.method.clone(), format!("{}{path}", r.url))
                 .body(body.clone());
-            for name in [header::CONTENT_TYPE, header::ACCEPT] {
+            if let Some(Feed::LongPoll) = feed {
+                out = out.timeout(LONG_POLL_LIMIT);
+            }
+            for name in [
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::HeaderName::from_static("last-event-id"),
+            ] {
                 if let Some(v) = parts.headers.get(&name) {
                     out = out.header(name, v.clone());
                 }
@@ -163,10 +195,17 @@ impl Proxy {
             };
             let status = res.status();
             let headers = res.headers().clone();
+            if feed == Some(Feed::Events) && status.is_success() {
+                return Ok(rebuild(
+                    status,
+                    &headers,
+                    Body::from_stream(res.bytes_stream()),
+                ));
+            }
             let Ok(bytes) = res.bytes().await else {
                 continue;
             };
-            let response = rebuild(status, &headers, bytes);
+            let response = rebuild(status, &headers, Body::from(bytes));
             if status != StatusCode::SERVICE_UNAVAILABLE {
                 return Ok(response);
             }
@@ -176,10 +215,43 @@ impl Proxy {
     }
 }
 
-fn rebuild(status: StatusCode, headers: &HeaderMap, body: bytes::Bytes) -> Response {
-    let mut res = Response::new(Body::from(body));
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Events,
+    LongPoll,
+}
+
+/// Whether `req` is a change feed that waits: an event stream or a long poll.
+fn waiting_feed(req: &axum::http::request::Parts) -> Option<Feed> {
+    if !req.uri.path().ends_with("/_changes") {
+        return None;
+    }
+    let query = req.uri.query().unwrap_or("");
+    let feed = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("feed="))
+        .unwrap_or("");
+    let accepts_events = req
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    match feed {
+        "eventsource" => Some(Feed::Events),
+        "longpoll" => Some(Feed::LongPoll),
+        "" if accepts_events => Some(Feed::Events),
+        _ => None,
+    }
+}
+
+fn rebuild(status: StatusCode, headers: &HeaderMap, body: Body) -> Response {
+    let mut res = Response::new(body);
     *res.status_mut() = status;
-    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::CACHE_CONTROL,
+    ] {
         if let Some(v) = headers.get(&name) {
             res.headers_mut().insert(name, v.clone());
         }
