@@ -319,3 +319,52 @@ async fn sigterm_with_an_event_stream_open_exits_after_the_grace() {
         started.elapsed()
     );
 }
+
+/// `since=now`: only what comes after the request, for a long poll and for
+/// the node's events; a `since` that is neither a version nor `now` is 400.
+#[tokio::test]
+async fn since_now_follows_only_what_comes_next() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/idx", None).await.status, 200);
+    for id in 1..=3 {
+        assert_eq!(put(&api, id, json!([id])).await, 200);
+    }
+    let poll = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                "GET",
+                "/idx/_changes?since=now&feed=longpoll&timeout=10000",
+                None,
+            )
+            .await
+        })
+    };
+    let events = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(
+                "GET",
+                "/_changes?since=now&feed=longpoll&timeout=10000",
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished() && !events.is_finished());
+    assert_eq!(put(&api, 4, json!([4])).await, 200);
+    let got = poll.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.body["results"],
+        json!([{"version": 4, "kind": "insert", "id": 4}])
+    );
+    assert_eq!(api.call("PUT", "/other", None).await.status, 200);
+    let got = events.await.unwrap();
+    assert_eq!(got.body["results"][0]["type"], "index_created");
+    assert_eq!(got.body["results"][0]["index"], "other");
+    let bad = api.call("GET", "/idx/_changes?since=later", None).await;
+    assert_eq!(bad.status, 400);
+}

@@ -31,10 +31,52 @@ pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
 const DEFAULT_WAIT_MS: u64 = 60_000;
 const MAX_WAIT_MS: u64 = 300_000;
 
+/// `since` as a client gives it: a version (or sequence number), or `now`
+/// (the newest one: only what comes next).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    At(u64),
+    Now,
+}
+
+impl Since {
+    pub(super) fn resolve(self, newest: u64) -> u64 {
+        match self {
+            Since::At(v) => v,
+            Since::Now => newest,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Since {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Since, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Since;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a version or \"now\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Since, E> {
+                Ok(Since::At(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Since, E> {
+                match v {
+                    "now" => Ok(Since::Now),
+                    _ => v
+                        .parse()
+                        .map(Since::At)
+                        .map_err(|_| E::custom("a version or \"now\"")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
-    since: Option<u64>,
+    since: Option<Since>,
     limit: Option<usize>,
     hashes: Option<bool>,
     feed: Option<String>,
@@ -72,7 +114,7 @@ pub async fn index_changes(
     };
     let long_poll = feed == Feed::LongPoll;
     let h = lookup(&state, &index).await.map_err(|e| r.fail(e))?;
-    let mut since = Position(q.since.unwrap_or(0));
+    let mut since = Position(q.since.unwrap_or(Since::At(0)).resolve(h.version().0));
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     if feed == Feed::EventSource {
         // A reconnecting EventSource sends the id of the last event it got.

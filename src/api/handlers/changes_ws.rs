@@ -46,7 +46,7 @@ enum Op {
     Subscribe {
         index: String,
         #[serde(default)]
-        since: u64,
+        since: Option<Since>,
         #[serde(default)]
         kinds: Option<Vec<Kind>>,
         #[serde(default)]
@@ -199,6 +199,7 @@ async fn handle(
                 Ok(h) => h,
                 Err(e) => return Some(index_error(&index, json_error(&e.to_string(), None))),
             };
+            let since = since.unwrap_or(Since::At(0)).resolve(h.version().0);
             // A new subscribe of the same index replaces the old one.
             if let Some((_, task)) = subscriptions.remove(&index) {
                 task.abort();

@@ -13,7 +13,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use fpnode_actors::events::{EventsError, NodeEvent, NodeEvents};
 
-use super::changes::{DEFAULT_LIMIT, HEARTBEAT, MAX_LIMIT};
+use super::changes::{DEFAULT_LIMIT, HEARTBEAT, MAX_LIMIT, Since};
 use super::*;
 
 /// How long a long poll waits by default, and at most.
@@ -23,7 +23,7 @@ const MAX_WAIT_MS: u64 = 300_000;
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeChangesQuery {
-    since: Option<u64>,
+    since: Option<Since>,
     limit: Option<usize>,
     feed: Option<String>,
     timeout: Option<u64>,
@@ -65,7 +65,7 @@ async fn node_changes(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let mut since = q.since.unwrap_or(0);
+    let mut since = q.since.unwrap_or(Since::At(0)).resolve(events.last());
     match q.feed.as_deref() {
         Some("eventsource") | None if q.feed.is_some() || wants_events => {
             if let Some(last) = headers.get("last-event-id") {
