@@ -466,6 +466,7 @@ async fn bad_requests_and_bad_files_get_named_errors() {
             400,
             "InvalidJob",
         ),
+        (json!({"kind": "resync", "index": "a"}), 400, "InvalidJob"),
         (
             json!({"kind": "import", "index": "a", "file": "../x"}),
             403,

@@ -1030,3 +1030,72 @@ async fn change_feeds_stream_through_a_proxy_and_resume_from_last_event_id() {
     assert_eq!(answer["results"][0]["version"], next, "{answer}");
     assert_eq!(answer["results"][0]["id"], 11);
 }
+
+/// A `resync` job drops a replica's copy of an index and bootstraps it
+/// again from the stream: afterwards it holds exactly what the stream holds
+/// (and what the other replica holds), and the node's events show the copy
+/// dropped and created again. Standalone-only kinds stay refused.
+#[tokio::test]
+async fn a_resync_job_rebuilds_a_replica_copy_from_the_stream() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    let ids: Vec<u32> = (1..=400).collect();
+    let mut last = 0;
+    for round in 0..4 {
+        last = update(&ja, &ids, round, &mut model).await;
+    }
+    wait_version(&jb, last, Duration::from_secs(10)).await;
+    let before = status(&ja).await;
+    let events_before = ja.call("GET", "/_changes", None).await.body["last_seq"]
+        .as_u64()
+        .unwrap();
+    let started = ja
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "resync", "index": "main"})),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let j = ja.call("GET", &format!("/_jobs/{id}"), None).await.body;
+        if j["state"] != "queued" && j["state"] != "running" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["version"], last, "{job}");
+    let after = status(&ja).await;
+    assert_eq!(after["version"], before["version"]);
+    assert_eq!(after["num_docs"], before["num_docs"]);
+    assert_eq!(after["num_docs"].as_u64(), Some(model.len() as u64));
+    for (id, h) in model.iter().take(50) {
+        let hits = search_ids(&ja, h).await;
+        assert_eq!(hits.first(), Some(&u64::from(*id)), "fingerprint {id}");
+    }
+    let events = ja
+        .call("GET", &format!("/_changes?since={events_before}"), None)
+        .await
+        .body;
+    let kinds: Vec<&str> = events["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] != "job")
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["index_deleted", "index_created"], "{events}");
+    // Writes go on after it.
+    let next = update(&ja, &[1, 2, 3], 5, &mut model).await;
+    wait_version(&jb, next, Duration::from_secs(10)).await;
+    assert_eq!(status(&ja).await["num_docs"], status(&jb).await["num_docs"]);
+}

@@ -429,6 +429,15 @@ pub enum RegistryMsg {
     InjectFailure(String, Child),
     /// Replica mode: the latest lifecycle record of an index, and its sequence.
     Record(String, IndexRecord, u64),
+    /// Replica mode, a `resync` job: drop the local copy and bootstrap the
+    /// index again from this record and its sequence; answered once the
+    /// steps started.
+    Resync(
+        String,
+        IndexRecord,
+        u64,
+        RpcReplyPort<Result<(), RegistryError>>,
+    ),
     /// Replica mode: every index the stream has a record of was handed over.
     Reconciled(BTreeSet<String>),
     /// Replica mode: start the LifecycleWatcher again after it failed.

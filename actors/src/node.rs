@@ -262,6 +262,22 @@ impl Node {
         )
     }
 
+    /// Replica mode: drops the local copy of `name` and follows it again
+    /// from its lifecycle record `record` at stream sequence `seq` (the
+    /// `resync` job; docs/api.md).
+    pub async fn resync(
+        &self,
+        name: &str,
+        record: crate::stream::IndexRecord,
+        seq: u64,
+    ) -> Result<(), NodeError> {
+        let r = self.registry()?;
+        Ok(
+            ractor::call!(r, RegistryMsg::Resync, name.to_string(), record, seq)
+                .map_err(|_| NodeError::Unavailable)??,
+        )
+    }
+
     /// Test hook (enabled by the binary's `--enable-fault-injection`).
     pub async fn inject_failure(&self, name: &str, child: Child) {
         if child == Child::SearchWorker {

@@ -338,6 +338,9 @@ impl Actor for IndexRegistry {
             RegistryMsg::Record(name, record, seq) => {
                 state.apply_record(&myself, name, record, seq);
             }
+            RegistryMsg::Resync(name, record, seq, reply) => {
+                let _ = reply.send(state.resync(&myself, name, record, seq));
+            }
             RegistryMsg::Reconciled(names) => state.reconciled(&names),
             RegistryMsg::RestartWatcher => state.start_watcher(&myself).await?,
         }
@@ -754,7 +757,47 @@ impl RegistryState {
         {
             return;
         }
-        let dropped = if local.is_some() {
+        self.replace(myself, name, local.is_some(), record, seq);
+    }
+
+    /// Replica mode, a `resync` job: drops the local copy of `name` and
+    /// follows its generation again from its lifecycle record (a bootstrap
+    /// from the stream, as a new replica does). Refused while steps for the
+    /// name run (`Busy`), for a deleted record (`IndexNotFound`) and for a
+    /// record older than the local generation (the stream lost data).
+    fn resync(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        record: IndexRecord,
+        seq: u64,
+    ) -> Result<(), RegistryError> {
+        if self.busy.contains_key(&name) {
+            return Err(RegistryError::Busy);
+        }
+        if record.d || !valid_index_name(&name) {
+            return Err(RegistryError::IndexNotFound);
+        }
+        let local = self.args.open.load().open.get(&name).cloned();
+        if local.as_ref().is_some_and(|h| h.generation.0 > record.g) {
+            return Err(RegistryError::NewerIndexAlreadyExists);
+        }
+        tracing::info!(index = %name, generation = record.g, start = seq, "resync: dropping the local copy");
+        self.replace(myself, name, local.is_some(), record, seq);
+        Ok(())
+    }
+
+    /// Drops the local index `name` (if `local`) and creates the record's
+    /// generation starting at `seq`, off the mailbox.
+    fn replace(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        name: String,
+        local: bool,
+        record: IndexRecord,
+        seq: u64,
+    ) {
+        let dropped = if local {
             tracing::info!(index = %name, generation = record.g, deleted = record.d, "generation ended in the stream: dropping the local index");
             self.retire(&name)
         } else {

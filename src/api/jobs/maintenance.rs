@@ -6,7 +6,7 @@ use fpnode_actors::IndexHandle;
 use fpnode_actors::jobs::{JobError, JobWork};
 use serde_json::json;
 
-use super::{Ctl, blocking, engine, failed};
+use super::{AppState, Ctl, blocking, engine, failed};
 
 /// `compact`: memory checkpointed, then every file segment merged into one
 /// (`Index::compact`). A cancel stops the merge within 65,536 postings and
@@ -82,5 +82,55 @@ pub(super) fn verify(h: Arc<IndexHandle>) -> JobWork {
                 "version": snapshot.position.0,
             }))
         }))
+    })
+}
+
+/// `resync` (replica mode): drops this replica's copy of the index and
+/// bootstraps it again from the stream, from the index's lifecycle record
+/// (as a new replica would), then waits until it caught up. Progress counts
+/// stream messages applied of those known to be pending. A cancel stops
+/// the waiting only: the copy was dropped and the bootstrap goes on.
+pub(super) fn resync(state: AppState, index: String) -> JobWork {
+    Box::new(move |ctl: Ctl| {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let replication = state
+                .replication
+                .clone()
+                .ok_or_else(|| JobError::Failed("not a replica".into()))?;
+            let node = state
+                .node
+                .clone()
+                .ok_or_else(|| JobError::Failed("not a replica".into()))?;
+            let (record, seq) = match replication.index_record(&index).await {
+                Ok(Some((record, seq))) if !record.d => (record, seq),
+                Ok(_) => return Err(JobError::Failed("the index is not in the stream".into())),
+                Err(e) => return Err(failed("reading the index's record", e)),
+            };
+            node.resync(&index, record.clone(), seq)
+                .await
+                .map_err(|e| failed("dropping the local copy", e))?;
+            loop {
+                ctl.check()?;
+                let h = node
+                    .get(&index)
+                    .await
+                    .map_err(|e| failed("following the index", e))?;
+                if let Some(h) = h.filter(|h| !h.is_deleted() && h.generation.0 == record.g) {
+                    let applied = h.version().0.saturating_sub(seq);
+                    let pending = h.replica.as_ref().map_or(0, |r| r.pending());
+                    ctl.set_done(applied);
+                    ctl.set_total(applied + pending);
+                    if !h.is_loading() {
+                        return Ok(json!({
+                            "generation": record.g,
+                            "version": h.version().0,
+                            "seconds": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                        }));
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
     })
 }

@@ -120,10 +120,16 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
         "export" => "fingerprints",
         "snapshot" | "verify" => "bytes",
         "compact" => "postings",
+        "resync" => "messages",
         _ => return Err(ApiError::InvalidJob),
     };
-    // A compaction is one merge: it cannot be paced.
-    if req.max_rate.is_some() && req.kind == "compact" {
+    // Resync follows the stream again: replicas only.
+    let replica = local(state) && state.replication.is_some();
+    if req.kind == "resync" && !replica {
+        return Err(ApiError::InvalidJob);
+    }
+    // A compaction is one merge, a resync the stream's pace: not paced.
+    if req.max_rate.is_some() && matches!(req.kind.as_str(), "compact" | "resync") {
         return Err(ApiError::InvalidJob);
     }
     if req.file.is_some() && req.kind != "import" {
@@ -161,6 +167,7 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
                 }
                 "snapshot" => output::snapshot(h, state.jobs_dirs()?.export.clone()),
                 "compact" => maintenance::compact(h),
+                "resync" => maintenance::resync(state.clone(), req.index.clone()),
                 _ => maintenance::verify(h),
             }
         }
