@@ -107,7 +107,7 @@ pub(super) fn resync(state: AppState, index: String) -> JobWork {
                 Ok(_) => return Err(JobError::Failed("the index is not in the stream".into())),
                 Err(e) => return Err(failed("reading the index's record", e)),
             };
-            node.resync(&index, record.clone(), seq)
+            node.resync(&index, record, seq)
                 .await
                 .map_err(|e| failed("dropping the local copy", e))?;
             loop {
