@@ -190,12 +190,15 @@ async fn a_job_interrupted_by_a_restart_is_an_event() {
         )
         .await;
     assert_eq!(job.status, 202, "{}", job.body);
-    for _ in 0..500 {
+    let mut running = false;
+    for _ in 0..2000 {
         if api.call("GET", "/_jobs/1", None).await.body["state"] == "running" {
+            running = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(running, "the import never ran");
     node.kill();
     node.spawn().await;
     let api = Api::json(&node);

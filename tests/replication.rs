@@ -1034,7 +1034,7 @@ async fn change_feeds_stream_through_a_proxy_and_resume_from_last_event_id() {
 /// A `resync` job drops a replica's copy of an index and bootstraps it
 /// again from the stream: afterwards it holds exactly what the stream holds
 /// (and what the other replica holds), and the node's events show the copy
-/// dropped and created again. Standalone-only kinds stay refused.
+/// dropped and created again; a copy that fails to open is repaired by it.
 #[tokio::test]
 async fn a_resync_job_rebuilds_a_replica_copy_from_the_stream() {
     let _serial = SERIAL.lock().await;
@@ -1098,4 +1098,58 @@ async fn a_resync_job_rebuilds_a_replica_copy_from_the_stream() {
     let next = update(&ja, &[1, 2, 3], 5, &mut model).await;
     wait_version(&jb, next, Duration::from_secs(10)).await;
     assert_eq!(status(&ja).await["num_docs"], status(&jb).await["num_docs"]);
+
+    // A copy that no longer opens (its manifest damaged while the node was
+    // down) is what a resync repairs.
+    let mut a = a;
+    a.kill();
+    let index_dir = a.data_dir().join("indexes").join("main");
+    let generation = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    std::fs::write(generation.join("MANIFEST"), b"garbage").unwrap();
+    a.spawn().await;
+    let ja = Api::json(&a);
+    let broken = ja.call("GET", "/main/_status", None).await;
+    assert_eq!(
+        (broken.status, broken.body["error"].as_str()),
+        (503, Some("IndexFailed")),
+        "{}",
+        broken.body
+    );
+    let started = ja
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "resync", "index": "main"})),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.body["id"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = ja.call("GET", &format!("/_jobs/{id}"), None).await.body;
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(
+            (j["state"] == "queued" || j["state"] == "running") && Instant::now() < deadline,
+            "{j}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let repaired = status(&ja).await;
+    assert_eq!(repaired["version"], next);
+    assert_eq!(repaired["num_docs"].as_u64(), Some(model.len() as u64));
+    // An index this replica does not hold is not resynced.
+    let refused = ja
+        .call(
+            "POST",
+            "/_jobs",
+            Some(json!({"kind": "resync", "index": "nope"})),
+        )
+        .await;
+    assert_eq!(refused.status, 404, "{}", refused.body);
 }

@@ -76,25 +76,34 @@ pub enum EventsError {
     NotRetained { since: u64, oldest: u64 },
 }
 
-struct Log {
+/// The file side, held across a write and its fsync.
+struct LogFile {
     keep: usize,
     file: File,
-    lines_in_file: usize,
-    events: VecDeque<Arc<NodeEvent>>,
-    /// The sequence number of the last event ever written (0: none).
+    /// Bytes of whole, durable lines: a failed append is cut back to this.
+    len: u64,
+    lines: usize,
+    /// The sequence number of the last event written (0: none).
     last: u64,
+    /// Set when the file could not be put back in order after a failure:
+    /// no event is written any more (each one logged and counted).
+    broken: bool,
+    /// No rewrite is tried again before the file holds this many lines.
+    rewrite_at: usize,
 }
 
 #[derive(Debug)]
 pub struct NodeEvents {
     path: PathBuf,
-    log: Mutex<Log>,
+    file: Mutex<LogFile>,
+    /// The events kept, for readers: locked briefly, never across I/O.
+    kept: Mutex<VecDeque<Arc<NodeEvent>>>,
     published: tokio::sync::watch::Sender<u64>,
 }
 
-impl std::fmt::Debug for Log {
+impl std::fmt::Debug for LogFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log").field("last", &self.last).finish()
+        f.debug_struct("LogFile").field("last", &self.last).finish()
     }
 }
 
@@ -103,6 +112,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> EventsError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl NodeEvents {
@@ -117,9 +130,7 @@ impl NodeEvents {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join("events.log");
         let mut events = VecDeque::new();
-        let mut last = 0;
-        let mut lines = 0;
-        let mut good_len = 0u64;
+        let (mut last, mut lines, mut len) = (0, 0, 0u64);
         if let Ok(f) = File::open(&path) {
             let mut reader = BufReader::new(f);
             let mut line = String::new();
@@ -129,21 +140,27 @@ impl NodeEvents {
                 if n == 0 {
                     break;
                 }
-                // A line without its newline, or that does not parse, is
-                // what a crash during an append leaves: it was never read.
-                let parsed = line
-                    .strip_suffix('\n')
-                    .and_then(|l| serde_json::from_str::<NodeEvent>(l).ok());
-                let Some(event) = parsed.filter(|e| e.seq > last) else {
+                // A last line without its newline is what a crash during an
+                // append leaves: it was never read by anyone, it is cut.
+                let Some(text) = line.strip_suffix('\n') else {
                     tracing::warn!(path = %path.display(), "unfinished node event dropped");
                     break;
                 };
-                good_len += n as u64;
+                len += n as u64;
                 lines += 1;
-                last = event.seq;
-                events.push_back(Arc::new(event));
-                if events.len() > keep {
-                    events.pop_front();
+                // A whole line that does not parse, or does not follow, is
+                // skipped (never the lines after it).
+                match serde_json::from_str::<NodeEvent>(text) {
+                    Ok(event) if event.seq > last => {
+                        last = event.seq;
+                        events.push_back(Arc::new(event));
+                        if events.len() > keep {
+                            events.pop_front();
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(path = %path.display(), line = lines, "bad node event line skipped")
+                    }
                 }
             }
         }
@@ -152,98 +169,124 @@ impl NodeEvents {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
-        if file.metadata().map_err(io(&path))?.len() != good_len {
-            file.set_len(good_len).map_err(io(&path))?;
+        if file.metadata().map_err(io(&path))?.len() != len {
+            file.set_len(len).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
         }
         let (published, _) = tokio::sync::watch::channel(last);
         Ok(NodeEvents {
             path,
-            log: Mutex::new(Log {
+            file: Mutex::new(LogFile {
                 keep,
                 file,
-                lines_in_file: lines,
-                events,
+                len,
+                lines,
                 last,
+                broken: false,
+                rewrite_at: 2 * keep,
             }),
+            kept: Mutex::new(events),
             published,
         })
     }
 
-    fn log(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Appends an event, durably, then shows it. Blocks: call it on a
-    /// blocking thread. A failure is logged and counted; the event is lost
-    /// (what it reports happened: it is never refused for this).
+    /// Appends an event, durably, then shows it. Blocks (a write and an
+    /// fsync): call it on a blocking thread. A failure is logged and counted
+    /// and the event is lost (what it reports happened: it is never refused
+    /// for this); the file is cut back to its last whole line, so no
+    /// sequence number a reader saw is ever given to another event.
     pub fn emit(&self, what: EventKind) {
-        let mut log = self.log();
-        let event = NodeEvent {
-            seq: log.last + 1,
-            time_ms: crate::jobs::now_ms(),
-            what,
-        };
-        let written = serde_json::to_vec(&event)
-            .map_err(std::io::Error::other)
-            .and_then(|mut line| {
-                line.push(b'\n');
-                log.file.write_all(&line)?;
-                log.file.sync_data()
-            });
-        if let Err(e) = written {
-            tracing::error!(path = %self.path.display(), error = %e, "node event not written");
+        let mut f = locked(&self.file);
+        if f.broken {
+            tracing::error!(path = %self.path.display(), event = ?what, "node event log unusable: event not written");
             metrics::counter!("fpnode_node_event_errors_total").increment(1);
             return;
         }
-        log.last = event.seq;
-        log.lines_in_file += 1;
-        log.events.push_back(Arc::new(event));
-        if log.events.len() > log.keep {
-            log.events.pop_front();
+        let event = NodeEvent {
+            seq: f.last + 1,
+            time_ms: crate::jobs::now_ms(),
+            what,
+        };
+        let mut line = match serde_json::to_vec(&event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "node event not encoded");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let written = f.file.write_all(&line).and_then(|()| f.file.sync_data());
+        if let Err(e) = written {
+            tracing::error!(path = %self.path.display(), error = %e, "node event not written");
+            metrics::counter!("fpnode_node_event_errors_total").increment(1);
+            let len = f.len;
+            if let Err(e) = f.file.set_len(len).and_then(|()| f.file.sync_all()) {
+                tracing::error!(path = %self.path.display(), error = %e, "node event log not cut back: no more events");
+                f.broken = true;
+            }
+            return;
         }
-        if log.lines_in_file >= 2 * log.keep {
-            self.rewrite(&mut log);
+        f.len += line.len() as u64;
+        f.lines += 1;
+        f.last = event.seq;
+        {
+            let mut kept = locked(&self.kept);
+            kept.push_back(Arc::new(event));
+            if kept.len() > f.keep {
+                kept.pop_front();
+            }
+            // Published under the lock: the last number never goes back.
+            self.published.send_replace(f.last);
         }
-        let last = log.last;
-        drop(log);
-        self.published.send_replace(last);
+        if f.lines >= f.rewrite_at {
+            self.rewrite(&mut f);
+        }
     }
 
     /// Replaces the file with the events kept (atomically).
-    fn rewrite(&self, log: &mut Log) {
+    fn rewrite(&self, f: &mut LogFile) {
+        let kept: Vec<Arc<NodeEvent>> = locked(&self.kept).iter().cloned().collect();
         let mut bytes = Vec::new();
-        for e in &log.events {
+        for e in &kept {
             if serde_json::to_writer(&mut bytes, e.as_ref()).is_err() {
                 return;
             }
             bytes.push(b'\n');
         }
         let fs = fpnode_segments::Fs::default();
-        let reopened = fs
-            .write_atomic(&self.path, &bytes)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|()| OpenOptions::new().append(true).open(&self.path));
-        match reopened {
+        if let Err(e) = fs.write_atomic(&self.path, &bytes) {
+            // The old file is intact: appends go on; retried later.
+            tracing::warn!(path = %self.path.display(), error = %e, "node event log not compacted");
+            f.rewrite_at = f.lines + f.keep;
+            return;
+        }
+        match OpenOptions::new().append(true).open(&self.path) {
             Ok(file) => {
-                log.file = file;
-                log.lines_in_file = log.events.len();
+                f.file = file;
+                f.len = bytes.len() as u64;
+                f.lines = kept.len();
+                f.rewrite_at = 2 * f.keep;
             }
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "node event log not compacted")
+                // Appends would go to the replaced file: stop writing.
+                tracing::error!(path = %self.path.display(), error = %e, "node event log not reopened: no more events");
+                f.broken = true;
             }
         }
     }
 
-    /// Up to `limit` events after `since`, oldest first.
+    /// Up to `limit` events after `since`, oldest first. A `since` older
+    /// than the events kept, or newer than the last event (a position this
+    /// log never gave), is `NotRetained`: the reader must resync.
     pub fn since(&self, since: u64, limit: usize) -> Result<Vec<Arc<NodeEvent>>, EventsError> {
-        let log = self.log();
-        let oldest = log.events.front().map_or(log.last + 1, |e| e.seq);
-        if since + 1 < oldest {
+        let kept = locked(&self.kept);
+        let last = *self.published.borrow();
+        let oldest = kept.front().map_or(last.saturating_add(1), |e| e.seq);
+        if since.saturating_add(1) < oldest || since > last {
             return Err(EventsError::NotRetained { since, oldest });
         }
         let skip = (since + 1 - oldest) as usize;
-        Ok(log.events.iter().skip(skip).take(limit).cloned().collect())
+        Ok(kept.iter().skip(skip).take(limit).cloned().collect())
     }
 
     /// The sequence number of the last event.
@@ -299,6 +342,33 @@ mod tests {
             NodeEvents::open(dir.path()).unwrap().since(0, 10).unwrap(),
             all
         );
+    }
+
+    #[test]
+    fn a_bad_line_in_the_middle_is_skipped_and_a_since_beyond_the_last_is_not_retained() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = NodeEvents::open(dir.path()).unwrap();
+        events.emit(created(1));
+        drop(events);
+        let path = dir.path().join("events.log");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"not json\n").unwrap();
+        drop(f);
+        let events = NodeEvents::open(dir.path()).unwrap();
+        events.emit(created(2));
+        drop(events);
+        let events = NodeEvents::open(dir.path()).unwrap();
+        let all = events.since(0, 10).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(matches!(
+            events.since(3, 10),
+            Err(EventsError::NotRetained { since: 3, .. })
+        ));
+        assert!(matches!(
+            events.since(u64::MAX, 10),
+            Err(EventsError::NotRetained { .. })
+        ));
+        assert!(events.since(2, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -59,6 +59,9 @@ use crate::messages::{CreateReply, DeleteReply, WriteError};
 
 pub use fpnode_segments::catalog::{index_path, valid_index_name};
 
+/// How long a resync waits for the old copy of an index to be released.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A request for a name whose file-system steps are running.
 enum Deferred {
     Create(CreateIndex, CreateReply),
@@ -757,7 +760,9 @@ impl RegistryState {
         {
             return;
         }
-        self.replace(myself, name, local.is_some(), record, seq);
+        // A new generation has its own directory: the old copy's late
+        // writes cannot reach it, nothing to wait for.
+        self.replace(myself, name, local.is_some(), None, record, seq);
     }
 
     /// Replica mode, a `resync` job: drops the local copy of `name` and
@@ -778,12 +783,24 @@ impl RegistryState {
         if record.d || !valid_index_name(&name) {
             return Err(RegistryError::IndexNotFound);
         }
-        let local = self.args.open.load().open.get(&name).cloned();
-        if local.as_ref().is_some_and(|h| h.generation.0 > record.g) {
+        let published = self.args.open.load();
+        let (open, failed) = (published.open.get(&name), published.failed.get(&name));
+        // Only a copy this node holds (open, or failed to open) is
+        // resynced: an index deleted meanwhile is not brought back.
+        let generation = match (open, failed) {
+            (Some(h), _) => h.generation.0,
+            (None, Some((g, _))) => *g,
+            (None, None) => return Err(RegistryError::IndexNotFound),
+        };
+        if generation > record.g {
             return Err(RegistryError::NewerIndexAlreadyExists);
         }
+        // The new copy may reuse the old one's directory (same
+        // generation): it is created only once the old one is released.
+        let old = open.map(|h| Arc::downgrade(&h.index));
+        drop(published);
         tracing::info!(index = %name, generation = record.g, start = seq, "resync: dropping the local copy");
-        self.replace(myself, name, local.is_some(), record, seq);
+        self.replace(myself, name, true, old, record, seq);
         Ok(())
     }
 
@@ -794,6 +811,7 @@ impl RegistryState {
         myself: &ActorRef<RegistryMsg>,
         name: String,
         local: bool,
+        old: Option<std::sync::Weak<Index>>,
         record: IndexRecord,
         seq: u64,
     ) {
@@ -831,6 +849,24 @@ impl RegistryState {
                     };
                 }
             };
+            // Its directory is renamed away: what the old copy still writes
+            // fails, until a new directory of the same path exists. So wait
+            // until nothing holds the old copy (its actors stopped, its
+            // feeds and requests ended) before creating it.
+            if let Some(old) = &old {
+                let deadline = std::time::Instant::now() + RELEASE_WAIT;
+                while old.strong_count() > 0 {
+                    if std::time::Instant::now() >= deadline {
+                        return Done {
+                            finished: Finished::Failed(format!(
+                                "the old copy is still in use after {RELEASE_WAIT:?}"
+                            )),
+                            trash,
+                        };
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
             let created = disk.store_lineage().and_then(|()| {
                 if record.d {
                     return Ok(None);

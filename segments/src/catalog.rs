@@ -4,7 +4,7 @@
 //! ```text
 //! <data>/lineage.json                      last generation minted per name
 //! <data>/indexes/<name>/<generation:020>/  one engine index (MANIFEST, segments/, wal/)
-//! <data>/indexes/.deleted-<name>-<g>/      a deleted index, being removed
+//! <data>/indexes/.deleted-<name>-<g>-<t>/  a deleted index, being removed
 //! <data>/indexes/.<kind>-<name>/           an index being built offline (import, restore)
 //! ```
 //!
@@ -220,9 +220,14 @@ impl Catalog {
     /// index is either whole or gone.
     pub fn delete_index(&self, name: &str, generation: u64) -> Result<PathBuf> {
         let from = self.indexes_dir().join(name);
+        // Unique: the removal of an earlier delete of the same generation
+        // (a replica's resync) may still be running on its own directory.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let to = self
             .indexes_dir()
-            .join(format!("{DELETED_PREFIX}{name}-{generation}"));
+            .join(format!("{DELETED_PREFIX}{name}-{generation}-{stamp}"));
         if to.exists() {
             fs::remove_dir_all(&to).at(&to)?;
         }

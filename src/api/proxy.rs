@@ -49,8 +49,11 @@ pub struct Proxy {
     replicas: Vec<Replica>,
     next: AtomicUsize,
     client: reqwest::Client,
-    /// For change feeds: no overall timeout, a silence limit instead.
+    /// For event streams: no overall timeout, a silence limit instead.
     feeds: reqwest::Client,
+    /// For long polls: no silence limit (nothing comes until the answer),
+    /// each request's own timeout instead.
+    polls: reqwest::Client,
 }
 
 impl Proxy {
@@ -68,6 +71,9 @@ impl Proxy {
             .read_timeout(FEED_SILENCE)
             .connect_timeout(Duration::from_secs(1))
             .build()?;
+        let polls = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()?;
         let proxy = Arc::new(Proxy {
             replicas: urls
                 .iter()
@@ -79,6 +85,7 @@ impl Proxy {
             next: AtomicUsize::new(0),
             client,
             feeds,
+            polls,
         });
         let checker = Arc::downgrade(&proxy);
         tokio::spawn(async move {
@@ -162,10 +169,10 @@ impl Proxy {
         let feed = waiting_feed(&parts);
         let mut last = None;
         for r in self.candidates() {
-            let client = if feed.is_some() {
-                &self.feeds
-            } else {
-                &self.client
+            let client = match feed {
+                Some(Feed::Events) => &self.feeds,
+                Some(Feed::LongPoll) => &self.polls,
+                None => &self.client,
             };
             let mut out = client
                 .request(parts.method.clone(), format!("{}{path}", r.url))
@@ -187,6 +194,12 @@ impl Proxy {
                 Err(e) => {
                     if e.is_connect() {
                         r.healthy.store(false, Ordering::Release);
+                    }
+                    // A long poll that ran out its time is not tried again
+                    // elsewhere (it would wait as long again).
+                    if e.is_timeout() && feed == Some(Feed::LongPoll) {
+                        tracing::warn!(replica = %r.url, "long poll timed out");
+                        return Err(ApiError::Unavailable);
                     }
                     tracing::warn!(replica = %r.url, error = %e, "forwarding failed; trying the next replica");
                     metrics::counter!("fpnode_proxy_forward_errors_total").increment(1);

@@ -110,62 +110,71 @@ pub(super) async fn start(opts: JobsOptions) -> Result<Jobs, JobsError> {
 impl SupState {
     /// Records `r` on disk, then shows it.
     async fn commit(&self, r: JobRecord, ctl: Option<Arc<JobCtl>>) -> Result<(), JobsError> {
+        self.write(r, ctl, false).await
+    }
+
+    /// [`SupState::commit`] for a state that must be shown even if it
+    /// could not be written (a job that ended must not look running for
+    /// ever): the failure is logged, the record shown (and its event sent)
+    /// anyway.
+    async fn commit_anyway(&self, r: JobRecord) {
+        if let Err(e) = self.write(r.clone(), None, true).await {
+            tracing::error!(job = r.id, error = %e, "job record not written; shown anyway");
+        }
+    }
+
+    /// Writes `r` (unless the write fails and `anyway` is false), shows it
+    /// in the table, then records the node event of a state change: a
+    /// client woken by the event reads the new state.
+    async fn write(
+        &self,
+        r: JobRecord,
+        ctl: Option<Arc<JobCtl>>,
+        anyway: bool,
+    ) -> Result<(), JobsError> {
         let store = self.store.clone();
-        let saved = r.clone();
-        let moved = self
-            .shared
-            .table()
-            .get(&r.id)
-            .is_none_or(|e| e.record.state != r.state);
-        let events = self.opts.events.clone().filter(|_| moved);
-        tokio::task::spawn_blocking(move || {
-            store.save(&saved)?;
-            if let Some(events) = events {
-                events.emit(EventKind::Job {
-                    job: saved.id,
-                    kind: saved.kind.clone(),
-                    index: saved.index.clone(),
-                    state: saved.state.name().to_string(),
-                });
+        let shared = self.shared.clone();
+        let events = self.opts.events.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let saved = store.save(&r);
+            if saved.is_err() && !anyway {
+                return saved;
             }
-            Ok(())
+            let mut table = shared.table();
+            let moved = table.get(&r.id).is_none_or(|e| e.record.state != r.state);
+            let event = moved.then(|| EventKind::Job {
+                job: r.id,
+                kind: r.kind.clone(),
+                index: r.index.clone(),
+                state: r.state.name().to_string(),
+            });
+            match table.get_mut(&r.id) {
+                Some(e) => {
+                    let finished = r.state.is_finished();
+                    e.record = r;
+                    if ctl.is_some() {
+                        e.ctl = ctl;
+                    } else if finished {
+                        e.ctl = None;
+                    }
+                }
+                None => {
+                    table.insert(r.id, Entry { record: r, ctl });
+                }
+            }
+            drop(table);
+            if let (Some(events), Some(event)) = (events, event) {
+                events.emit(event);
+            }
+            saved
         })
         .await
         .map_err(|e| JobsError::Store {
             path: self.opts.dir.clone(),
             message: e.to_string(),
-        })??;
-        let mut table = self.shared.table();
-        match table.get_mut(&r.id) {
-            Some(e) => {
-                e.record = r;
-                if ctl.is_some() {
-                    e.ctl = ctl;
-                }
-            }
-            None => {
-                table.insert(r.id, Entry { record: r, ctl });
-            }
-        }
-        drop(table);
+        });
         self.shared.bump();
-        Ok(())
-    }
-
-    /// [`SupState::commit`] for a state that must be shown even if it
-    /// could not be written (a job that ended must not look running for
-    /// ever): the failure is logged, the record shown anyway.
-    async fn commit_anyway(&self, r: JobRecord) {
-        if let Err(e) = self.commit(r.clone(), None).await {
-            tracing::error!(job = r.id, error = %e, "job record not written; shown anyway");
-            let mut table = self.shared.table();
-            if let Some(entry) = table.get_mut(&r.id) {
-                entry.record = r;
-                entry.ctl = None;
-            }
-            drop(table);
-            self.shared.bump();
-        }
+        written?
     }
 
     fn record(&self, id: u64) -> Option<(JobRecord, Option<Arc<JobCtl>>)> {

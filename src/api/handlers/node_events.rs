@@ -38,13 +38,21 @@ pub async fn changes_root(State(state): State<AppState>, req: Request) -> Respon
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if upgrade && state.proxy.is_none() {
+    let format = response_format(&parts.headers, false);
+    if upgrade {
+        // A proxy holds no index log: connect to a replica (docs/api.md).
+        if state.proxy.is_some() {
+            return Failure {
+                format,
+                error: ApiError::NotFound,
+            }
+            .into_response();
+        }
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => changes_socket(State(state), ws).await,
             Err(rejection) => rejection.into_response(),
         };
     }
-    let format = response_format(&parts.headers, false);
     let query = axum::extract::Query::<NodeChangesQuery>::try_from_uri(&parts.uri);
     match node_changes(&state, query.map(|q| q.0).ok(), &parts.headers).await {
         Ok(res) => res,
@@ -167,8 +175,8 @@ fn event_stream(events: Arc<NodeEvents>, since: u64, limit: usize) -> Response {
                         queue.extend(page.iter().map(|e| event_of(e)));
                     }
                     Ok(_) => {
-                        // Nothing new: wait for the next event (a closed
-                        // channel means the node is stopping).
+                        // Nothing new: wait for the next event (the node's
+                        // shutdown grace ends the stream).
                         seen.wait_for(|last| *last > cursor).await.ok()?;
                     }
                     Err(e) => {

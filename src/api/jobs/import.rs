@@ -42,7 +42,10 @@ pub(super) fn work(
     Box::new(move |ctl: Ctl| {
         Box::pin(async move {
             let outcome = run(&state, &index, file, format, &ctl).await;
-            drop(upload);
+            // Unlinking a large file takes time: off the async threads.
+            if let Some(upload) = upload {
+                let _ = tokio::task::spawn_blocking(move || drop(upload)).await;
+            }
             outcome
         })
     })

@@ -107,6 +107,19 @@ pub(super) fn resync(state: AppState, index: String) -> JobWork {
                 Ok(_) => return Err(JobError::Failed("the index is not in the stream".into())),
                 Err(e) => return Err(failed("reading the index's record", e)),
             };
+            // Other jobs on this copy are stopped first: the new copy is
+            // created only once nothing holds the old one.
+            if let Ok(jobs) = state.jobs() {
+                for other in jobs.list() {
+                    let r = &other.record;
+                    if r.id != ctl.id
+                        && r.index.as_deref() == Some(index.as_str())
+                        && !r.state.is_finished()
+                    {
+                        let _ = jobs.cancel(r.id, std::time::Duration::from_secs(10)).await;
+                    }
+                }
+            }
             node.resync(&index, record, seq)
                 .await
                 .map_err(|e| failed("dropping the local copy", e))?;

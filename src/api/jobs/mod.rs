@@ -154,6 +154,13 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
             params = json!({"file": file, "format": format_name(format)});
             import::work(state.clone(), req.index.clone(), opened, format, None)
         }
+        // A copy that failed to open is what a resync is for.
+        "resync" => match super::handlers::lookup_index(state, &req.index).await {
+            Ok(_) | Err(ApiError::IndexFailed) => {
+                maintenance::resync(state.clone(), req.index.clone())
+            }
+            Err(e) => return Err(e),
+        },
         kind => {
             // The other kinds work on this node's files: not on a proxy.
             if !local(state) {
@@ -167,7 +174,6 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
                 }
                 "snapshot" => output::snapshot(h, state.jobs_dirs()?.export.clone()),
                 "compact" => maintenance::compact(h),
-                "resync" => maintenance::resync(state.clone(), req.index.clone()),
                 _ => maintenance::verify(h),
             }
         }
@@ -209,8 +215,8 @@ fn open_import(dirs: &JobDirs, file: &str) -> Result<std::fs::File, ApiError> {
     };
     let real = {
         use std::os::fd::AsRawFd;
+        // No fallback to the path: it could have changed since the open.
         std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-            .or_else(|_| root.join(file).canonicalize())
             .map_err(|_| ApiError::FileNotAllowed)?
     };
     if !real.starts_with(root) {
