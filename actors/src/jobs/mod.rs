@@ -219,6 +219,28 @@ impl JobCtl {
         self.check()
     }
 
+    /// Waits until `upto` units in all are allowed by the job's rate,
+    /// without counting anything done (a job that starts work ahead of
+    /// its acknowledgement paces the start); `Err(Cancelled)` once cancelled.
+    pub async fn pace(&self, upto: u64) -> Result<(), JobError> {
+        let Some(rate) = self.max_rate else {
+            return self.check();
+        };
+        loop {
+            self.check()?;
+            let due = Duration::try_from_secs_f64(upto as f64 / rate).unwrap_or(Duration::MAX);
+            match due.checked_sub(self.started.elapsed()) {
+                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait.min(PACE_SLICE)).await,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Counts `n` more units done, without waiting.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// [`JobCtl::advance_blocking`] for async jobs.
     pub async fn advance(&self, n: u64) -> Result<(), JobError> {
         while let Some(wait) = self.wait_for(n) {

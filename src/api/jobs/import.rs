@@ -18,6 +18,8 @@ use fpnode_actors::jobs::{JobError, JobSpec, JobWork};
 use fpnode_actors::{WriteRequest, replication::fresh_request_key};
 use fpnode_segments::{Change, MetadataDelta};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -94,32 +96,131 @@ async fn run(
             }
         }
     });
-    let (mut bytes, mut records, mut version) = (0u64, 0u64, None);
+    // Standalone: groups go to the index's Batcher in order and up to
+    // IN_FLIGHT wait for their answer at once (as `_stream` does);
+    // through the stream (replica, proxy): one at a time.
+    let handle = match state.replication {
+        None => Some(
+            handlers::lookup_index(state, index)
+                .await
+                .map_err(|e| failed("the index", e))?,
+        ),
+        Some(_) => None,
+    };
+    let depth = if handle.is_some() { IN_FLIGHT } else { 1 };
+    let mut pending: FuturesOrdered<BoxFuture<'_, Answered>> = FuturesOrdered::new();
+    let mut done = Done::default();
+    let mut submitted = 0u64;
     let mut groups = 0u64;
+    let mut stop = None;
     while let Some(item) = rx.recv().await {
-        let (changes, read_to, read) = item?;
-        ctl.check()?;
+        let (changes, read_to, read) = match item {
+            Ok(group) => group,
+            Err(e) => {
+                stop = Some(e);
+                break;
+            }
+        };
+        // Paced here, before the group is written (its answer only
+        // counts), taking the answers that come meanwhile.
+        let paced = loop {
+            tokio::select! {
+                paced = ctl.pace(read_to) => break paced,
+                Some(answered) = pending.next(), if !pending.is_empty() => {
+                    if let Err(e) = done.take(answered, ctl) {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        if let Err(e) = paced {
+            stop = Some(e);
+            break;
+        }
+        let first = submitted + 1;
+        submitted = read;
         let request = WriteRequest {
             changes,
             metadata: MetadataDelta::new(),
             expected_version: None,
         };
-        // One key per group: a publish retried inside the write path is
-        // applied once (replica and proxy modes).
-        let key = format!("job-{}-{}-{}", ctl.id, groups, fresh_request_key());
-        let v = handlers::write_through(state, index, request, &key)
-            .await
-            .map_err(|e| {
-                JobError::Failed(format!("writing records {}-{read}: {e}", records + 1))
-            })?;
+        match &handle {
+            Some(h) => match h.submit(request, state.write_wait).await {
+                Ok(p) => pending.push_back(Box::pin(async move {
+                    let v = p.wait().await.map(|v| v.0).map_err(|e| e.to_string());
+                    (v, first, read, read_to)
+                })),
+                Err(e) => {
+                    stop = Some(JobError::Failed(format!(
+                        "writing records {first}-{read}: {e}"
+                    )));
+                    break;
+                }
+            },
+            None => {
+                // One key per group: a publish retried inside the write
+                // path is applied once.
+                let key = format!("job-{}-{}-{}", ctl.id, groups, fresh_request_key());
+                let v = handlers::write_through(state, index, request, &key)
+                    .await
+                    .map_err(|e| e.to_string());
+                pending.push_back(Box::pin(futures::future::ready((v, first, read, read_to))));
+            }
+        }
         groups += 1;
-        records = read;
-        version = Some(v);
-        ctl.advance(read_to.saturating_sub(bytes)).await?;
-        bytes = read_to;
+        while pending.len() >= depth {
+            if let Some(answered) = pending.next().await
+                && let Err(e) = done.take(answered, ctl)
+            {
+                stop = Some(e);
+                break;
+            }
+        }
+        if stop.is_some() {
+            break;
+        }
     }
+    // What was submitted is written whatever happens next: its answers
+    // are taken, so the result (or the progress) counts it.
+    while let Some(answered) = pending.next().await {
+        if let Err(e) = done.take(answered, ctl) {
+            stop.get_or_insert(e);
+        }
+    }
+    drop(rx);
     let _ = reader.await;
-    Ok(json!({"fingerprints": records, "version": version, "bytes": bytes}))
+    if let Some(e) = stop {
+        return Err(e);
+    }
+    Ok(json!({"fingerprints": done.records, "version": done.version, "bytes": done.bytes}))
+}
+
+/// Groups written and waiting for their answer at once (standalone).
+const IN_FLIGHT: usize = 4;
+
+/// A group's answer: its version (or why not), its first and last record,
+/// and the bytes read up to its end.
+type Answered = (Result<u64, String>, u64, u64, u64);
+
+/// What is written so far.
+#[derive(Default)]
+struct Done {
+    bytes: u64,
+    records: u64,
+    version: Option<u64>,
+}
+
+impl Done {
+    /// Counts a group's answer.
+    fn take(&mut self, answered: Answered, ctl: &Ctl) -> Result<(), JobError> {
+        let (v, first, read, read_to) = answered;
+        let v = v.map_err(|e| JobError::Failed(format!("writing records {first}-{read}: {e}")))?;
+        self.records = read;
+        self.version = Some(v);
+        ctl.add_done(read_to.saturating_sub(self.bytes));
+        self.bytes = read_to;
+        Ok(())
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
