@@ -760,9 +760,28 @@ impl RegistryState {
         {
             return;
         }
+        // A copy that failed to open is local too: it is dropped (its
+        // failed entry with it) and, unless the record ends it, followed
+        // again from the record: the stream repairs it. Never opened, it
+        // has nothing running that could write into the new directory.
+        let failed = self.args.open.load().failed.get(&name).map(|(g, _)| *g);
+        if failed.is_some_and(|g| g > record.g) {
+            tracing::error!(index = %name, generation = record.g, "the stream's record is older than the local copy (which failed to open): left as it is");
+            return;
+        }
+        if let Some(g) = failed {
+            tracing::warn!(index = %name, generation = g, "the local copy failed to open: following the index again from the stream");
+        }
         // A new generation has its own directory: the old copy's late
         // writes cannot reach it, nothing to wait for.
-        self.replace(myself, name, local.is_some(), None, record, seq);
+        self.replace(
+            myself,
+            name,
+            local.is_some() || failed.is_some(),
+            None,
+            record,
+            seq,
+        );
     }
 
     /// Replica mode, a `resync` job: drops the local copy of `name` and

@@ -87,18 +87,23 @@ fn check(index: &Index, corpus: &BTreeMap<u32, Vec<u32>>, what: &str) {
     }
 }
 
-#[test]
-fn frequent_and_long_fingerprints_search_the_same_from_memory_files_and_bulk() {
-    let corpus = corpus();
-    let dir = tempfile::tempdir().unwrap();
-    let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
-    let changes: Vec<Change> = corpus
+/// The corpus as inserts.
+fn inserts(corpus: &BTreeMap<u32, Vec<u32>>) -> Vec<Change> {
+    corpus
         .iter()
         .map(|(&id, h)| Change::Insert {
             id,
             hashes: h.clone(),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn frequent_and_long_fingerprints_search_the_same_from_memory_files_and_bulk() {
+    let corpus = corpus();
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
+    let changes = inserts(&corpus);
     for (i, chunk) in changes.chunks(1000).enumerate() {
         index
             .apply(&[Batch::new(Position(i as u64 + 1), chunk.to_vec())])
@@ -228,13 +233,7 @@ fn a_cancelled_compaction_changes_nothing_and_a_finished_one_merges_all() {
     let corpus = corpus();
     let dir = tempfile::tempdir().unwrap();
     let index = Index::create(dir.path(), Generation(1), IndexOptions::default()).unwrap();
-    let changes: Vec<Change> = corpus
-        .iter()
-        .map(|(&id, h)| Change::Insert {
-            id,
-            hashes: h.clone(),
-        })
-        .collect();
+    let changes = inserts(&corpus);
     for (i, chunk) in changes.chunks(600).enumerate() {
         index
             .apply(&[Batch::new(Position(i as u64 + 1), chunk.to_vec())])

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use fpnode_actors::IndexHandle;
+use fpnode_actors::RegistryError;
 use fpnode_actors::jobs::{JobError, JobWork};
+use fpnode_actors::node::NodeError;
 use serde_json::json;
 
 use super::{AppState, Ctl, blocking, engine, failed};
@@ -120,9 +122,21 @@ pub(super) fn resync(state: AppState, index: String) -> JobWork {
                     }
                 }
             }
-            node.resync(&index, record, seq)
-                .await
-                .map_err(|e| failed("dropping the local copy", e))?;
+            // Busy: the index's own steps run (a lifecycle record being
+            // applied, a copy that failed to open being replaced): wait.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                match node.resync(&index, record, seq).await {
+                    Ok(()) => break,
+                    Err(NodeError::Registry(RegistryError::Busy))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        ctl.check()?;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(failed("dropping the local copy", e)),
+                }
+            }
             loop {
                 ctl.check()?;
                 let h = node
