@@ -1148,3 +1148,106 @@ async fn a_resync_job_rebuilds_a_replica_copy_from_the_stream() {
         .await;
     assert_eq!(refused.status, 404, "{}", refused.body);
 }
+
+/// A change feed on a replica goes on across a NATS outage: the replica
+/// keeps its event stream open while the server is down, and once it is back
+/// the stream delivers what was written after, with no version missing and
+/// none twice (the same versions, in the same order, as the replica's
+/// change log lists).
+#[tokio::test]
+async fn a_change_feed_on_a_replica_goes_on_across_a_nats_outage() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let b = replica(&nats, &[]).await;
+    let (ja, jb) = (Api::json(&a), Api::json(&b));
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    // Batches a replica applies while it bootstraps are not in its log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(b.url("/main/_health")).await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "b never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut model = Model::new();
+    let first = update(&ja, &[1, 2], 0, &mut model).await;
+    let mut acked = vec![update(&ja, &[3], 0, &mut model).await];
+
+    // Follow b's feed from the first write on, collecting event ids.
+    let res = reqwest::Client::new()
+        .get(b.url(&format!("/main/_changes?feed=eventsource&since={first}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let collector = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut body = res.bytes_stream();
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id:")) {
+                        got.lock().unwrap().push(id.trim().parse().unwrap());
+                    }
+                }
+            }
+        })
+    };
+
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.restart();
+    let back = Instant::now();
+    for api in [&ja, &jb] {
+        while status(api).await["stream"]["connected"] != true {
+            assert!(
+                back.elapsed() < Duration::from_secs(20),
+                "{} never reconnected",
+                api.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for round in 1..=3 {
+        acked.push(update(&ja, &[10 + round], round, &mut model).await);
+    }
+    let last = *acked.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().last() != Some(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "feed stopped at {:?}, last write {last}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    collector.abort();
+    let got = got.lock().unwrap().clone();
+    // What b's change log holds after `first`, in order.
+    let page = jb
+        .call(
+            "GET",
+            &format!("/main/_changes?since={first}&limit=10000"),
+            None,
+        )
+        .await
+        .body;
+    let mut logged: Vec<u64> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["version"].as_u64().unwrap())
+        .collect();
+    logged.dedup();
+    assert_eq!(got, logged, "the feed and the log differ");
+    for v in &acked {
+        assert!(
+            got.contains(v),
+            "acknowledged version {v} missing from {got:?}"
+        );
+    }
+}
