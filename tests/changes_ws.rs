@@ -229,3 +229,65 @@ async fn bad_frames_and_unknown_or_unretained_indexes_are_named_errors() {
         "{m}"
     );
 }
+
+/// `"index": "*"` follows the node's own events on the same socket as the
+/// index feeds: indexes created and deleted, resumed from a `seq`.
+#[tokio::test]
+async fn the_node_events_are_a_subscription_of_their_own() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/a", None).await.status, 200);
+    let mut socket = connect(&node).await;
+    send(&mut socket, json!({"op": "subscribe", "index": "*"})).await;
+    let m = next(&mut socket).await;
+    assert_eq!(
+        (m["type"].as_str(), m["since"].as_u64()),
+        (Some("subscribed"), Some(0))
+    );
+    let m = next(&mut socket).await;
+    assert_eq!(m["type"], "event", "{m}");
+    assert_eq!(m["index"], "*");
+    assert_eq!(m["seq"], 1);
+    assert_eq!(m["event"]["type"], "index_created");
+    assert_eq!(m["event"]["index"], "a");
+    assert_eq!(api.call("DELETE", "/a", None).await.status, 200);
+    let m = next(&mut socket).await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["event"]["type"].as_str()),
+        (Some(2), Some("index_deleted"))
+    );
+    // From a seq on, on a new connection; `now` only what comes next.
+    let mut again = connect(&node).await;
+    send(
+        &mut again,
+        json!({"op": "subscribe", "index": "*", "since": 1}),
+    )
+    .await;
+    assert_eq!(next(&mut again).await["type"], "subscribed");
+    assert_eq!(next(&mut again).await["seq"], 2);
+    send(
+        &mut again,
+        json!({"op": "subscribe", "index": "*", "since": "now"}),
+    )
+    .await;
+    assert_eq!(next(&mut again).await["since"], 2);
+    assert_eq!(api.call("PUT", "/b", None).await.status, 200);
+    let m = next(&mut again).await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["event"]["index"].as_str()),
+        (Some(3), Some("b"))
+    );
+    // A seq this node never gave is not retained.
+    send(
+        &mut again,
+        json!({"op": "subscribe", "index": "*", "since": 99}),
+    )
+    .await;
+    assert_eq!(next(&mut again).await["type"], "subscribed");
+    let m = next(&mut again).await;
+    assert_eq!(
+        (m["type"].as_str(), m["error"].as_str()),
+        (Some("error"), Some("ChangesNotRetained")),
+        "{m}"
+    );
+}

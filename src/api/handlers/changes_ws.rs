@@ -195,6 +195,23 @@ async fn handle(
                     json_error("TooManySubscriptions", None),
                 ));
             }
+            if index == NODE_EVENTS {
+                let Some(events) = state.events.clone() else {
+                    return Some(index_error(&index, json_error("NotFound", None)));
+                };
+                let since = since.unwrap_or(Since::At(0)).resolve(events.last());
+                if let Some((_, task)) = subscriptions.remove(&index) {
+                    task.abort();
+                }
+                let ack =
+                    serde_json::json!({ "type": "subscribed", "index": index, "since": since })
+                        .to_string();
+                *next_id += 1;
+                let id = *next_id;
+                let task = tokio::spawn(follow_events(events, since, (id, tx.clone())));
+                subscriptions.insert(index, (id, task));
+                return Some(ack);
+            }
             let h = match lookup(state, &index).await {
                 Ok(h) => h,
                 Err(e) => return Some(index_error(&index, json_error(&e.to_string(), None))),
@@ -248,6 +265,53 @@ async fn follow(
         };
         for message in messages {
             if tx.send((id, message)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The subscription name of the node's own events (not an index name).
+const NODE_EVENTS: &str = "*";
+
+/// A subscription to the node's events: each one as `{"type": "event",
+/// "index": "*", "seq", "event": {...}}` into the connection's queue, then an
+/// error and the end if the subscription falls behind what is kept.
+async fn follow_events(
+    events: Arc<fpnode_actors::events::NodeEvents>,
+    mut cursor: u64,
+    (id, tx): (u64, mpsc::Sender<Queued>),
+) {
+    let mut seen = events.subscribe();
+    loop {
+        match events.since(cursor, DEFAULT_LIMIT) {
+            Ok(page) if page.is_empty() => {
+                if seen.wait_for(|last| *last > cursor).await.is_err() {
+                    return;
+                }
+            }
+            Ok(page) => {
+                for e in page {
+                    cursor = e.seq;
+                    let m = serde_json::json!({
+                        "type": "event",
+                        "index": NODE_EVENTS,
+                        "seq": e.seq,
+                        "event": e.as_ref(),
+                    });
+                    if tx.send((id, m.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let oldest = match e {
+                    fpnode_actors::events::EventsError::NotRetained { oldest, .. } => oldest,
+                    fpnode_actors::events::EventsError::Io { .. } => 0,
+                };
+                let error =
+                    serde_json::json!({"error": "ChangesNotRetained", "oldest_seq": oldest});
+                let _ = tx.send((id, index_error(NODE_EVENTS, error))).await;
                 return;
             }
         }
