@@ -66,7 +66,18 @@ impl NodeProcess {
         // With FPNODE_LOADTEST_LOG set, the node's log goes to node.log
         // beside its data directory (appended across restarts).
         let stdout = log_to(&self.dir.with_extension("log"))?;
-        let child = Command::new(&self.binary)
+        // FPNODE_LOADTEST_NODE_CPUS (a `taskset -c` list) pins the nodes,
+        // e.g. to CPU 0 while the load test runs under `taskset -c 1`: the
+        // node measured apart from its clients on one machine.
+        let mut command = match std::env::var("FPNODE_LOADTEST_NODE_CPUS") {
+            Ok(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus]).arg(&self.binary);
+                c
+            }
+            Err(_) => Command::new(&self.binary),
+        };
+        let child = command
             .arg("--dir")
             .arg(&self.dir)
             .args(["--port", &self.port.to_string(), "--log"])

@@ -268,6 +268,19 @@ impl Index {
         crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes, hint)
     }
 
+    /// Whether the changes after `since` can be read ([`Index::changes_since`]
+    /// would not answer `ChangesNotRetained` now), without reading them.
+    pub fn changes_retained(&self, since: Position) -> crate::error::Result<()> {
+        let upto = self.position();
+        if self.has_unlogged() && since < upto {
+            return Err(crate::error::Error::ChangesNotRetained {
+                since: since.0,
+                oldest: upto.0,
+            });
+        }
+        crate::wal::retained(&self.dir.join(WAL_DIR), since, upto)
+    }
+
     pub fn stats(&self) -> IndexStats {
         let st = lock(&self.state);
         IndexStats {

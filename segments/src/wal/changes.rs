@@ -57,20 +57,7 @@ pub fn read_since(
         return Ok(page);
     }
     let files = list_files(dir)?;
-    let Some(&(oldest, _)) = files.first() else {
-        return Err(Error::ChangesNotRetained {
-            since: since.0,
-            oldest: upto.0,
-        });
-    };
-    // Positions are not contiguous in replica mode, so "retained" means the
-    // oldest file starts at or before the first position wanted.
-    if oldest.0 > since.0.saturating_add(1) {
-        return Err(Error::ChangesNotRetained {
-            since: since.0,
-            oldest: oldest.0,
-        });
-    }
+    check_retained(&files, since, upto)?;
     let hint = hint.filter(|h| h.after == since);
     // The newest file starting at or before since + 1 holds it; a hint
     // names the file and offset directly.
@@ -116,8 +103,11 @@ pub fn read_since(
         } else {
             r.seek(SeekFrom::Start(offset)).at(path)?;
         }
-        while let Some(batch) = next_record(&mut r, path, offset, tail_ok)? {
+        while let Some(record) = next_record(&mut r, path, offset, tail_ok, since)? {
             offset = r.stream_position().at(path)?;
+            let Record::Batch(batch) = record else {
+                continue;
+            };
             if batch.position <= since {
                 continue;
             }
@@ -153,7 +143,76 @@ pub fn read_since(
     Ok(page)
 }
 
-/// The record at the reader's position, or None at the end of the file.
+/// Whether what follows `since` (up to `upto`) is still in the log, from the
+/// file names alone: `ChangesNotRetained` if not.
+pub fn retained(dir: &Path, since: Position, upto: Position) -> Result<()> {
+    if since >= upto {
+        return Ok(());
+    }
+    check_retained(&list_files(dir)?, since, upto)
+}
+
+fn check_retained(
+    files: &[(Position, std::path::PathBuf)],
+    since: Position,
+    upto: Position,
+) -> Result<()> {
+    let Some(&(oldest, _)) = files.first() else {
+        return Err(Error::ChangesNotRetained {
+            since: since.0,
+            oldest: upto.0,
+        });
+    };
+    // Positions are not contiguous in replica mode, so "retained" means the
+    // oldest file starts at or before the first position wanted.
+    if oldest.0 > since.0.saturating_add(1) {
+        return Err(Error::ChangesNotRetained {
+            since: since.0,
+            oldest: oldest.0,
+        });
+    }
+    Ok(())
+}
+
+/// A record read: its batch, or only the knowledge that it is at or before
+/// the position asked for (its changes were not decoded).
+enum Record {
+    Skipped,
+    Batch(Batch),
+}
+
+/// The position of an encoded batch (the first field of its MessagePack
+/// array), read without decoding its changes; `None` if the bytes are not
+/// shaped so (the whole record is then decoded).
+fn peek_position(payload: &[u8]) -> Option<u64> {
+    let (&head, rest) = payload.split_first()?;
+    let rest = match head {
+        0x90..=0x9f => rest,
+        0xdc => rest.get(2..)?,
+        0xdd => rest.get(4..)?,
+        _ => return None,
+    };
+    let (&marker, value) = rest.split_first()?;
+    let bytes = |n: usize| -> Option<u64> {
+        let mut v = 0u64;
+        for &b in value.get(..n)? {
+            v = (v << 8) | u64::from(b);
+        }
+        Some(v)
+    };
+    match marker {
+        0x00..=0x7f => Some(u64::from(marker)),
+        0xcc => bytes(1),
+        0xcd => bytes(2),
+        0xce => bytes(4),
+        0xcf => bytes(8),
+        _ => None,
+    }
+}
+
+/// The record at the reader's position, or None at the end of the file. A
+/// record at or before `skip_through` is checked (its checksum) but not
+/// decoded: a reader resuming deep into a file skips to its place cheaply.
 /// A record cut short ends the newest file (`tail_ok`: the writer's unsynced
 /// tail, past anything durable); in an older file it is damage.
 fn next_record(
@@ -161,7 +220,8 @@ fn next_record(
     path: &Path,
     at: u64,
     tail_ok: bool,
-) -> Result<Option<Batch>> {
+    skip_through: Position,
+) -> Result<Option<Record>> {
     let cut_short = || {
         if tail_ok {
             Ok(None)
@@ -195,8 +255,11 @@ fn next_record(
     if crc32fast::hash(&payload) != word(8) {
         return Err(Error::corrupt(path, at, "record checksum mismatch"));
     }
+    if peek_position(&payload).is_some_and(|p| p <= skip_through.0) {
+        return Ok(Some(Record::Skipped));
+    }
     rmp_serde::from_slice::<Batch>(&payload)
-        .map(Some)
+        .map(|b| Some(Record::Batch(b)))
         .map_err(|_| Error::corrupt(path, at, "record payload does not decode"))
 }
 
@@ -216,6 +279,20 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_batch_position_is_read_without_decoding_its_changes() {
+        for p in [0u64, 5, 127, 128, 255, 256, 65_535, 65_536, 5_000_000_000] {
+            let mut out = Vec::new();
+            crate::wal::record::encode(&batch(p, &[1, 2, 3]), &mut out).unwrap();
+            // The record's payload follows its header.
+            let payload = &out[RECORD_HEADER_LEN..];
+            assert_eq!(peek_position(payload), Some(p), "position {p}");
+        }
+        assert_eq!(peek_position(&[]), None);
+        assert_eq!(peek_position(&[0x93]), None);
+        assert_eq!(peek_position(&[0x80, 1]), None);
     }
 
     fn positions(page: &ChangesPage) -> Vec<u64> {

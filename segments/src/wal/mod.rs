@@ -13,7 +13,7 @@ mod reader;
 mod record;
 mod writer;
 
-pub use changes::{ChangesCursor, ChangesPage, read_since};
+pub use changes::{ChangesCursor, ChangesPage, read_since, retained};
 pub use reader::{ReplayOutcome, replay};
 pub use record::{HEADER, RECORD_MAGIC};
 pub use writer::{WalOptions, WalWriter};

@@ -105,14 +105,23 @@ async fn serve(state: AppState, socket: WebSocket) {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_)) | Err(_)) | None => Err(Ended::Gone),
             },
-            Some((id, text)) = rx.recv() => {
-                // Messages queued by a subscription since replaced or
-                // unsubscribed are dropped: the client resumes by version.
-                if subscriptions.values().any(|(current, _)| *current == id) {
-                    send(&mut sink, Message::Text(text.into())).await
-                } else {
-                    Ok(())
+            Some(first) = rx.recv() => {
+                // What else is queued goes out with it: one write (and one
+                // syscall) for many messages when the client keeps up
+                // with several subscriptions. Messages queued by a
+                // subscription since replaced or unsubscribed are dropped:
+                // the client resumes by version.
+                let mut frames = Vec::new();
+                let mut next = Some(first);
+                while let Some((id, text)) = next.take() {
+                    if subscriptions.values().any(|(current, _)| *current == id) {
+                        frames.push(Message::Text(text.into()));
+                    }
+                    if frames.len() < MAX_COALESCED {
+                        next = rx.try_recv().ok();
+                    }
                 }
+                send_all(&mut sink, frames).await
             }
             _ = ping.tick() => send(&mut sink, Message::Ping(Bytes::new())).await,
         };
@@ -146,6 +155,31 @@ enum Ended {
     /// The client did not take a frame within [`SEND_TIMEOUT`].
     Slow,
 }
+
+/// Sends frames and flushes them once, failing if the client does not
+/// take them in time.
+async fn send_all(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    frames: Vec<Message>,
+) -> std::result::Result<(), Ended> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let sent = async {
+        for frame in frames {
+            sink.feed(frame).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::Gone),
+        Err(_) => Err(Ended::Slow),
+    }
+}
+
+/// Messages written before one flush.
+const MAX_COALESCED: usize = 64;
 
 /// Sends one frame, failing if the client does not take it in time.
 async fn send(
