@@ -136,9 +136,29 @@ pub struct FeedRing {
     ring: Mutex<Ring>,
     /// Held while the ring is extended from the WAL: one read at a time.
     extending: tokio::sync::Mutex<()>,
+    /// Subscribers following the index now.
+    followers: std::sync::atomic::AtomicUsize,
 }
 
 impl FeedRing {
+    /// A subscriber starts following the index.
+    pub fn join(&self) {
+        self.followers
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// A subscriber stops; the last one to leave frees the ring (up to
+    /// [`RING_BYTES`]): an index nobody follows holds no copy of its log.
+    pub fn leave(&self) {
+        if self
+            .followers
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            *self.ring() = Ring::default();
+        }
+    }
+
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -265,6 +285,24 @@ mod tests {
             more: false,
             cursor: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_to_leave_frees_the_ring() {
+        let ring = FeedRing::default();
+        ring.join();
+        ring.join();
+        ring.after(Position(0), 100, None, |since, _| async move {
+            Ok::<_, EngineError>(log_page(since.0, 5, 10))
+        })
+        .await
+        .unwrap();
+        assert!(ring.ring().bytes > 0);
+        ring.leave();
+        assert!(ring.ring().bytes > 0, "one subscriber is left");
+        ring.leave();
+        let r = ring.ring();
+        assert_eq!((r.bytes, r.batches.len(), r.start), (0, 0, None));
     }
 
     fn positions(batches: &[Arc<FeedBatch>]) -> Vec<u64> {

@@ -242,6 +242,7 @@ pub(super) enum TailItem {
 
 impl Tail {
     pub(super) fn new(h: Arc<IndexHandle>, since: Position, limit: usize) -> Tail {
+        h.feed.join();
         Tail {
             h,
             cursor: since,
@@ -305,6 +306,12 @@ impl Tail {
     fn end(&mut self, error: &str, oldest: Option<u64>) -> TailItem {
         self.done = true;
         TailItem::End(json_error(error, oldest))
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.h.feed.leave();
     }
 }
 
