@@ -133,15 +133,16 @@ pub fn for_each<R: BufRead>(
             }
             n += 1;
             let mut value = input.by_ref().take(MAX_RECORD_BYTES);
-            let r: Record =
-                rmp_serde::decode::from_read(&mut value).map_err(|e| RecordError::Invalid {
-                    record: n,
-                    message: if value.limit() == 0 {
-                        format!("longer than {MAX_RECORD_BYTES} bytes")
-                    } else {
-                        format!("not a fingerprint: {e}")
-                    },
-                })?;
+            let r: Record = rmp_serde::decode::from_read(&mut value).map_err(|e| {
+                if value.limit() == 0 {
+                    too_long(n)
+                } else {
+                    RecordError::Invalid {
+                        record: n,
+                        message: format!("not a fingerprint: {e}"),
+                    }
+                }
+            })?;
             let id = check(n, &r)?;
             f(input, n, id, r.hashes)?;
         },

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Api, Node};
+use common::{Api, Node, job, wait_job};
 use serde_json::{Value, json};
 
 /// `n` fingerprints from `first`, 40 hashes each.
@@ -57,25 +57,6 @@ async fn start_job(api: &Api, body: Value) -> u64 {
     let a = api.call("POST", "/_jobs", Some(body.clone())).await;
     assert_eq!(a.status, 202, "{body}: {}", a.body);
     a.body["id"].as_u64().unwrap()
-}
-
-async fn job(api: &Api, id: u64) -> Value {
-    let a = api.call("GET", &format!("/_jobs/{id}"), None).await;
-    assert_eq!(a.status, 200, "{}", a.body);
-    a.body
-}
-
-/// Polls job `id` until `done` holds of it (20 s at most).
-async fn wait_job(api: &Api, id: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let j = job(api, id).await;
-        if done(&j) {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "job {id} never {what}: {j}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Polls `done` until it holds (20 s at most).
@@ -742,7 +723,8 @@ async fn verify_names_a_corrupt_segment_and_a_job_on_a_deleted_index_fails() {
     .await;
     let export = start_job(api, json!({"kind": "export", "index": "b"})).await;
     assert_eq!(api.call("DELETE", "/b", None).await.status, 200);
-    api.call("DELETE", &format!("/_jobs/{slow}"), None).await;
+    let cancelled = api.call("DELETE", &format!("/_jobs/{slow}"), None).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     let failed = wait_state(api, export, "failed").await;
     assert!(
         failed["error"].as_str().unwrap().contains("deleted"),

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, Node, sse_events};
+use common::{Api, Node, sse_events, wait_job};
 use serde_json::{Value, json};
 
 async fn page(api: &Api, since: u64) -> Value {
@@ -44,17 +44,6 @@ fn summary(page: &Value) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-async fn wait_job_done(api: &Api, id: u64) {
-    for _ in 0..500 {
-        let j = api.call("GET", &format!("/_jobs/{id}"), None).await.body;
-        if j["state"] == "succeeded" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("job {id} did not succeed");
-}
-
 #[tokio::test]
 async fn indexes_and_jobs_are_events_numbered_once_and_kept_across_restarts() {
     let mut node = Node::start(&[]).await;
@@ -71,7 +60,8 @@ async fn indexes_and_jobs_are_events_numbered_once_and_kept_across_restarts() {
         )
         .await;
     assert_eq!(job.status, 202);
-    wait_job_done(&api, job.body["id"].as_u64().unwrap()).await;
+    let id = job.body["id"].as_u64().unwrap();
+    wait_job(&api, id, "succeeded", |j| j["state"] == "succeeded").await;
     let all = page(&api, 0).await;
     let expected = [
         (1, "index_created", "a 1"),

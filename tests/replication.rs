@@ -140,17 +140,27 @@ fn export(node: &Node) -> Model {
         .collect()
 }
 
-/// Job `id` once it ended (30 s at most).
-async fn job_end(api: &Api, id: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let j = api.call("GET", &format!("/_jobs/{id}"), None).await.body;
-        if j["state"] != "queued" && j["state"] != "running" {
-            return j;
-        }
-        assert!(Instant::now() < deadline, "{j}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits (10 s at most) until `node` follows `main` live: its bootstrap is
+/// over (`/main/_health` answers 200, not `503 LOADING`).
+async fn following_live(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(node.url("/main/_health"))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "{} never ready", node.url(""));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Job `id` once it ended.
+async fn job_end(api: &Api, id: u64) -> Value {
+    common::wait_job(api, id, "ended", |j| {
+        j["state"] != "queued" && j["state"] != "running"
+    })
+    .await
 }
 
 async fn search_ids(api: &Api, query: &[u32]) -> Vec<u64> {
@@ -984,15 +994,7 @@ async fn change_feeds_stream_through_a_proxy_and_resume_from_last_event_id() {
     // Batches a replica applies while it bootstraps are not in its log
     // (docs/api.md): write once both follow live.
     for node in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let health = reqwest::get(node.url("/main/_health")).await.unwrap();
-            if health.status() == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} never ready", node.url(""));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        following_live(node).await;
     }
     let mut model = Model::new();
     let mut versions = Vec::new();
@@ -1163,11 +1165,7 @@ async fn a_change_feed_on_a_replica_goes_on_across_a_nats_outage() {
     let (ja, jb) = (Api::json(&a), Api::json(&b));
     assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
     // Batches a replica applies while it bootstraps are not in its log.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(b.url("/main/_health")).await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "b never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    following_live(&b).await;
     let mut model = Model::new();
     let first = update(&ja, &[1, 2], 0, &mut model).await;
     let mut acked = vec![update(&ja, &[3], 0, &mut model).await];

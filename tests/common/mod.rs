@@ -311,3 +311,24 @@ pub async fn sse_events(
     }
     out
 }
+
+/// Job `id` (`GET /_jobs/:id`, which must answer 200).
+pub async fn job(api: &Api, id: u64) -> Value {
+    let a = api.call("GET", &format!("/_jobs/{id}"), None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body
+}
+
+/// Polls job `id` until `done` holds of it (30 s at most); `what` names
+/// what is waited for in the failure.
+pub async fn wait_job(api: &Api, id: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = job(api, id).await;
+        if done(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never {what}: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

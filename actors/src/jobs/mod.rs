@@ -197,15 +197,19 @@ impl JobCtl {
         }
     }
 
-    /// How long to wait before `n` more units count as done, so that the
-    /// job never goes faster than its rate.
-    fn wait_for(&self, n: u64) -> Option<Duration> {
+    /// How long until `upto` units in all are allowed by the job's rate
+    /// (`None`: now, or no rate).
+    fn wait_until(&self, upto: u64) -> Option<Duration> {
         let rate = self.max_rate?;
-        let due = (self.done.load(Ordering::Relaxed) + n) as f64 / rate;
         // A rate so small that the wait overflows waits for ever (until a cancel).
-        let due = Duration::try_from_secs_f64(due).unwrap_or(Duration::MAX);
+        let due = Duration::try_from_secs_f64(upto as f64 / rate).unwrap_or(Duration::MAX);
         due.checked_sub(self.started.elapsed())
             .filter(|d| !d.is_zero())
+    }
+
+    /// How long to wait before `n` more units count as done.
+    fn wait_for(&self, n: u64) -> Option<Duration> {
+        self.wait_until(self.done.load(Ordering::Relaxed) + n)
     }
 
     /// Counts `n` more units done, first waiting (on a blocking thread) as
@@ -223,17 +227,11 @@ impl JobCtl {
     /// without counting anything done (a job that starts work ahead of
     /// its acknowledgement paces the start); `Err(Cancelled)` once cancelled.
     pub async fn pace(&self, upto: u64) -> Result<(), JobError> {
-        let Some(rate) = self.max_rate else {
-            return self.check();
-        };
-        loop {
+        while let Some(wait) = self.wait_until(upto) {
             self.check()?;
-            let due = Duration::try_from_secs_f64(upto as f64 / rate).unwrap_or(Duration::MAX);
-            match due.checked_sub(self.started.elapsed()) {
-                Some(wait) if !wait.is_zero() => tokio::time::sleep(wait.min(PACE_SLICE)).await,
-                _ => return Ok(()),
-            }
+            tokio::time::sleep(wait.min(PACE_SLICE)).await;
         }
+        self.check()
     }
 
     /// Counts `n` more units done, without waiting.

@@ -256,28 +256,28 @@ impl Index {
         max_changes: usize,
         hint: Option<crate::wal::ChangesCursor>,
     ) -> crate::error::Result<crate::wal::ChangesPage> {
+        let upto = self.logged_upto(since)?;
+        crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes, hint)
+    }
+
+    /// The position the change log reaches, if what follows `since` is all
+    /// in it: batches applied without the WAL (a replica's bulk load) are
+    /// not, and a page read across them would silently miss changes.
+    fn logged_upto(&self, since: Position) -> crate::error::Result<Position> {
         let upto = self.position();
-        // Batches applied without the WAL (a replica's bulk load) are not in
-        // it: a page read across them would silently miss changes.
         if self.has_unlogged() && since < upto {
             return Err(crate::error::Error::ChangesNotRetained {
                 since: since.0,
                 oldest: upto.0,
             });
         }
-        crate::wal::read_since(&self.dir.join(WAL_DIR), since, upto, max_changes, hint)
+        Ok(upto)
     }
 
     /// Whether the changes after `since` can be read ([`Index::changes_since`]
     /// would not answer `ChangesNotRetained` now), without reading them.
     pub fn changes_retained(&self, since: Position) -> crate::error::Result<()> {
-        let upto = self.position();
-        if self.has_unlogged() && since < upto {
-            return Err(crate::error::Error::ChangesNotRetained {
-                since: since.0,
-                oldest: upto.0,
-            });
-        }
+        let upto = self.logged_upto(since)?;
         crate::wal::retained(&self.dir.join(WAL_DIR), since, upto)
     }
 

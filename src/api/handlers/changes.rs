@@ -31,6 +31,11 @@ pub(super) const HEARTBEAT: Duration = Duration::from_secs(15);
 const DEFAULT_WAIT_MS: u64 = 60_000;
 const MAX_WAIT_MS: u64 = 300_000;
 
+/// How long a long poll asking `timeout` ms waits.
+pub(super) fn long_poll_wait(timeout: Option<u64>) -> Duration {
+    Duration::from_millis(timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS))
+}
+
 /// `since` as a client gives it: a version (or sequence number), or `now`
 /// (the newest one: only what comes next).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +142,7 @@ pub async fn index_changes(
         }
         return Ok(event_source(h, since, limit, q.hashes.unwrap_or(false)));
     }
-    let wait = Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+    let wait = long_poll_wait(q.timeout);
     let deadline = tokio::time::Instant::now() + wait;
     if long_poll {
         h.wait_past(since, deadline).await;

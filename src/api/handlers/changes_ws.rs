@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, changes_json, form, json_error};
+use super::node_events::events_error;
 use super::*;
 
 /// Messages waiting to be sent on one connection.
@@ -339,13 +340,9 @@ async fn follow_events(
                 }
             }
             Err(e) => {
-                let oldest = match e {
-                    fpnode_actors::events::EventsError::NotRetained { oldest, .. } => oldest,
-                    fpnode_actors::events::EventsError::Io { .. } => 0,
-                };
-                let error =
-                    serde_json::json!({"error": "ChangesNotRetained", "oldest_seq": oldest});
-                let _ = tx.send((id, index_error(NODE_EVENTS, error))).await;
+                let _ = tx
+                    .send((id, index_error(NODE_EVENTS, events_error(&e))))
+                    .await;
                 return;
             }
         }

@@ -9,20 +9,6 @@ use crate::api::jobs::{JobRequest, plan};
 /// How long `DELETE /_jobs/:id` waits for a running job to stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
-/// A job in the negotiated format.
-pub fn job_response(format: Format, status: StatusCode, job: &JobView) -> Response {
-    let body = match format {
-        Format::Json => serde_json::to_vec(job).unwrap_or_default(),
-        Format::MsgPack => rmp_serde::to_vec_named(job).unwrap_or_default(),
-    };
-    (
-        status,
-        [(header::CONTENT_TYPE, format.content_type())],
-        body,
-    )
-        .into_response()
-}
-
 pub fn jobs_error(e: JobsError) -> ApiError {
     match e {
         JobsError::NotFound(_) => ApiError::JobNotFound,
@@ -36,8 +22,14 @@ pub fn jobs_error(e: JobsError) -> ApiError {
     }
 }
 
-fn job_id(raw: &str) -> std::result::Result<u64, ApiError> {
-    raw.parse().map_err(|_| ApiError::JobNotFound)
+/// The jobs and the id `raw` names (one that is not a number names no job).
+fn jobs_and_id<'s>(
+    state: &'s AppState,
+    raw: &str,
+) -> std::result::Result<(&'s fpnode_actors::jobs::Jobs, u64), ApiError> {
+    let jobs = state.jobs()?;
+    let id = raw.parse().map_err(|_| ApiError::JobNotFound)?;
+    Ok((jobs, id))
 }
 
 /// `POST /_jobs`: checks the request, queues the job, answers `202` with it.
@@ -49,7 +41,7 @@ pub async fn start_job(State(state): State<AppState>, r: Req) -> Result<Response
         .submit(spec, work)
         .await
         .map_err(|e| r.fail(jobs_error(e)))?;
-    Ok(job_response(r.format, StatusCode::ACCEPTED, &job))
+    Ok(encode(r.format, StatusCode::ACCEPTED, &job))
 }
 
 /// `GET /_jobs`: every job recorded, newest first.
@@ -69,10 +61,9 @@ pub async fn get_job(
     Path(id): Path<String>,
     r: Req,
 ) -> Result<Response> {
-    let jobs = state.jobs().map_err(|e| r.fail(e))?;
-    let id = job_id(&id).map_err(|e| r.fail(e))?;
+    let (jobs, id) = jobs_and_id(&state, &id).map_err(|e| r.fail(e))?;
     let job = jobs.get(id).ok_or_else(|| r.fail(ApiError::JobNotFound))?;
-    Ok(job_response(r.format, StatusCode::OK, &job))
+    Ok(encode(r.format, StatusCode::OK, &job))
 }
 
 /// `DELETE /_jobs/:id`: cancels; answers the job once it stopped (or after
@@ -82,8 +73,7 @@ pub async fn cancel_job(
     Path(id): Path<String>,
     r: Req,
 ) -> Result<Response> {
-    let jobs = state.jobs().map_err(|e| r.fail(e))?;
-    let id = job_id(&id).map_err(|e| r.fail(e))?;
+    let (jobs, id) = jobs_and_id(&state, &id).map_err(|e| r.fail(e))?;
     let job = jobs
         .cancel(id, CANCEL_WAIT)
         .await
@@ -93,5 +83,5 @@ pub async fn cancel_job(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(job_response(r.format, status, &job))
+    Ok(encode(r.format, status, &job))
 }

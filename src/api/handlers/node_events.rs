@@ -13,12 +13,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use fpnode_actors::events::{EventsError, NodeEvent, NodeEvents};
 
-use super::changes::{DEFAULT_LIMIT, HEARTBEAT, MAX_LIMIT, Since};
+use super::changes::{DEFAULT_LIMIT, HEARTBEAT, MAX_LIMIT, Since, long_poll_wait};
 use super::*;
-
-/// How long a long poll waits by default, and at most.
-const DEFAULT_WAIT_MS: u64 = 60_000;
-const MAX_WAIT_MS: u64 = 300_000;
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,8 +88,7 @@ async fn node_changes(
         }
         None | Some("normal") | Some("longpoll") => {
             if q.feed.as_deref() == Some("longpoll") {
-                let wait =
-                    Duration::from_millis(q.timeout.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+                let wait = long_poll_wait(q.timeout);
                 let mut seen = events.subscribe();
                 let _ = tokio::time::timeout(wait, seen.wait_for(|last| *last > since)).await;
             }
@@ -123,6 +118,16 @@ async fn node_changes(
         }
         Some(_) => Err(ApiError::BadRequest),
     }
+}
+
+/// Why an event stream (SSE or WebSocket) of the node's events ends:
+/// `{"error": "ChangesNotRetained", "oldest_seq"}`.
+pub(super) fn events_error(e: &EventsError) -> serde_json::Value {
+    let oldest = match e {
+        EventsError::NotRetained { oldest, .. } => *oldest,
+        EventsError::Io { .. } => 0,
+    };
+    serde_json::json!({"error": "ChangesNotRetained", "oldest_seq": oldest})
 }
 
 fn not_retained(format: Format, oldest: u64) -> Response {
@@ -180,14 +185,11 @@ fn event_stream(events: Arc<NodeEvents>, since: u64, limit: usize) -> Response {
                         seen.wait_for(|last| *last > cursor).await.ok()?;
                     }
                     Err(e) => {
-                        let oldest = match e {
-                            EventsError::NotRetained { oldest, .. } => oldest,
-                            EventsError::Io { .. } => 0,
-                        };
-                        queue.push_back(Event::default().event("error").data(
-                            serde_json::json!({"error": "ChangesNotRetained", "oldest_seq": oldest})
-                                .to_string(),
-                        ));
+                        queue.push_back(
+                            Event::default()
+                                .event("error")
+                                .data(events_error(&e).to_string()),
+                        );
                         ended = true;
                     }
                 }

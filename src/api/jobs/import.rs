@@ -245,7 +245,7 @@ pub async fn import_upload(
     let format = handlers::response_format_of(&headers);
     let mut data = body.into_data_stream();
     match upload(&state, index, q, &headers, &mut data).await {
-        Ok(job) => handlers::job_response(format, StatusCode::ACCEPTED, &job),
+        Ok(job) => handlers::encode(format, StatusCode::ACCEPTED, &job),
         Err(e) => {
             // Refused early: what the client is still sending is read (for
             // a while) so it gets this answer, not a broken pipe.
