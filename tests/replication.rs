@@ -163,6 +163,60 @@ async fn job_end(api: &Api, id: u64) -> Value {
     .await
 }
 
+/// What an SSE change feed sent: each event's version and changes.
+type Events = Vec<(u64, Vec<Value>)>;
+
+/// Collects the events of an SSE change feed as they arrive (until aborted).
+fn collect_events(
+    res: reqwest::Response,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Events>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Events::new()));
+    let collector = {
+        let got = got.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut body = res.bytes_stream();
+            let mut text = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+                while let Some(end) = text.find("\n\n") {
+                    let block: String = text.drain(..end + 2).collect();
+                    let field = |name: &str| {
+                        block
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                    };
+                    if let (Some(id), Some(data)) = (field("id:"), field("data:")) {
+                        let data: Value = serde_json::from_str(&data).unwrap();
+                        let changes = data["changes"].as_array().unwrap().clone();
+                        got.lock().unwrap().push((id.parse().unwrap(), changes));
+                    }
+                }
+            }
+        })
+    };
+    (got, collector)
+}
+
+/// `changes` (`{kind, id, hashes}` objects, in order) applied to `model`.
+fn apply_changes<'a>(model: &mut Model, changes: impl IntoIterator<Item = &'a Value>) {
+    for c in changes {
+        let id = c["id"].as_u64().unwrap() as u32;
+        match c["kind"].as_str().unwrap() {
+            "delete" => {
+                model.remove(&id);
+            }
+            _ => {
+                let h = c["hashes"].as_array().unwrap();
+                model.insert(id, h.iter().map(|x| x.as_u64().unwrap() as u32).collect());
+            }
+        }
+    }
+}
+
 async fn search_ids(api: &Api, query: &[u32]) -> Vec<u64> {
     let a = api
         .call("POST", "/main/_search", Some(json!({"query": query})))
@@ -1178,37 +1232,7 @@ async fn a_change_feed_on_a_replica_goes_on_across_a_nats_outage() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    type Events = Vec<(u64, Vec<u64>)>;
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Events::new()));
-    let collector = {
-        let got = got.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let mut body = res.bytes_stream();
-            let mut text = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                text.push_str(std::str::from_utf8(&chunk).unwrap());
-                while let Some(end) = text.find("\n\n") {
-                    let block: String = text.drain(..end + 2).collect();
-                    let field = |name: &str| {
-                        block
-                            .lines()
-                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-                    };
-                    if let (Some(id), Some(data)) = (field("id:"), field("data:")) {
-                        let data: Value = serde_json::from_str(&data).unwrap();
-                        let ids = data["changes"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|c| c["id"].as_u64().unwrap())
-                            .collect();
-                        got.lock().unwrap().push((id.parse().unwrap(), ids));
-                    }
-                }
-            }
-        })
-    };
+    let (got, collector) = collect_events(res);
 
     nats.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1266,9 +1290,153 @@ async fn a_change_feed_on_a_replica_goes_on_across_a_nats_outage() {
             "acknowledged version {v} never reached: {versions:?}"
         );
     }
-    let mut ids: Vec<u64> = got.iter().flat_map(|(_, ids)| ids.clone()).collect();
+    let mut ids: Vec<u64> = got
+        .iter()
+        .flat_map(|(_, changes)| changes.iter().map(|c| c["id"].as_u64().unwrap()))
+        .collect();
     // (A write retried after a 503 may have landed twice: same content.)
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids, [3, 11, 12, 13], "the written fingerprints: {got:?}");
+}
+
+#[tokio::test]
+async fn a_replica_feed_reads_what_its_bootstrap_replayed_back_from_the_stream() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let ja = Api::json(&a);
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let start = version(&ja).await;
+    let mut model = Model::new();
+    let ids: Vec<u32> = (1..=300).collect();
+    update(&ja, &ids, 0, &mut model).await;
+    // Round 1 replaces ids 1-100 and deletes every fifth of them.
+    let mid = update(&ja, &ids[..100], 1, &mut model).await;
+    update(&ja, &ids[250..], 2, &mut model).await;
+
+    // b replays the stream while it bootstraps: none of it is in its log.
+    let b = replica(&nats, &[]).await;
+    let jb = Api::json(&b);
+    following_live(&b).await;
+    wait_version(&jb, version(&ja).await, Duration::from_secs(20)).await;
+
+    // Paged from 0: the latest state of every fingerprint, each once.
+    let mut got = Model::new();
+    let (mut since, mut pages, mut seen) = (0, 0, Vec::new());
+    loop {
+        let page = jb
+            .call(
+                "GET",
+                &format!("/main/_changes?since={since}&limit=70&hashes=true"),
+                None,
+            )
+            .await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let results = page.body["results"].as_array().unwrap();
+        assert!(results.len() <= 70);
+        for c in results {
+            let v = c["version"].as_u64().unwrap();
+            assert!(v > since && v > start, "version {v} after {since}");
+            seen.push(c["id"].as_u64().unwrap());
+        }
+        apply_changes(&mut got, results);
+        since = page.body["last_version"].as_u64().unwrap();
+        pages += 1;
+        if page.body["more"] == false {
+            break;
+        }
+        assert!(pages < 100, "paging never ended");
+    }
+    assert!(pages >= 5, "{pages} pages of at most 70 changes");
+    assert_eq!(got, model, "b's feed from 0 is not the index's state");
+    let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "an id twice: compaction keeps one"
+    );
+    // Deletes after the replays are in the feed as deletes.
+    assert!(seen.contains(&5) && !model.contains_key(&5));
+
+    // Resumed in the middle: only what changed after `mid`.
+    let page = jb
+        .call(
+            "GET",
+            &format!("/main/_changes?since={mid}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let mut after_mid: Vec<u64> = page.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    after_mid.sort_unstable();
+    assert_eq!(after_mid, (251..=300).collect::<Vec<u64>>());
+
+    // SSE from 0: the stream's part, then live writes from the log, no gap.
+    let res = reqwest::Client::new()
+        .get(b.url("/main/_changes?feed=eventsource&since=0&hashes=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (events, collector) = collect_events(res);
+    let last = update(&ja, &[7, 400], 3, &mut model).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events.lock().unwrap().last().is_none_or(|(v, _)| *v < last) {
+        assert!(Instant::now() < deadline, "the live write never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    collector.abort();
+    let events = events.lock().unwrap().clone();
+    let mut streamed = Model::new();
+    for (_, changes) in &events {
+        apply_changes(&mut streamed, changes);
+    }
+    assert_eq!(streamed, model, "SSE from 0 then live");
+    let versions: Vec<u64> = events.iter().map(|(v, _)| *v).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+
+    // A version of an older generation: resync from the new one's start.
+    assert_eq!(ja.call("DELETE", "/main", None).await.status, 200);
+    assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
+    let created = version(&ja).await;
+    let mut model = Model::new();
+    let v = update(&ja, &[9], 0, &mut model).await;
+    wait_version(&jb, v, Duration::from_secs(20)).await;
+    let old = jb
+        .call("GET", &format!("/main/_changes?since={mid}"), None)
+        .await;
+    assert_eq!(old.status, 410, "{:?}", old.body);
+    assert_eq!(old.body["oldest_version"], created);
+    let sse = reqwest::Client::new()
+        .get(b.url(&format!("/main/_changes?feed=eventsource&since={mid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 410);
+    let fresh = jb.call("GET", "/main/_changes?since=0", None).await;
+    assert_eq!(fresh.status, 200, "{:?}", fresh.body);
+    let ids: Vec<u64> = fresh.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [9]);
+
+    // The stream out of reach: a named error to retry on, not a gap.
+    nats.kill();
+    let down = jb.call("GET", "/main/_changes?since=0", None).await;
+    assert_eq!(down.status, 503, "{:?}", down.body);
+    assert_eq!(down.body["error"], "StreamUnavailable");
+    // What b logged itself still answers.
+    let logged = jb
+        .call("GET", &format!("/main/_changes?since={created}"), None)
+        .await;
+    assert_eq!(logged.status, 200, "{:?}", logged.body);
 }

@@ -34,17 +34,17 @@ pub struct FeedBatch {
 }
 
 impl FeedBatch {
+    /// A batch read from elsewhere than the log (a replica's stream), alone.
+    pub fn new(batch: Batch) -> Arc<FeedBatch> {
+        Arc::new(FeedBatch {
+            batch,
+            forms: Default::default(),
+        })
+    }
+
     /// Batches read from the log, ready to share.
     fn shared(batches: Vec<Batch>) -> Vec<Arc<FeedBatch>> {
-        batches
-            .into_iter()
-            .map(|batch| {
-                Arc::new(FeedBatch {
-                    batch,
-                    forms: Default::default(),
-                })
-            })
-            .collect()
+        batches.into_iter().map(FeedBatch::new).collect()
     }
 
     /// The batch encoded in form `form`, made by the first caller.

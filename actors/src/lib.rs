@@ -24,6 +24,7 @@
 pub mod batcher;
 pub mod events;
 pub mod feed;
+pub mod feed_stream;
 pub mod handle;
 pub mod index_supervisor;
 pub mod index_writer;

@@ -72,6 +72,12 @@ pub fn index_subject(prefix: &str, index: &str) -> String {
     format!("{prefix}.{index}.{INDEX_TOKEN}")
 }
 
+/// Filter matching an index's fingerprints and its lifecycle record (one
+/// token after the index: not its metadata, `_m.k...`).
+pub fn fingerprints_filter(prefix: &str, index: &str) -> String {
+    format!("{prefix}.{index}.*")
+}
+
 /// Filter matching every message of one index.
 pub fn index_filter(prefix: &str, index: &str) -> String {
     format!("{prefix}.{index}.>")

@@ -20,6 +20,7 @@ use fpnode_segments::wal::{ChangesCursor, ChangesPage};
 use fpnode_segments::{Batch, Error as EngineError, Index, Position};
 use tokio::sync::Semaphore;
 
+use super::changes_stream::{Backfill, BackfillEnd};
 use super::*;
 
 /// Changes per answer unless `limit` says otherwise, and at most.
@@ -134,31 +135,58 @@ pub async fn index_changes(
         // (an EventSource would reconnect to the same error forever). From
         // the log's file names: nothing is read (1,000 subscribers
         // connecting each read the log up to their place: docs/benchmarks.md).
+        // A replica reads older changes back from the stream.
+        let mut backfill = Backfill::of(&state, &h);
         let (index, from) = (h.index.clone(), since);
         if let Ok(Err(EngineError::ChangesNotRetained { oldest, .. })) =
             tokio::task::spawn_blocking(move || index.changes_retained(from)).await
         {
-            return Ok(not_retained(r.format, oldest));
+            let Some(backfill) = backfill.as_mut() else {
+                return Ok(not_retained(r.format, oldest));
+            };
+            if let Err(end) = backfill.check(since).await {
+                return Ok(backfill_failed(r, end));
+            }
         }
-        return Ok(event_source(h, since, limit, q.hashes.unwrap_or(false)));
+        let tail = Tail::new(h, since, limit, backfill);
+        return Ok(event_source(tail, q.hashes.unwrap_or(false)));
     }
     let wait = long_poll_wait(q.timeout);
     let deadline = tokio::time::Instant::now() + wait;
     if long_poll {
         h.wait_past(since, deadline).await;
     }
-    let index = h.index.clone();
-    let page = read_changes(index, since, limit, None)
-        .await
-        .map_err(|_| r.fail(ApiError::Internal))?;
-    let page = match page {
-        Ok(page) => page,
-        Err(EngineError::ChangesNotRetained { oldest, .. }) => {
-            return Ok(not_retained(r.format, oldest));
-        }
-        Err(e) => {
-            tracing::error!(index = %h.name, error = %e, "reading changes failed");
-            return Err(r.fail(ApiError::Internal));
+    let mut backfill = Backfill::of(&state, &h);
+    let page = loop {
+        let read = read_changes(h.index.clone(), since, limit, None)
+            .await
+            .map_err(|_| r.fail(ApiError::Internal))?;
+        match read {
+            Ok(page) => break page,
+            Err(EngineError::ChangesNotRetained { oldest, .. }) => {
+                let Some(backfill) = backfill.as_mut() else {
+                    return Ok(not_retained(r.format, oldest));
+                };
+                // From the stream up to where the log starts: a page of its
+                // own, or on to the log if the stream holds nothing more.
+                let from = since;
+                match backfill.next(&mut since, oldest, limit).await {
+                    Ok(Some(batch)) => {
+                        break ChangesPage {
+                            batches: vec![batch],
+                            more: true,
+                            cursor: None,
+                        };
+                    }
+                    Ok(None) if since > from => {}
+                    Ok(None) => return Err(r.fail(ApiError::Internal)),
+                    Err(end) => return Ok(backfill_failed(r, end)),
+                }
+            }
+            Err(e) => {
+                tracing::error!(index = %h.name, error = %e, "reading changes failed");
+                return Err(r.fail(ApiError::Internal));
+            }
         }
     };
     let with_hashes = q.hashes.unwrap_or(false);
@@ -186,10 +214,11 @@ pub async fn index_changes(
         }
     }
     let last = page.batches.last().map_or(since, |b| b.position);
+    let more = page.more || (backfill.is_some() && last < h.version());
     Ok(r.ok(Out::map([
         (full("results"), Out::List(results)),
         (full("last_version"), Out::UInt(last.0)),
-        (full("more"), Out::Bool(page.more)),
+        (full("more"), Out::Bool(more)),
     ])))
 }
 
@@ -214,6 +243,23 @@ pub(super) async fn read_changes(
     .map_err(|_| ())
 }
 
+/// A reader the stream cannot serve: `410 ChangesNotRetained` (an older
+/// generation's version), `404 IndexNotFound` (deleted meanwhile) or
+/// `503 StreamUnavailable`.
+fn backfill_failed(r: Req, end: BackfillEnd) -> Response {
+    match end {
+        BackfillEnd::NotRetained { oldest } => not_retained(r.format, oldest),
+        BackfillEnd::IndexDeleted => r.fail(ApiError::IndexNotFound).into_response(),
+        BackfillEnd::StreamUnavailable => {
+            let body = Out::map([(full("error"), Out::Str("StreamUnavailable".into()))]);
+            let mut res = respond(r.format, StatusCode::SERVICE_UNAVAILABLE, Some(body));
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            res
+        }
+    }
+}
+
 fn not_retained(format: codec::Format, oldest: u64) -> Response {
     let body = Out::map([
         (full("error"), Out::Str("ChangesNotRetained".into())),
@@ -232,6 +278,8 @@ pub(super) struct Tail {
     done: bool,
     /// Where the last page ended in the WAL: the next read starts there.
     hint: Option<ChangesCursor>,
+    /// A replica's way back through the stream, for what its log lacks.
+    backfill: Option<Backfill>,
     _counted: Subscriber,
 }
 
@@ -246,7 +294,12 @@ pub(super) enum TailItem {
 }
 
 impl Tail {
-    pub(super) fn new(h: Arc<IndexHandle>, since: Position, limit: usize) -> Tail {
+    pub(super) fn new(
+        h: Arc<IndexHandle>,
+        since: Position,
+        limit: usize,
+        backfill: Option<Backfill>,
+    ) -> Tail {
         h.feed.join();
         Tail {
             h,
@@ -254,6 +307,7 @@ impl Tail {
             limit,
             done: false,
             hint: None,
+            backfill,
             _counted: Subscriber::new(),
         }
     }
@@ -297,7 +351,20 @@ impl Tail {
                     return Some(TailItem::Batches(batches));
                 }
                 Err(Some(EngineError::ChangesNotRetained { oldest, .. })) => {
-                    return Some(self.end("ChangesNotRetained", Some(oldest)));
+                    let Some(backfill) = self.backfill.as_mut() else {
+                        return Some(self.end("ChangesNotRetained", Some(oldest)));
+                    };
+                    let from = self.cursor;
+                    match backfill.next(&mut self.cursor, oldest, self.limit).await {
+                        Ok(Some(batch)) => {
+                            metrics::counter!("fpnode_change_feed_events_total").increment(1);
+                            return Some(TailItem::Batches(vec![FeedBatch::new(batch)]));
+                        }
+                        // On to the log.
+                        Ok(None) if self.cursor > from => {}
+                        Ok(None) => return Some(self.end("InternalError", None)),
+                        Err(end) => return Some(self.end(end.name(), end.oldest())),
+                    }
                 }
                 Err(Some(e)) => {
                     tracing::error!(index = %self.h.name, error = %e, "reading changes failed");
@@ -322,8 +389,8 @@ impl Drop for Tail {
 
 /// The SSE stream: one event per batch, heartbeats while idle, an `error`
 /// event and the end when the feed cannot go on.
-fn event_source(h: Arc<IndexHandle>, since: Position, limit: usize, hashes: bool) -> Response {
-    let tail = (Tail::new(h, since, limit), VecDeque::new());
+fn event_source(tail: Tail, hashes: bool) -> Response {
+    let tail = (tail, VecDeque::new());
     let events = futures::stream::unfold(tail, move |(mut t, mut queue)| async move {
         loop {
             if let Some(event) = queue.pop_front() {

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, changes_json, form, json_error};
+use super::changes_stream::Backfill;
 use super::node_events::events_error;
 use super::*;
 
@@ -260,7 +261,8 @@ async fn handle(
                 .to_string();
             // The acknowledgement is sent before the connection's queue is
             // read again, so it comes before the subscription's first change.
-            let tail = Tail::new(h, Position(since), DEFAULT_LIMIT);
+            let backfill = Backfill::of(state, &h);
+            let tail = Tail::new(h, Position(since), DEFAULT_LIMIT, backfill);
             *next_id += 1;
             let id = *next_id;
             let task = tokio::spawn(follow(tail, index.clone(), kinds, hashes, (id, tx.clone())));

@@ -8,6 +8,7 @@
 //! response format, error mapping and index lookup.
 
 mod changes;
+mod changes_stream;
 mod changes_ws;
 mod fingerprints;
 mod indexes;
