@@ -84,6 +84,20 @@ async fn changes_after_a_version_in_order_with_hashes_on_request() {
         r.body,
         json!({ "results": [], "last_version": 3, "more": false })
     );
+    // A fingerprint that was live is updated; one deleted comes back as
+    // an insert.
+    assert_eq!(put(&api, 3, json!([31])).await, 200);
+    assert_eq!(put(&api, 1, json!([12])).await, 200);
+    let r = api
+        .call("GET", "/idx/_changes?since=3&hashes=true", None)
+        .await;
+    assert_eq!(
+        r.body["results"],
+        json!([
+            { "version": 4, "kind": "update", "id": 3, "hashes": [31] },
+            { "version": 5, "kind": "insert", "id": 1, "hashes": [12] }
+        ])
+    );
     // Bad requests are named.
     for bad in [
         "/idx/_changes?feed=bogus",

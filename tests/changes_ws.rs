@@ -113,17 +113,19 @@ async fn one_socket_follows_two_indexes_with_filters_and_unsubscribes() {
     );
     send(
         &mut socket,
-        json!({ "op": "subscribe", "index": "b", "kinds": ["delete"] }),
+        json!({ "op": "subscribe", "index": "b", "kinds": ["update", "delete"] }),
     )
     .await;
     assert_eq!(next(&mut socket).await["type"], json!("subscribed"));
     put(&api, "b", 7, json!([70])).await;
+    put(&api, "b", 7, json!([71])).await;
     let deleted = delete(&api, "b", 7).await;
     // The insert is filtered out, its batch still moves the resume point.
     let b = changes_until(&mut socket, "b", deleted).await;
-    assert_eq!(b.len(), 2, "{b:?}");
+    assert_eq!(b.len(), 3, "{b:?}");
     assert_eq!(b[0]["changes"], json!([]));
-    assert_eq!(b[1]["changes"], json!([{ "kind": "delete", "id": 7 }]));
+    assert_eq!(b[1]["changes"], json!([{ "kind": "update", "id": 7 }]));
+    assert_eq!(b[2]["changes"], json!([{ "kind": "delete", "id": 7 }]));
     // Unsubscribed from `a`: a later write to it is not sent, one to `b` is.
     send(&mut socket, json!({ "op": "unsubscribe", "index": "a" })).await;
     assert_eq!(

@@ -207,6 +207,7 @@ impl BatcherState {
                 position: Position(version),
                 changes: request.changes,
                 metadata: request.metadata,
+                replaced: Vec::new(),
             });
             replies.push((Position(version), reply));
         }

@@ -85,6 +85,13 @@ pub struct Batch {
     pub position: Position,
     pub changes: Vec<Change>,
     pub metadata: MetadataDelta,
+    /// The ids this batch inserts that were live before it (so each such
+    /// insert replaced a fingerprint: an `update` in the change feed),
+    /// ascending. Set when the batch is logged (`Index::log`); empty in a
+    /// batch never logged and in WAL records written before it existed
+    /// (it is the record's last field, so those still decode).
+    #[serde(default)]
+    pub replaced: Vec<FingerprintId>,
 }
 
 impl Batch {
@@ -93,7 +100,13 @@ impl Batch {
             position,
             changes,
             metadata: MetadataDelta::new(),
+            replaced: Vec::new(),
         }
+    }
+
+    /// Whether the batch's insert of `id` replaced a live fingerprint.
+    pub fn replaces(&self, id: FingerprintId) -> bool {
+        self.replaced.binary_search(&id).is_ok()
     }
 
     /// Number of postings this batch will add at most (before deduplication).
@@ -173,5 +186,6 @@ pub fn torture_batch(position: Position) -> Batch {
         position,
         changes,
         metadata,
+        replaced: Vec::new(),
     }
 }

@@ -187,6 +187,7 @@ proptest! {
                         position: Position(model.position + 1 + (changes.len() as u64 % 3)),
                         changes,
                         metadata: meta.into_iter().collect(),
+                        replaced: Vec::new(),
                     };
                     idx.apply(std::slice::from_ref(&batch)).unwrap();
                     model.apply(&batch);

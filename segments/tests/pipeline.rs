@@ -146,3 +146,63 @@ fn a_replaced_pipeline_cannot_log() {
     assert!(index.snapshot().get(30).is_some());
     assert!(index.snapshot().get(20).is_none());
 }
+
+/// Each logged batch names the ids it inserts that were live before it
+/// (`Batch::replaced`: an `update` in the change feed), also when the group
+/// that made them live is logged but not yet published, and the change log
+/// keeps it across a reopen.
+#[test]
+fn logged_batches_name_the_fingerprints_they_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = index(tmp.path());
+    let ins = |id: u32| Change::Insert {
+        id,
+        hashes: vec![id],
+    };
+    index
+        .apply(&[Batch::new(Position(1), vec![ins(1), ins(2)])])
+        .unwrap();
+    // Groups A and B are both logged before either is published.
+    let a = index
+        .prepare(vec![
+            Batch::new(Position(2), vec![ins(2), ins(3), Change::Delete { id: 1 }]),
+            Batch::new(Position(3), vec![ins(3), ins(1)]),
+        ])
+        .unwrap();
+    let b = index
+        .prepare(vec![Batch::new(
+            Position(4),
+            vec![ins(1), ins(3), Change::Delete { id: 2 }, ins(4)],
+        )])
+        .unwrap();
+    index.log(a).unwrap();
+    index.log(b).unwrap();
+    index.publish_logged().unwrap();
+    index
+        .apply(&[Batch::new(Position(5), vec![ins(2), ins(4)])])
+        .unwrap();
+    let expected: Vec<(u64, Vec<u32>)> = vec![
+        (1, vec![]),
+        (2, vec![2]),
+        (3, vec![3]),
+        (4, vec![1, 3]),
+        (5, vec![4]),
+    ];
+    let replaced = |index: &Index| -> Vec<(u64, Vec<u32>)> {
+        let page = index.changes_since(Position(0), 1000, None).unwrap();
+        page.batches
+            .iter()
+            .map(|b| (b.position.0, b.replaced.clone()))
+            .collect()
+    };
+    assert_eq!(replaced(&index), expected);
+    drop(index);
+    let index = Index::open(tmp.path(), IndexOptions::default()).unwrap();
+    assert_eq!(replaced(&index), expected, "after a reopen");
+    // After the reopen, what is live comes from the recovered snapshot.
+    index
+        .apply(&[Batch::new(Position(6), vec![ins(1), ins(5)])])
+        .unwrap();
+    let page = index.changes_since(Position(5), 10, None).unwrap();
+    assert_eq!(page.batches[0].replaced, vec![1]);
+}

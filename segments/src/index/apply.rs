@@ -21,7 +21,7 @@ use super::{Index, MemoryEntry, State, lock};
 use crate::error::{Error, Result};
 use crate::memory_segment;
 use crate::segment::Segment;
-use crate::types::{Batch, Position, apply_metadata_delta};
+use crate::types::{Batch, Change, Position, apply_metadata_delta};
 
 /// Batches checked and built into one memory segment, ready to be logged.
 #[derive(Debug, Default)]
@@ -173,12 +173,22 @@ impl Index {
         // Bulk load: not logged. A crash loses what was applied since the last
         // checkpoint and the index reopens at that checkpoint's position; the
         // caller (a replica bootstrapping) applies those batches again.
+        let mut prepared = prepared;
         if self.is_bulk_load() || wal.unlogged.is_some() {
+            self.mark_replaced(&mut wal.recent, &mut prepared.batches, false);
             wal.unlogged = Some(last);
             self.unlogged.store(last.0, Ordering::Release);
         } else {
-            wal.writer.append_group(&prepared.batches)?;
-            wal.writer.sync()?;
+            self.mark_replaced(&mut wal.recent, &mut prepared.batches, true);
+            let logged = wal
+                .writer
+                .append_group(&prepared.batches)
+                .and_then(|()| wal.writer.sync());
+            if let Err(e) = logged {
+                // Those batches never happened: forget what they would leave.
+                wal.recent.clear();
+                return Err(e);
+            }
             self.counters.wal_syncs.fetch_add(1, Ordering::Relaxed);
         }
         wal.logged = last;
@@ -186,6 +196,43 @@ impl Index {
         // logged.
         lock(&self.logged).push_back(prepared);
         Ok(last)
+    }
+
+    /// Sets each batch's `replaced` (its inserts of ids live before it), if
+    /// `mark`, and remembers what the batches leave live in `recent`.
+    ///
+    /// Live before a batch is what the groups logged before it left: the
+    /// newest of them are not published yet, so `recent` holds the state
+    /// each id was last logged in, with that batch's position; an id not
+    /// in it is as the published snapshot has it. An entry is dropped once
+    /// the snapshot reaches its position (snapshots only move forward and
+    /// hold every group up to theirs, and an entry always carries its id's
+    /// newest logged change), so `recent` holds about the groups in flight.
+    fn mark_replaced(&self, recent: &mut super::RecentIds, batches: &mut [Batch], mark: bool) {
+        let snapshot = self.snapshot.load();
+        let published = snapshot.position;
+        recent.retain(|_, (_, at)| *at > published);
+        for batch in batches {
+            if mark {
+                let mut replaced: Vec<_> = batch
+                    .changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Insert { .. }))
+                    .map(Change::id)
+                    .filter(|id| match recent.get(id) {
+                        Some((live, _)) => *live,
+                        None => snapshot.get(*id).is_some(),
+                    })
+                    .collect();
+                replaced.sort_unstable();
+                replaced.dedup();
+                batch.replaced = replaced;
+            }
+            for c in &batch.changes {
+                let live = matches!(c, Change::Insert { .. });
+                recent.insert(c.id(), (live, batch.position));
+            }
+        }
     }
 
     /// Step 3: publishes every logged group, oldest first, into the snapshot

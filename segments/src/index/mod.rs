@@ -163,7 +163,12 @@ struct WalState {
     unlogged: Option<Position>,
     /// The current write pipeline's fence (see [`Index::fence`]).
     fence: u64,
+    /// Ids changed by recently logged groups (see `Index::mark_replaced`).
+    recent: RecentIds,
 }
+
+/// Whether each id was left live, and by the batch at which position.
+type RecentIds = rustc_hash::FxHashMap<crate::types::FingerprintId, (bool, Position)>;
 
 impl State {
     fn next_id(&mut self) -> SegmentId {

@@ -128,6 +128,7 @@ impl Index {
             logged: applied,
             unlogged: None,
             fence: 0,
+            recent: Default::default(),
         };
         let state = State {
             manifest,

@@ -85,3 +85,37 @@ pub fn valid_record_after(bytes: &[u8], from: usize) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Change, MetadataDelta, Position};
+
+    /// A record written before `Batch::replaced` existed (three fields)
+    /// still decodes, with nothing replaced.
+    #[test]
+    fn a_record_without_replaced_decodes() {
+        let changes = vec![Change::Insert {
+            id: 7,
+            hashes: vec![1, 2],
+        }];
+        let old = (Position(3), changes.clone(), MetadataDelta::new());
+        let payload = rmp_serde::to_vec(&old).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let Parsed::Record(batch, end) = parse(&bytes, 0) else {
+            panic!("the old record does not parse");
+        };
+        assert_eq!(end, bytes.len());
+        assert_eq!(*batch, Batch::new(Position(3), changes));
+        // And a new one round-trips its `replaced`.
+        let mut new = Batch::new(Position(4), vec![Change::Delete { id: 1 }]);
+        new.replaced = vec![5, 9];
+        let mut out = Vec::new();
+        encode(&new, &mut out).unwrap();
+        assert!(matches!(parse(&out, 0), Parsed::Record(b, _) if *b == new));
+    }
+}

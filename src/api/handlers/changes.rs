@@ -196,7 +196,7 @@ pub async fn index_changes(
             let mut entry = vec![(full("version"), Out::UInt(batch.position.0))];
             match change {
                 Change::Insert { id, hashes } => {
-                    entry.push((full("kind"), Out::Str("insert".into())));
+                    entry.push((full("kind"), Out::Str(kind(batch, change).into())));
                     entry.push((full("id"), Out::UInt(u64::from(*id))));
                     if with_hashes {
                         entry.push((
@@ -451,12 +451,22 @@ pub(super) fn changes_json(
         .filter(|c| keep(c))
         .map(|c| match c {
             Change::Insert { id, hashes: h } if hashes => {
-                serde_json::json!({ "kind": "insert", "id": id, "hashes": h })
+                serde_json::json!({ "kind": kind(batch, c), "id": id, "hashes": h })
             }
-            Change::Insert { id, .. } => serde_json::json!({ "kind": "insert", "id": id }),
+            Change::Insert { id, .. } => serde_json::json!({ "kind": kind(batch, c), "id": id }),
             Change::Delete { id } => serde_json::json!({ "kind": "delete", "id": id }),
         })
         .collect()
+}
+
+/// A change's kind in the feeds: `insert` (the id was not live before its
+/// batch), `update` (it was: its hashes were replaced) or `delete`.
+pub(super) fn kind(batch: &Batch, change: &Change) -> &'static str {
+    match change {
+        Change::Insert { id, .. } if batch.replaces(*id) => "update",
+        Change::Insert { .. } => "insert",
+        Change::Delete { .. } => "delete",
+    }
 }
 
 /// Which of a [`FeedBatch`]'s cached encodings a feed uses: SSE 0 and 1,

@@ -25,7 +25,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::changes::{DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, changes_json, form, json_error};
+use super::changes::{
+    DEFAULT_LIMIT, HEARTBEAT, Tail, TailItem, changes_json, form, json_error, kind,
+};
 use super::changes_stream::Backfill;
 use super::node_events::events_error;
 use super::*;
@@ -63,6 +65,7 @@ enum Op {
 #[serde(rename_all = "lowercase")]
 enum Kind {
     Insert,
+    Update,
     Delete,
 }
 
@@ -354,9 +357,10 @@ async fn follow_events(
 /// A batch as one message. A batch whose changes the filter drops entirely is
 /// still sent (with no changes), so the client's resume point moves on.
 fn change_message(index: &str, batch: &Batch, kinds: Option<&[Kind]>, hashes: bool) -> String {
-    let kind = |c: &Change| match c {
-        Change::Insert { .. } => Kind::Insert,
-        Change::Delete { .. } => Kind::Delete,
+    let kind = |c: &Change| match kind(batch, c) {
+        "update" => Kind::Update,
+        "delete" => Kind::Delete,
+        _ => Kind::Insert,
     };
     let changes = changes_json(batch, hashes, |c| {
         kinds.is_none_or(|ks| ks.contains(&kind(c)))
