@@ -212,6 +212,18 @@ impl Index {
         let snapshot = self.snapshot.load();
         let published = snapshot.position;
         recent.retain(|_, (_, at)| *at > published);
+        // What the snapshot says of the group's inserted ids, asked once.
+        let live = if mark {
+            let inserted = batches
+                .iter()
+                .flat_map(|b| b.changes.iter())
+                .filter(|c| matches!(c, Change::Insert { .. }))
+                .map(Change::id)
+                .filter(|id| !recent.contains_key(id));
+            snapshot.live_among(&inserted.collect())
+        } else {
+            Default::default()
+        };
         for batch in batches {
             if mark {
                 let mut replaced: Vec<_> = batch
@@ -221,7 +233,7 @@ impl Index {
                     .map(Change::id)
                     .filter(|id| match recent.get(id) {
                         Some((live, _)) => *live,
-                        None => snapshot.get(*id).is_some(),
+                        None => live.contains(*id),
                     })
                     .collect();
                 replaced.sort_unstable();
