@@ -4,45 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-
-use std::time::Duration;
+#[path = "common/ws.rs"]
+mod ws;
 
 use common::{Api, NO_CHANGES_RETAINED, Node, wait_not_retained};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use ws::{Socket, next, send};
 
 async fn connect(node: &Node) -> Socket {
-    let url = format!("ws://127.0.0.1:{}/_changes", node.port);
-    let (socket, res) = tokio_tungstenite::connect_async(url).await.unwrap();
-    assert_eq!(res.status(), 101);
-    socket
-}
-
-async fn send(socket: &mut Socket, op: Value) {
-    socket
-        .send(Message::Text(op.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON message (pings skipped), within 10 s.
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("no message within 10 s")
-            .expect("the connection ended")
-            .unwrap();
-        match frame {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
+    ws::connect(node.port).await
 }
 
 /// `change` messages of `index` until its version reaches `upto`.

@@ -12,6 +12,8 @@
 mod common;
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/ws.rs"]
+mod ws;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -1439,4 +1441,102 @@ async fn a_replica_feed_reads_what_its_bootstrap_replayed_back_from_the_stream()
         .call("GET", &format!("/main/_changes?since={created}"), None)
         .await;
     assert_eq!(logged.status, 200, "{:?}", logged.body);
+}
+
+/// The value of an unlabelled gauge in `node`'s `/_metrics` (0 if absent).
+async fn gauge(node: &Node, name: &str) -> f64 {
+    let text = reqwest::get(node.url("/_metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `change` messages of `main` on `socket` until its version reaches
+/// `upto`, as (version, ids).
+async fn socket_changes(socket: &mut ws::Socket, upto: u64) -> Vec<(u64, Vec<u64>)> {
+    let mut got = Vec::new();
+    while got.last().is_none_or(|(v, _)| *v < upto) {
+        let m = ws::next(socket).await;
+        assert_eq!(m["type"], "change", "{m}");
+        let ids = m["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_u64().unwrap())
+            .collect();
+        got.push((m["version"].as_u64().unwrap(), ids));
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_websocket_feed_through_a_proxy_moves_to_another_replica_when_its_own_dies() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let mut replicas = [replica(&nats, &[]).await, replica(&nats, &[]).await];
+    let p = proxy(&nats, &[&replicas[0], &replicas[1]]).await;
+    let jp = Api::json(&p);
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    let mut model = Model::new();
+    let mut socket = ws::connect(p.port).await;
+    ws::send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "main", "since": 0 }),
+    )
+    .await;
+    assert_eq!(ws::next(&mut socket).await["type"], "subscribed");
+    update(&jp, &[1, 2], 0, &mut model).await;
+    let v = update(&jp, &[3], 0, &mut model).await;
+    let mut got = socket_changes(&mut socket, v).await;
+
+    // The replica holding the socket dies: the client is told, and goes on
+    // through the proxy from its last version.
+    let mut holding = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        if gauge(r, "fpnode_change_feed_sockets").await > 0.0 {
+            holding.push(i);
+        }
+    }
+    assert_eq!(holding.len(), 1, "one replica holds the proxied socket");
+    replicas[holding[0]].kill();
+    match ws::frame(&mut socket).await {
+        Some(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "ReplicaGone");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let last = got.last().unwrap().0;
+    let v = update(&jp, &[4, 5], 1, &mut model).await;
+    let mut socket = ws::connect(p.port).await;
+    ws::send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "main", "since": last }),
+    )
+    .await;
+    assert_eq!(ws::next(&mut socket).await["since"], last);
+    let more = socket_changes(&mut socket, v).await;
+    assert!(more.iter().all(|(v, _)| *v > last), "{more:?} after {last}");
+    got.extend(more);
+    let versions: Vec<u64> = got.iter().map(|(v, _)| *v).collect();
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    let mut ids: Vec<u64> = got.iter().flat_map(|(_, ids)| ids.clone()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+
+    // With no replica left, an upgrade is refused with a named 503.
+    let survivor = 1 - holding[0];
+    replicas[survivor].kill();
+    let url = format!("ws://127.0.0.1:{}/_changes", p.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 503)
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|(_, r)| r.status())),
+    }
 }

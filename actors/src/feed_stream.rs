@@ -175,7 +175,7 @@ impl StreamFeed {
                         Ok(FingerprintPayload { h: None }) => changes.push(Change::Delete { id }),
                         // As the subscriber does: counted, skipped.
                         Err(_) => {
-                            metrics::counter!("fpnode_stream_invalid_messages_total").increment(1)
+                            metrics::counter!("fpnode_stream_bad_messages_total").increment(1)
                         }
                     }
                 }

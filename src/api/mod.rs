@@ -11,6 +11,7 @@ pub mod framing;
 mod handlers;
 pub mod jobs;
 pub mod proxy;
+pub mod proxy_ws;
 mod types;
 
 use std::sync::Arc;
@@ -151,7 +152,7 @@ pub fn router(state: AppState) -> Router {
     // `_stream` reads its body as it arrives: no whole-body buffering, no
     // body size limit (docs/api.md).
     // `/_changes`: the node's events; upgraded to a WebSocket, the index
-    // feeds (they read the local WAL: not on a proxy, docs/api.md).
+    // feeds (a proxy passes the socket through to a replica: docs/api.md).
     let unbuffered = Router::new()
         .route("/{index}/_stream", post(ingest_stream))
         .route("/{index}/_import", post(jobs::import_upload))

@@ -132,6 +132,14 @@ impl Proxy {
             .collect()
     }
 
+    /// The base URLs of the healthy replicas, in round-robin order.
+    pub(super) fn healthy_urls(&self) -> Vec<String> {
+        self.candidates()
+            .into_iter()
+            .map(|r| r.url.clone())
+            .collect()
+    }
+
     /// The index's version as a healthy replica reports it.
     pub async fn index_version(&self, index: &str) -> Option<u64> {
         for r in self.candidates() {

@@ -26,24 +26,20 @@ pub struct NodeChangesQuery {
 }
 
 /// `GET /_changes`: a WebSocket upgrade goes to the index feeds' socket
-/// (not on a proxy), anything else gets the node's events.
+/// (on a proxy, a replica's), anything else gets the node's events.
 pub async fn changes_root(State(state): State<AppState>, req: Request) -> Response {
-    let (mut parts, _) = req.into_parts();
-    let upgrade = parts
-        .headers
+    let upgrade = req
+        .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    // A proxy holds no index log: its sockets are a replica's (docs/api.md).
+    if upgrade && let Some(proxy) = state.proxy.clone() {
+        return crate::api::proxy_ws::forward_socket(state, &proxy, req).await;
+    }
+    let (mut parts, _) = req.into_parts();
     let format = response_format(&parts.headers, false);
     if upgrade {
-        // A proxy holds no index log: connect to a replica (docs/api.md).
-        if state.proxy.is_some() {
-            return Failure {
-                format,
-                error: ApiError::NotFound,
-            }
-            .into_response();
-        }
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => changes_socket(State(state), ws).await,
             Err(rejection) => rejection.into_response(),
