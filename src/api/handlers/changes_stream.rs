@@ -74,12 +74,13 @@ impl Backfill {
 
     /// Whether a reader at `since` can be served: `since` is 0 or in the
     /// index's generation.
-    pub(super) async fn check(&mut self, since: Position) -> Result<(), BackfillEnd> {
+    /// Gives the generation's start.
+    pub(super) async fn check(&mut self, since: Position) -> Result<u64, BackfillEnd> {
         let start = self.start().await?;
         if since.0 != 0 && since.0 < start {
             return Err(BackfillEnd::NotRetained { oldest: start });
         }
-        Ok(())
+        Ok(start)
     }
 
     /// The next changes for a reader at `cursor` whose log starts after
@@ -92,8 +93,7 @@ impl Backfill {
         oldest: u64,
         limit: usize,
     ) -> Result<Option<Batch>, BackfillEnd> {
-        self.check(*cursor).await?;
-        let after = cursor.0.max(self.start().await?);
+        let after = cursor.0.max(self.check(*cursor).await?);
         let page = self.feed.page(after, oldest, limit).await.map_err(end)?;
         *cursor = Position(page.cursor.max(after));
         Ok(page.batch)
