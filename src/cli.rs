@@ -36,6 +36,76 @@ pub enum Command {
     /// `fpnode import` reads (no node may be serving the data directory), in
     /// passes of 200,000 fingerprints (each pass reads every posting once).
     Export(ExportArgs),
+    /// Compute Chromaprint fingerprints of audio files, as Chromaprint's
+    /// `fpcalc` 1.5.1 does (the same output, the same options, also in
+    /// fpcalc's one-dash spelling: `-raw`, `-json`, `-length 30`), many files
+    /// at a time (docs/audio.md).
+    Fingerprint(FingerprintArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FingerprintArgs {
+    /// Audio files (any format docs/audio.md lists).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Seconds of audio fingerprinted from the start; 0 for the whole file.
+    #[arg(long, default_value_t = 120.0)]
+    pub length: f64,
+    /// Print the raw fingerprint (its 32-bit items) instead of the
+    /// compressed base64 form.
+    #[arg(long)]
+    pub raw: bool,
+    /// With `--raw`, print the items as signed integers (pg_acoustid's form).
+    #[arg(long)]
+    pub signed: bool,
+    /// Print one JSON object per file (`duration`, `fingerprint`).
+    #[arg(long, conflicts_with_all = ["plain", "text"])]
+    pub json: bool,
+    /// Print only the fingerprint.
+    #[arg(long, conflicts_with = "text")]
+    pub plain: bool,
+    /// Print `DURATION=` and `FINGERPRINT=` lines (the default).
+    #[arg(long)]
+    pub text: bool,
+    /// Chromaprint algorithm; fpcalc's default 2 (TEST2) is the one AcoustID
+    /// indexes and the only one supported.
+    #[arg(long, default_value_t = 2)]
+    pub algorithm: u32,
+    /// Also print AcoustID's query terms (`QUERY_TERMS=` or `"terms"`): the
+    /// hashes to index in fpnode for this fingerprint.
+    #[arg(long)]
+    pub terms: bool,
+    /// Files fingerprinted at once (default: the number of CPUs).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+}
+
+/// fpcalc's single-dash long options, accepted after `fpnode fingerprint`.
+const FPCALC_FLAGS: [&str; 8] = [
+    "-length",
+    "-raw",
+    "-signed",
+    "-json",
+    "-plain",
+    "-text",
+    "-algorithm",
+    "-terms",
+];
+
+/// Rewrites fpcalc's spelling (`-length 30`) to clap's (`--length 30`)
+/// when the subcommand is `fingerprint`; other arguments are kept as they are.
+pub fn fpcalc_spelling(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == "fingerprint") {
+        for arg in args.iter_mut().skip(2) {
+            if let Some(flag) = arg.to_str().filter(|a| FPCALC_FLAGS.contains(a)) {
+                *arg = format!("-{flag}").into();
+            }
+        }
+    }
+    args
 }
 
 #[derive(Debug, Clone, Args)]

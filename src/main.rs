@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod fingerprint_cmd;
 mod records;
 mod tools;
 
@@ -27,7 +28,7 @@ use crate::api::{AppState, Limits};
 use crate::cli::{Cli, Command, Mode, ServeArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cli::fpcalc_spelling(std::env::args_os()));
     let args = match cli.command {
         Some(Command::Serve(args)) => *args,
         None => cli.serve,
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
         Some(Command::Restore(args)) => return offline(tools::restore(args)),
         Some(Command::Export(args)) => return offline(tools::export(args)),
+        Some(Command::Fingerprint(args)) => return fingerprint_cmd::run(&args),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

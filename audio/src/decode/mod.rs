@@ -28,6 +28,8 @@ use symphonia::core::meta::MetadataOptions;
 use crate::AudioError;
 use crate::resample::SamplePath;
 
+mod priming;
+
 /// Decode errors in a row after which a stream is declared corrupt (single
 /// bad packets are skipped, as FFmpeg does).
 const MAX_ERRORS_IN_A_ROW: usize = 32;
@@ -71,7 +73,7 @@ pub trait PcmSink {
 }
 
 /// Where the audio comes from.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     File(&'a Path),
     /// A whole upload in memory (its size is bounded by the caller).
@@ -187,6 +189,15 @@ fn decode_inner(
         duration: duration(&track, sample_rate),
         path: SamplePath::Float,
     };
+    // Encoder delay to drop, in frames (MP4 edit lists; see priming.rs).
+    let priming = match (format, source) {
+        ("isomp4", Source::File(path)) => File::open(path)
+            .ok()
+            .and_then(|mut f| priming::read(&mut f)),
+        ("isomp4", Source::Bytes { data, .. }) => priming::read(&mut Cursor::new(data)),
+        _ => None,
+    };
+    let mut to_skip = priming.map_or(0, |p| p.frames_at(sample_rate));
     let mut started = false;
     let mut frames = 0u64;
     let (mut skipped, mut errors_in_a_row) = (0u64, 0usize);
@@ -253,15 +264,21 @@ fn decode_inner(
                 "the stream changes its sample rate or channels".into(),
             ));
         }
-        frames += buffer.frames() as u64;
+        let skip = to_skip.min(buffer.frames() as u64);
+        to_skip -= skip;
+        if skip == buffer.frames() as u64 {
+            continue;
+        }
+        frames += buffer.frames() as u64 - skip;
+        let from = skip as usize * info.channels;
         let flow = match info.path {
             SamplePath::Int16 => {
                 to_i16(&buffer, &mut ints);
-                sink.push(Pcm::I16(&ints))?
+                sink.push(Pcm::I16(&ints[from..]))?
             }
             SamplePath::Float => {
                 buffer.copy_to_vec_interleaved(&mut floats);
-                sink.push(Pcm::F32(&floats))?
+                sink.push(Pcm::F32(&floats[from..]))?
             }
         };
         if flow == Flow::Stop {
