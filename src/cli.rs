@@ -41,6 +41,23 @@ pub enum Command {
     /// fpcalc's one-dash spelling: `-raw`, `-json`, `-length 30`), many files
     /// at a time (docs/audio.md).
     Fingerprint(FingerprintArgs),
+    /// Compute the 25-D descriptor (frequency bands, loudness, tempo,
+    /// spectral shape, harmonicity, variation, stereo) of audio files, one
+    /// JSON line per file (docs/audio.md, "The descriptor").
+    Describe(DescribeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DescribeArgs {
+    /// Audio files (any format docs/audio.md lists).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Seconds analysed from the start (default: the whole file).
+    #[arg(long)]
+    pub length: Option<f64>,
+    /// Files analysed at once (default: the number of CPUs).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,8 +3,8 @@
 //! and closes the indexes.
 
 mod api;
+mod audio_cli;
 mod cli;
-mod fingerprint_cmd;
 mod records;
 mod tools;
 
@@ -36,7 +36,8 @@ fn main() -> ExitCode {
         Some(Command::Inspect(args)) => return offline(tools::inspect(args)),
         Some(Command::Restore(args)) => return offline(tools::restore(args)),
         Some(Command::Export(args)) => return offline(tools::export(args)),
-        Some(Command::Fingerprint(args)) => return fingerprint_cmd::run(&args),
+        Some(Command::Fingerprint(args)) => return audio_cli::fingerprint::run(&args),
+        Some(Command::Describe(args)) => return audio_cli::describe::run(&args),
     };
     tracing_subscriber::fmt()
         .with_env_filter(

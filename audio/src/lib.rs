@@ -4,6 +4,7 @@
 
 pub mod chromaprint;
 pub mod decode;
+pub mod descriptor;
 mod error;
 mod fingerprint;
 pub mod resample;
