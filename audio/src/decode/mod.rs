@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use symphonia::core::audio::GenericAudioBufferRef;
 use symphonia::core::codecs::CodecParameters;
+use symphonia::core::codecs::audio::AudioCodecParameters;
 use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::codecs::registry::CodecRegistry;
 use symphonia::core::errors::Error as SymphoniaError;
@@ -24,6 +25,7 @@ use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, Track};
 use symphonia::core::io::{MediaSource, MediaSourceStream, MediaSourceStreamOptions};
 use symphonia::core::meta::MetadataOptions;
+use symphonia_common::apple::audio::alac::MagicCookie;
 
 use crate::AudioError;
 use crate::resample::SamplePath;
@@ -185,7 +187,9 @@ fn decode_inner(
         codec,
         sample_rate,
         channels,
-        bits_per_sample: params.bits_per_sample,
+        bits_per_sample: params
+            .bits_per_sample
+            .or_else(|| alac_bit_depth(codec, params)),
         duration: duration(&track, sample_rate),
         path: SamplePath::Float,
     };
@@ -297,6 +301,17 @@ fn decode_inner(
         frames,
         skipped_packets: skipped,
     })
+}
+
+/// ALAC's bit depth, from its magic cookie: MP4 does not report it, and a
+/// 16-bit ALAC track takes swresample's integer path in FFmpeg (S16P), so it
+/// must here too.
+fn alac_bit_depth(codec: &str, params: &AudioCodecParameters) -> Option<u32> {
+    if codec != "alac" {
+        return None;
+    }
+    let cookie = MagicCookie::read(params.extra_data.as_deref()?).ok()?;
+    Some(u32::from(cookie.bit_depth))
 }
 
 /// The container's duration of `track`, in seconds.
