@@ -45,6 +45,9 @@ pub enum Command {
     /// spectral shape, harmonicity, variation, stereo) of audio files, one
     /// JSON line per file (docs/audio.md, "The descriptor").
     Describe(DescribeArgs),
+    /// Serve only the audio endpoints (`POST /fingerprint`, `GET /health`,
+    /// `POST /_fingerprint`, `GET /_metrics`), without an index.
+    AudioServer(AudioServerArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -371,4 +374,73 @@ pub struct ServeArgs {
     /// Enable test-only fault injection endpoints. Never in production.
     #[arg(long, env = "FPNODE_ENABLE_FAULT_INJECTION", hide = true)]
     pub enable_fault_injection: bool,
+
+    #[command(flatten)]
+    pub audio: AudioArgs,
+}
+
+/// The audio endpoints' settings (docs/api.md, "Audio"), in `serve` and
+/// `audio-server`.
+#[derive(Debug, Clone, Args)]
+pub struct AudioArgs {
+    /// A directory whose files `POST /fingerprint` and `/_fingerprint` may
+    /// name by path (repeat for several; symbolic links and `..` cannot
+    /// leave it). Without one, only uploaded audio is accepted.
+    #[arg(long = "media-root", env = "FPNODE_MEDIA_ROOTS", value_delimiter = ',')]
+    pub media_roots: Vec<PathBuf>,
+    /// Audio decodes running at once (default: the number of CPUs).
+    #[arg(long, env = "FPNODE_MAX_DECODES")]
+    pub max_decodes: Option<usize>,
+    /// Requests waiting for a decode slot (default: 4 per CPU); more get
+    /// 503 Overloaded with Retry-After.
+    #[arg(long, env = "FPNODE_MAX_DECODES_WAITING")]
+    pub max_decodes_waiting: Option<usize>,
+    /// Seconds a request waits for a decode slot before its 503.
+    #[arg(long, env = "FPNODE_DECODE_WAIT_SECS", default_value_t = 30)]
+    pub decode_wait_secs: u64,
+    /// Seconds a decode may take (longer: 504 DecodeTimeout).
+    #[arg(long, env = "FPNODE_DECODE_TIMEOUT_SECS", default_value_t = 120)]
+    pub decode_timeout_secs: u64,
+    /// Descriptors kept in the cache (by path, size and modification time).
+    #[arg(long, env = "FPNODE_AUDIO_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub audio_cache_entries: usize,
+    /// Largest audio upload, in bytes (spooled to a temporary file).
+    #[arg(long, env = "FPNODE_MAX_AUDIO_UPLOAD_BYTES", default_value_t = 1 << 30)]
+    pub max_audio_upload_bytes: u64,
+    /// Directory for spooled uploads (default: the system's temporary one).
+    #[arg(long, env = "FPNODE_AUDIO_SPOOL_DIR")]
+    pub audio_spool_dir: Option<PathBuf>,
+}
+
+impl AudioArgs {
+    pub fn options(&self) -> crate::audio_api::AudioOptions {
+        let defaults = crate::audio_api::AudioOptions::default();
+        crate::audio_api::AudioOptions {
+            media_roots: self.media_roots.clone(),
+            max_decodes: self.max_decodes.unwrap_or(defaults.max_decodes).max(1),
+            max_waiting: self.max_decodes_waiting.unwrap_or(defaults.max_waiting),
+            wait: std::time::Duration::from_secs(self.decode_wait_secs),
+            cache_entries: self.audio_cache_entries,
+            max_upload_bytes: self.max_audio_upload_bytes,
+            decode_timeout: std::time::Duration::from_secs(self.decode_timeout_secs.max(1)),
+            spool_dir: self.audio_spool_dir.clone(),
+        }
+    }
+}
+
+/// `fpnode audio-server`: only the audio endpoints, for machines that only
+/// fingerprint.
+#[derive(Debug, Clone, Args)]
+pub struct AudioServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FPNODE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one and logs it).
+    #[arg(long, env = "FPNODE_PORT", default_value_t = 6082)]
+    pub port: u16,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "FPNODE_LOG", default_value = "info")]
+    pub log: String,
+    #[command(flatten)]
+    pub audio: AudioArgs,
 }

@@ -3,6 +3,7 @@
 //! and closes the indexes.
 
 mod api;
+mod audio_api;
 mod audio_cli;
 mod cli;
 mod records;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Some(Command::Export(args)) => return offline(tools::export(args)),
         Some(Command::Fingerprint(args)) => return audio_cli::fingerprint::run(&args),
         Some(Command::Describe(args)) => return audio_cli::describe::run(&args),
+        Some(Command::AudioServer(args)) => return audio_server(args),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -68,6 +70,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// `fpnode audio-server`: the audio endpoints and `/_metrics`, nothing else.
+fn audio_server(args: cli::AudioServerArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fpnode: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    offline(runtime.block_on(async move {
+        let metrics = install_metrics()?;
+        let audio = Arc::new(audio_api::AudioService::new(args.audio.options())?);
+        let addr = SocketAddr::new(args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener
+            .local_addr()
+            .context("reading the listening address")?;
+        let app = audio_api::router(audio).route(
+            "/_metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+        tracing::info!(address = %local, "fpnode audio-server listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")
+    }))
+}
+
 fn offline(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,8 +123,9 @@ fn offline(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let metrics = PrometheusBuilder::new()
+/// The Prometheus recorder, with latency buckets for every `*duration_seconds`.
+fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("duration_seconds".into()),
             &[
@@ -89,7 +135,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .context("configuring metrics")?
         .install_recorder()
-        .context("installing the metrics recorder")?;
+        .context("installing the metrics recorder")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
+    let audio = Arc::new(audio_api::AudioService::new(args.audio.options())?);
 
     if args.mode != Mode::Proxy {
         std::fs::create_dir_all(&args.dir)
@@ -145,12 +196,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         proxy,
         events: Some(events),
         jobs: Some(jobs.clone()),
+        audio: Some(audio.clone()),
     };
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
     // Requests in flight get SHUTDOWN_GRACE to finish; change feeds, long
     // polls and streams that would hold the process forever are then cut.
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let app = api::router(state).merge(audio_api::router(audio));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stopping.send(true);
     });

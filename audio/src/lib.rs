@@ -10,4 +10,4 @@ mod fingerprint;
 pub mod resample;
 
 pub use error::AudioError;
-pub use fingerprint::{Fingerprint, FingerprintOptions, fingerprint};
+pub use fingerprint::{DEFAULT_MAX_SECONDS, Fingerprint, FingerprintOptions, fingerprint};

@@ -69,6 +69,8 @@ pub struct AppState {
     pub events: Option<Arc<fpnode_actors::events::NodeEvents>>,
     /// Background jobs (`/_jobs`) and where they read and write files.
     pub jobs: Option<(fpnode_actors::jobs::Jobs, jobs::JobDirs)>,
+    /// Audio decoding, for search by audio (docs/api.md, "Audio").
+    pub audio: Option<Arc<crate::audio_api::AudioService>>,
 }
 
 impl AppState {

@@ -8,7 +8,7 @@ mod compress;
 mod terms;
 
 pub use compress::{compress, decompress};
-pub use terms::{QUERY_SIZE, SILENCE, query_terms};
+pub use terms::{QUERY_SIZE, SILENCE, index_hashes, query_terms};
 
 use chroma::Chroma;
 use classify::Calculator;

@@ -37,6 +37,19 @@ pub fn query_terms(items: &[u32]) -> Vec<u32> {
     terms
 }
 
+/// Every distinct masked, non-silent item, in the order first seen: the
+/// hashes to index for a recording so that the query terms of any excerpt
+/// of it (not only of its start) find it (docs/audio.md, "Query terms").
+pub fn index_hashes(items: &[u32]) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items
+        .iter()
+        .filter(|&&h| h != SILENCE)
+        .map(|&h| h & QUERY_MASK)
+        .filter(|h| seen.insert(*h))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //! checks a wall-clock deadline between packets.
 
 use std::fs::File;
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -78,6 +78,12 @@ pub trait PcmSink {
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
     File(&'a Path),
+    /// A file already opened (by a caller that checked where it lives), with
+    /// its name's extension as a format hint.
+    Handle {
+        file: &'a File,
+        extension: Option<&'a str>,
+    },
     /// A whole upload in memory (its size is bounded by the caller).
     Bytes {
         data: &'a [u8],
@@ -131,15 +137,17 @@ fn decode_inner(
     sink: &mut dyn PcmSink,
 ) -> Result<Decoded, AudioError> {
     let mut hint = Hint::new();
+    let mut priming = None;
     let media: Box<dyn MediaSource> = match source {
         Source::File(path) => {
-            if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-                hint.with_extension(ext);
-            }
-            let file = File::open(path)?;
-            if file.metadata()?.len() == 0 {
-                return Err(AudioError::Empty);
-            }
+            let extension = path.extension().and_then(|e| e.to_str());
+            let (file, p) = prepare_file(File::open(path)?, extension, &mut hint)?;
+            priming = p;
+            Box::new(file)
+        }
+        Source::Handle { file, extension } => {
+            let (file, p) = prepare_file(file.try_clone()?, extension, &mut hint)?;
+            priming = p;
             Box::new(file)
         }
         Source::Bytes { data, extension } => {
@@ -148,6 +156,9 @@ fn decode_inner(
             }
             if let Some(ext) = extension {
                 hint.with_extension(ext);
+            }
+            if data.get(4..8) == Some(b"ftyp") {
+                priming = priming::read(&mut Cursor::new(data));
             }
             Box::new(Cursor::new(data.to_vec()))
         }
@@ -194,13 +205,7 @@ fn decode_inner(
         path: SamplePath::Float,
     };
     // Encoder delay to drop, in frames (MP4 edit lists; see priming.rs).
-    let priming = match (format, source) {
-        ("isomp4", Source::File(path)) => File::open(path)
-            .ok()
-            .and_then(|mut f| priming::read(&mut f)),
-        ("isomp4", Source::Bytes { data, .. }) => priming::read(&mut Cursor::new(data)),
-        _ => None,
-    };
+    let priming = if format == "isomp4" { priming } else { None };
     let mut to_skip = priming.map_or(0, |p| p.frames_at(sample_rate));
     let mut started = false;
     let mut frames = 0u64;
@@ -301,6 +306,28 @@ fn decode_inner(
         frames,
         skipped_packets: skipped,
     })
+}
+
+/// Checks `file` is not empty, reads an MP4's priming (files starting with
+/// `ftyp`), and rewinds it for the demuxer.
+fn prepare_file(
+    mut file: File,
+    extension: Option<&str>,
+    hint: &mut Hint,
+) -> Result<(File, Option<priming::Priming>), AudioError> {
+    if let Some(ext) = extension {
+        hint.with_extension(ext);
+    }
+    if file.metadata()?.len() == 0 {
+        return Err(AudioError::Empty);
+    }
+    let mut head = [0u8; 8];
+    let priming = match file.read_exact(&mut head) {
+        Ok(()) if &head[4..8] == b"ftyp" => priming::read(&mut file),
+        _ => None,
+    };
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file, priming))
 }
 
 /// ALAC's bit depth, from its magic cookie: MP4 does not report it, and a

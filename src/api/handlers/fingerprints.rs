@@ -7,9 +7,18 @@ use super::*;
 pub async fn search(
     State(state): State<AppState>,
     Path(index): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     r: Req,
 ) -> Result<Response> {
-    let req: SearchRequest = r.decode()?;
+    let req: SearchRequest = match audio_type(&headers) {
+        // Search by audio: the upload's query terms are the query.
+        Some(content_type) => match audio_query(&state, &r.body, &content_type, &uri).await {
+            Ok(req) => req,
+            Err(e) => return Ok(e.into_response()),
+        },
+        None => r.decode()?,
+    };
     if req.query.len() > state.limits.max_query {
         return Err(r.fail(ApiError::QueryTooLong));
     }
@@ -59,6 +68,67 @@ pub async fn search(
         })
         .collect();
     Ok(r.ok(Out::map([(field("results"), Out::List(results))])))
+}
+
+/// Search options in the query string when the body is audio.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AudioSearchParams {
+    limit: Option<u64>,
+    timeout: Option<u64>,
+    min_score: Option<u32>,
+    score_pct: Option<u32>,
+    /// Seconds of the upload fingerprinted (default 120, 0 = all).
+    length: Option<f64>,
+}
+
+/// The body's media type when it is audio (`audio/*`).
+fn audio_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let value = value.trim().to_ascii_lowercase();
+    value.starts_with("audio/").then_some(value)
+}
+
+/// Fingerprints the uploaded audio into a search request of its AcoustID
+/// query terms (docs/api.md, "Search by audio").
+async fn audio_query(
+    state: &AppState,
+    body: &Bytes,
+    content_type: &str,
+    uri: &axum::http::Uri,
+) -> std::result::Result<SearchRequest, crate::audio_api::AudioApiError> {
+    use crate::audio_api::AudioApiError;
+    let Query(params) = Query::<AudioSearchParams>::try_from_uri(uri)
+        .map_err(|e| AudioApiError::BadRequest(format!("query string: {e}")))?;
+    let service = state
+        .audio
+        .as_ref()
+        .ok_or_else(|| AudioApiError::BadRequest("this node does not decode audio".into()))?;
+    let length = crate::audio_api::max_seconds(params.length)?;
+    let body = body.clone();
+    let extension = crate::audio_api::extension_for(content_type);
+    let fingerprint = crate::audio_api::blocking(service, move |deadline| {
+        fpnode_audio::fingerprint(
+            fpnode_audio::decode::Source::Bytes {
+                data: &body,
+                extension,
+            },
+            &fpnode_audio::FingerprintOptions {
+                max_seconds: length,
+                deadline: Some(deadline),
+            },
+        )
+    })
+    .await?;
+    Ok(SearchRequest {
+        query: fingerprint.query_terms(),
+        limit: params.limit,
+        timeout: params.timeout,
+        min_score: params.min_score,
+        score_pct: params.score_pct,
+    })
 }
 
 /// One `_update` change as the engine takes it, checked against the limits.
