@@ -72,10 +72,11 @@ fn render(
                 serde_json::Value::from(path.display().to_string())
             );
         }
+        // fpcalc keeps whole milliseconds, then prints two decimals.
+        let seconds = (fp.duration * 1000.0).floor() / 1000.0;
         let _ = write!(
             out,
-            "\"duration\": {:.2}, \"fingerprint\": {fingerprint}",
-            fp.duration
+            "\"duration\": {seconds:.2}, \"fingerprint\": {fingerprint}"
         );
         if args.terms {
             let _ = write!(

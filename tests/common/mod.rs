@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod audio;
 mod child;
 use child::die_with_parent;
 

@@ -200,13 +200,17 @@ fn decode_inner(
         channels,
         bits_per_sample: params
             .bits_per_sample
-            .or_else(|| alac_bit_depth(codec, params)),
-        duration: duration(&track, sample_rate),
+            .or_else(|| alac_bit_depth(codec, params))
+            // ADPCM decodes to 16 bits (left-aligned in i32 here), S16 in
+            // FFmpeg: swresample's integer path.
+            .or_else(|| codec.starts_with("adpcm").then_some(16)),
+        duration: None,
         path: SamplePath::Float,
     };
     // Encoder delay to drop, in frames (MP4 edit lists; see priming.rs).
     let priming = if format == "isomp4" { priming } else { None };
     let mut to_skip = priming.map_or(0, |p| p.frames_at(sample_rate));
+    info.duration = duration(&track, format, sample_rate, to_skip);
     let mut started = false;
     let mut frames = 0u64;
     let (mut skipped, mut errors_in_a_row) = (0u64, 0usize);
@@ -342,12 +346,20 @@ fn alac_bit_depth(codec: &str, params: &AudioCodecParameters) -> Option<u32> {
 }
 
 /// The container's duration of `track`, in seconds.
-fn duration(track: &Track, sample_rate: u32) -> Option<f64> {
-    if let (Some(frames), true) = (track.num_frames, sample_rate > 0) {
-        return Some(frames as f64 / f64::from(sample_rate));
+///
+/// As FFmpeg reports it (fpcalc prints it): an MP3's counts its encoder
+/// delay and padding (whole MPEG frames), an MP4's starts after the edit
+/// list's priming.
+fn duration(track: &Track, format: &str, sample_rate: u32, priming: u64) -> Option<f64> {
+    if let (Some(mut frames), true) = (track.num_frames, sample_rate > 0) {
+        if format == "mp3" {
+            frames += u64::from(track.delay.unwrap_or(0)) + u64::from(track.padding.unwrap_or(0));
+        }
+        return Some(frames.saturating_sub(priming) as f64 / f64::from(sample_rate));
     }
     let (tb, dur) = (track.time_base?, track.duration?);
-    Some(dur.get() as f64 * f64::from(tb))
+    let seconds = dur.get() as f64 * f64::from(tb);
+    Some((seconds - priming as f64 / f64::from(sample_rate.max(1))).max(0.0))
 }
 
 /// swresample works in `S16P` for integer input of at most 16 bits.
