@@ -401,7 +401,8 @@ pub struct AudioArgs {
     /// Seconds a decode may take (longer: 504 DecodeTimeout).
     #[arg(long, env = "FPNODE_DECODE_TIMEOUT_SECS", default_value_t = 120)]
     pub decode_timeout_secs: u64,
-    /// Descriptors kept in the cache (by path, size and modification time).
+    /// Descriptors kept in the cache (by path, size and modification time);
+    /// 0 disables it.
     #[arg(long, env = "FPNODE_AUDIO_CACHE_ENTRIES", default_value_t = 10_000)]
     pub audio_cache_entries: usize,
     /// Largest audio upload, in bytes (spooled to a temporary file).

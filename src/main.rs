@@ -140,7 +140,15 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = install_metrics()?;
-    let audio = Arc::new(audio_api::AudioService::new(args.audio.options())?);
+    let mut audio_options = args.audio.options();
+    if audio_options.spool_dir.is_none() && args.mode != Mode::Proxy {
+        // Uploads are spooled beside the data, not in a /tmp that may be RAM.
+        let spool = args.dir.join("audio-spool");
+        std::fs::create_dir_all(&spool)
+            .with_context(|| format!("cannot create {}", spool.display()))?;
+        audio_options.spool_dir = Some(spool);
+    }
+    let audio = Arc::new(audio_api::AudioService::new(audio_options)?);
 
     if args.mode != Mode::Proxy {
         std::fs::create_dir_all(&args.dir)

@@ -96,6 +96,10 @@ fn decode_both(data: &[u8], extension: Option<&str>, what: &str) -> usize {
             eprintln!("{what}: decoder panic caught: {message}");
             caught += 1;
         }
+        assert!(
+            !matches!(e, AudioError::AnalysisPanic(_)),
+            "{what}: fpnode's own code panicked: {e}"
+        );
     }
     caught
 }
@@ -154,19 +158,91 @@ fn random_bytes_under_every_extension_are_refused_by_name() {
 
 #[test]
 fn a_deadline_stops_a_long_decode() {
-    // 60 s of audio with a deadline already past: Timeout, at once.
+    // 60 s of audio, whole, with 30 ms to do it: Timeout, soon after.
     let data = std::fs::read(common::audio::long_tracks().join("src/track-001.wav")).unwrap();
-    let started = Instant::now();
-    let r = fingerprint(
-        Source::Bytes {
+    for budget in [Duration::ZERO, Duration::from_millis(30)] {
+        let started = Instant::now();
+        let source = Source::Bytes {
             data: &data,
             extension: Some("wav"),
-        },
-        &FingerprintOptions {
-            max_seconds: None,
-            deadline: Some(Instant::now()),
-        },
-    );
-    assert!(matches!(r, Err(AudioError::Timeout)), "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+        };
+        let deadline = Some(started + budget);
+        let r = fingerprint(
+            source,
+            &FingerprintOptions {
+                max_seconds: None,
+                deadline,
+            },
+        );
+        assert!(matches!(r, Err(AudioError::Timeout)), "{budget:?}: {r:?}");
+        let d = describe(
+            source,
+            &DescribeOptions {
+                max_seconds: None,
+                deadline,
+            },
+        );
+        assert!(matches!(d, Err(AudioError::Timeout)), "{budget:?}: {d:?}");
+        assert!(
+            started.elapsed() < budget + Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A WAV header (PCM, 16-bit) claiming `rate` and `channels`, then `frames`
+/// frames of a ramp.
+fn wav(rate: u32, channels: u16, frames: usize) -> Vec<u8> {
+    let data_len = frames * usize::from(channels) * 2;
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((36 + data_len) as u32).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&channels.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&rate.wrapping_mul(u32::from(channels) * 2).to_le_bytes());
+    out.extend_from_slice(&(channels.wrapping_mul(2)).to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(data_len as u32).to_le_bytes());
+    out.extend((0..data_len / 2).flat_map(|i| ((i % 2000) as i16 * 10).to_le_bytes()));
+    out
+}
+
+#[test]
+fn headers_with_impossible_rates_and_channel_counts_are_refused() {
+    for (rate, channels) in [
+        (u32::MAX, 2),
+        (1_500_000, 1),
+        (2_000_000, 2),
+        (0, 2),
+        (44_100, 0),
+        (44_100, 1000),
+    ] {
+        let data = wav(rate, channels, 40_000);
+        let what = format!("{rate} Hz, {channels} channels");
+        decode_both(&data, Some("wav"), &what);
+        let r = fingerprint(
+            Source::Bytes {
+                data: &data,
+                extension: Some("wav"),
+            },
+            &FingerprintOptions::default(),
+        );
+        assert!(r.is_err(), "{what}: {r:?}");
+    }
+    // The highest rate accepted, and a sane file, work.
+    for (rate, channels) in [(768_000u32, 2u16), (44_100, 2)] {
+        let data = wav(rate, channels, rate as usize * 4);
+        let d = describe(
+            Source::Bytes {
+                data: &data,
+                extension: Some("wav"),
+            },
+            &DescribeOptions::default(),
+        );
+        assert!(d.is_ok(), "{rate} Hz: {d:?}");
+    }
 }

@@ -19,6 +19,13 @@ pub enum AudioError {
     Corrupt(String),
     #[error("the decoder failed on this input: {0}")]
     DecoderPanic(String),
+    /// fpnode's own analysis panicked (a bug: report it), caught so one
+    /// file cannot take the process down.
+    #[error("the analysis failed on this input: {0}")]
+    AnalysisPanic(String),
+    /// A sample rate or channel count no real audio has.
+    #[error("unsupported audio format: {0}")]
+    Unsupported(String),
     #[error("decoding took longer than allowed")]
     Timeout,
     #[error(

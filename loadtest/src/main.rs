@@ -3,6 +3,7 @@
 //! wrong answers. `run NAME` runs a scenario file against a node it starts
 //! itself and writes JSON and Markdown reports (loadtest/README.md).
 
+mod audio;
 mod chaos;
 mod charts;
 mod cluster;
@@ -149,6 +150,29 @@ enum Cmd {
         #[arg(long)]
         follower: Option<String>,
     },
+    /// Library scanners against `fpnode audio-server`: C clients fingerprint
+    /// the files of a library (made by scripts/gen-audio) for a while;
+    /// reports throughput, latency and the server's RSS (docs/audio.md).
+    Audio {
+        /// The library (scripts/gen-audio OUT_DIR).
+        #[arg(long)]
+        library: std::path::PathBuf,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Fail when the server's RSS reaches this.
+        #[arg(long, default_value_t = 500)]
+        rss_limit_mb: u64,
+        /// The server's --max-decodes (default: its own, one per CPU).
+        #[arg(long)]
+        max_decodes: Option<usize>,
+        /// The fpnode binary (default: beside this one).
+        #[arg(long)]
+        fpnode: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "target/loadtest/audio")]
+        out: std::path::PathBuf,
+    },
     /// Closed-loop search with C clients; queries are stored fingerprints with noise.
     Search {
         #[arg(long, default_value = "http://127.0.0.1:6081")]
@@ -218,6 +242,27 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Scale { reports, out } => scale::scale(&reports, &out),
+        Cmd::Audio {
+            library,
+            clients,
+            seconds,
+            rss_limit_mb,
+            max_decodes,
+            fpnode,
+            out,
+        } => {
+            let binary = fpnode.unwrap_or_else(scenario::default_binary);
+            let load = audio::AudioLoad {
+                library,
+                clients,
+                duration: std::time::Duration::from_secs(seconds),
+                rss_limit_mb,
+                max_decodes,
+                out,
+            };
+            println!("{}", audio::run(&binary, load).await?);
+            Ok(())
+        }
         Cmd::Plan {
             fingerprints,
             stream_replicas,

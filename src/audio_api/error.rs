@@ -46,6 +46,8 @@ impl AudioApiError {
                 A::NoAudio => "NoAudio",
                 A::Corrupt(_) => "CorruptAudio",
                 A::DecoderPanic(_) => "DecoderFailed",
+                A::AnalysisPanic(_) => "AnalysisFailed",
+                A::Unsupported(_) => "UnsupportedAudio",
                 A::Timeout => "DecodeTimeout",
                 A::TooShort { .. } => "AudioTooShort",
                 A::BadFingerprint(_) => "BadFingerprint",
@@ -61,7 +63,9 @@ impl AudioApiError {
             "PayloadTooLarge" => StatusCode::PAYLOAD_TOO_LARGE,
             "Overloaded" => StatusCode::SERVICE_UNAVAILABLE,
             "DecodeTimeout" => StatusCode::GATEWAY_TIMEOUT,
-            "InternalError" | "FileUnreadable" => StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError" | "FileUnreadable" | "AnalysisFailed" => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }

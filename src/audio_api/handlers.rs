@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::AudioApiError;
 use super::input::{self, Input};
-use super::service::AudioService;
+use super::service::{Admission, AudioService};
 
 pub async fn health(State(service): State<Arc<AudioService>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
@@ -76,6 +76,13 @@ async fn descriptor_inner(
     body: Body,
     started: Instant,
 ) -> Result<DescriptorResponse, AudioApiError> {
+    let admission = match service.admit() {
+        Ok(a) => a,
+        Err(e) => {
+            input::discard(body, service.options.max_upload_bytes).await;
+            return Err(e);
+        }
+    };
     let input = input::read::<DescriptorRequest>(service, headers, body).await?;
     let options = DescribeOptions {
         max_seconds: None,
@@ -92,7 +99,7 @@ async fn descriptor_inner(
                 (request.track_id, hit, true)
             } else {
                 let key = media.key.clone();
-                let description = blocking(service, move |deadline| {
+                let description = blocking(service, &admission, move |deadline| {
                     describe(
                         Source::Handle {
                             file: &media.file,
@@ -110,7 +117,7 @@ async fn descriptor_inner(
             }
         }
         Input::Upload { file, extension } => {
-            let description = blocking(service, move |deadline| {
+            let description = blocking(service, &admission, move |deadline| {
                 describe(
                     Source::Handle {
                         file: &file,
@@ -202,6 +209,13 @@ async fn chromaprint_inner(
     body: Body,
     started: Instant,
 ) -> Result<ChromaprintResponse, AudioApiError> {
+    let admission = match service.admit() {
+        Ok(a) => a,
+        Err(e) => {
+            input::discard(body, service.options.max_upload_bytes).await;
+            return Err(e);
+        }
+    };
     let input = input::read::<ChromaprintRequest>(service, headers, body).await?;
     let (fp, raw) = match input {
         Input::Json(request) => {
@@ -211,7 +225,7 @@ async fn chromaprint_inner(
                 .await
                 .map_err(|e| AudioApiError::Internal(e.to_string()))??;
             let length = max_seconds(request.length)?;
-            let fp = blocking(service, move |deadline| {
+            let fp = blocking(service, &admission, move |deadline| {
                 fpnode_audio::fingerprint(
                     Source::Handle {
                         file: &media.file,
@@ -228,7 +242,7 @@ async fn chromaprint_inner(
         }
         Input::Upload { file, extension } => {
             let length = max_seconds(params.length)?;
-            let fp = blocking(service, move |deadline| {
+            let fp = blocking(service, &admission, move |deadline| {
                 fpnode_audio::fingerprint(
                     Source::Handle {
                         file: &file,
@@ -282,9 +296,10 @@ pub fn max_seconds(length: Option<f64>) -> Result<Option<f64>, AudioApiError> {
 /// decode deadline.
 pub async fn blocking<T: Send + 'static>(
     service: &AudioService,
+    admission: &Admission,
     work: impl FnOnce(Instant) -> Result<T, fpnode_audio::AudioError> + Send + 'static,
 ) -> Result<T, AudioApiError> {
-    let permit = service.slot().await?;
+    let permit = admission.slot().await?;
     let deadline = Instant::now() + service.options.decode_timeout;
     let gauge = metrics::gauge!("fpnode_audio_decodes_in_flight");
     gauge.increment(1.0);

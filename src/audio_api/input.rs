@@ -2,7 +2,7 @@
 //! `filepath`) or the audio itself as the body, spooled to a temporary file
 //! as it arrives so memory stays bounded whatever its size.
 
-use std::io::Write;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -25,8 +25,8 @@ pub enum Input<T> {
     },
 }
 
-/// JSON (`application/json`, or no type with a body starting with `{`)
-/// is a request naming a file; anything else is audio.
+/// JSON (`application/json`) is a request naming a file; anything else
+/// is audio.
 pub async fn read<T: DeserializeOwned>(
     service: &AudioService,
     headers: &HeaderMap,
@@ -54,12 +54,16 @@ pub async fn read<T: DeserializeOwned>(
     {
         return Err(AudioApiError::PayloadTooLarge(limit));
     }
-    let spool = match &service.options.spool_dir {
+    let dir = service.options.spool_dir.clone();
+    let spool = tokio::task::spawn_blocking(move || match dir {
         Some(dir) => tempfile::tempfile_in(dir),
         None => tempfile::tempfile(),
-    }
+    })
+    .await
+    .map_err(|e| AudioApiError::Internal(format!("cannot spool the upload: {e}")))?
     .map_err(|e| AudioApiError::Internal(format!("cannot spool the upload: {e}")))?;
-    let mut writer = std::io::BufWriter::with_capacity(1 << 16, spool);
+    let spooling = |e: std::io::Error| AudioApiError::Internal(format!("spooling the upload: {e}"));
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 16, tokio::fs::File::from_std(spool));
     let mut stream = body.into_data_stream();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -69,20 +73,30 @@ pub async fn read<T: DeserializeOwned>(
         if written > limit {
             return Err(AudioApiError::PayloadTooLarge(limit));
         }
-        // A local temporary file: a short blocking write, like a log line.
-        writer
-            .write_all(&chunk)
-            .map_err(|e| AudioApiError::Internal(format!("spooling the upload: {e}")))?;
+        writer.write_all(&chunk).await.map_err(spooling)?;
     }
-    let mut file = writer
-        .into_inner()
-        .map_err(|e| AudioApiError::Internal(format!("spooling the upload: {e}")))?;
-    std::io::Seek::rewind(&mut file)
-        .map_err(|e| AudioApiError::Internal(format!("spooling the upload: {e}")))?;
+    writer.flush().await.map_err(spooling)?;
+    let mut file = writer.into_inner();
+    file.rewind().await.map_err(spooling)?;
+    let file = file.into_std().await;
     Ok(Input::Upload {
         file,
         extension: extension_for(&content_type),
     })
+}
+
+/// Reads and drops a refused request's body (up to `limit` bytes), so its
+/// client receives the answer instead of a connection reset mid-upload;
+/// nothing is kept.
+pub async fn discard(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        read += chunk.len() as u64;
+        if read > limit {
+            break;
+        }
+    }
 }
 
 /// The file extension a media type suggests (a hint: the content decides).

@@ -1,6 +1,7 @@
 //! `fpnode describe FILE...`: the 25-D descriptor of each file as one JSON
-//! line, `{"file", "descriptor": {25 fields}, "metadata": {...}}`, the same
-//! object `POST /fingerprint` answers (docs/audio.md, "The descriptor").
+//! line, `{"file", "descriptor": {25 fields}, "metadata": {...}}`: the
+//! fields and metadata `POST /fingerprint` answers (docs/audio.md, "The
+//! descriptor").
 
 use std::process::ExitCode;
 

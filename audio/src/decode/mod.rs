@@ -35,6 +35,11 @@ mod priming;
 /// Decode errors in a row after which a stream is declared corrupt (single
 /// bad packets are skipped, as FFmpeg does).
 const MAX_ERRORS_IN_A_ROW: usize = 32;
+/// Highest sample rate accepted (DXD is 352.8 kHz); a header claiming more
+/// would make the resampler's filter bank huge.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// Most channels accepted.
+pub const MAX_CHANNELS: usize = 32;
 
 /// What the container and codec say about the audio.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,15 +125,24 @@ pub fn decode(
 ) -> Result<Decoded, AudioError> {
     match catch_unwind(AssertUnwindSafe(|| decode_inner(source, deadline, sink))) {
         Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
-            Err(AudioError::DecoderPanic(message))
-        }
+        Err(panic) => Err(AudioError::DecoderPanic(panic_message(&*panic))),
     }
+}
+
+/// Runs one of the sink's calls, turning a panic in fpnode's own analysis
+/// into `AnalysisPanic` (kept apart from the decoder's, which the outer
+/// guard names `DecoderPanic`).
+fn guarded<T>(call: impl FnOnce() -> Result<T, AudioError>) -> Result<T, AudioError> {
+    catch_unwind(AssertUnwindSafe(call))
+        .unwrap_or_else(|panic| Err(AudioError::AnalysisPanic(panic_message(&*panic))))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 fn decode_inner(
@@ -266,8 +280,14 @@ fn decode_inner(
             if info.sample_rate == 0 || info.channels == 0 {
                 return Err(AudioError::Corrupt("zero sample rate or channels".into()));
             }
+            if info.sample_rate > MAX_SAMPLE_RATE || info.channels > MAX_CHANNELS {
+                return Err(AudioError::Unsupported(format!(
+                    "{} Hz, {} channels (at most {MAX_SAMPLE_RATE} Hz and {MAX_CHANNELS} channels)",
+                    info.sample_rate, info.channels
+                )));
+            }
             info.path = sample_path(&buffer, info.bits_per_sample);
-            sink.start(&info)?;
+            guarded(|| sink.start(&info))?;
             started = true;
         }
         if buffer.spec().channels().count() != info.channels
@@ -287,11 +307,11 @@ fn decode_inner(
         let flow = match info.path {
             SamplePath::Int16 => {
                 to_i16(&buffer, &mut ints);
-                sink.push(Pcm::I16(&ints[from..]))?
+                guarded(|| sink.push(Pcm::I16(&ints[from..])))?
             }
             SamplePath::Float => {
                 buffer.copy_to_vec_interleaved(&mut floats);
-                sink.push(Pcm::F32(&floats[from..]))?
+                guarded(|| sink.push(Pcm::F32(&floats[from..])))?
             }
         };
         if flow == Flow::Stop {

@@ -143,6 +143,9 @@ pub fn describe(source: Source<'_>, options: &DescribeOptions) -> Result<Descrip
     };
     let decoded = decode::decode(source, options.deadline, &mut sink)?;
     let analyser = sink.analyser.ok_or(AudioError::NoAudio)?;
+    if analyser.frames == 0 {
+        return Err(AudioError::NoAudio);
+    }
     let analysed_seconds = analyser.frames as f64 / f64::from(decoded.info.sample_rate.max(1));
     let descriptor = analyser.finish();
     let duration = decoded

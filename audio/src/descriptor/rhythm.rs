@@ -19,6 +19,8 @@ const MEDIAN_HALF_SECONDS: f64 = 0.5;
 /// (about 0.05 per bin of the 1,025): a steady tone's frame-to-frame
 /// rounding noise is ~8.
 const MIN_ONSET_FLUX: f32 = 50.0;
+/// Fewer detected onsets than this: tempo 0.
+const MIN_ONSETS_FOR_TEMPO: usize = 2;
 /// Below this normalised autocorrelation there is no pulse: tempo 0.
 const MIN_PULSE: f64 = 0.1;
 
@@ -32,8 +34,13 @@ pub struct Rhythm {
 /// `envelope` holds one onset strength per hop, `fps` hops per second;
 /// `seconds` is the analysed duration.
 pub fn analyse(envelope: &[f32], fps: f64, seconds: f64) -> Rhythm {
-    let (tempo_bpm, rhythm_stability) = tempo(envelope, fps);
+    let (mut tempo_bpm, rhythm_stability) = tempo(envelope, fps);
     let transients = transients(envelope, fps);
+    // No onsets, no beat: the periodicity of a steady sound's rounding
+    // noise is not a tempo.
+    if transients < MIN_ONSETS_FOR_TEMPO {
+        tempo_bpm = 0.0;
+    }
     Rhythm {
         tempo_bpm,
         rhythm_stability,

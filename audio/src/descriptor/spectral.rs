@@ -348,6 +348,9 @@ impl SpectralFrames {
         }
         let min_lag = (self.rate / MAX_PITCH_HZ).floor().max(1.0) as usize;
         let max_lag = ((self.rate / MIN_PITCH_HZ).ceil() as usize).min(SHORT / 2);
+        if min_lag + 1 >= max_lag {
+            return;
+        }
         let mut r = Vec::with_capacity(max_lag + 1);
         for lag in 0..=max_lag {
             let late = self.prefix[SHORT] - self.prefix[lag];

@@ -44,10 +44,37 @@ pub(crate) fn dot_f32(x: &[f32], row: &[f32], next: Option<(&[f32], f32)>) -> f3
     dot_f32_lanes(x, row, next, |a, b, c| a * b + c)
 }
 
+/// FFmpeg's FMA3 kernel in AVX intrinsics: one 8-lane accumulator of fused
+/// multiply-adds per row, the two 128-bit halves added, interpolated with
+/// one fused multiply-add, then `(a0 + a2) + (a1 + a3)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn dot_f32_fma(x: &[f32], row: &[f32], next: Option<(&[f32], f32)>) -> f32 {
-    dot_f32_lanes(x, row, next, f32::mul_add)
+    use std::arch::x86_64::*;
+    let n = x.len().min(row.len()) / 8 * 8;
+    if n != x.len() || next.is_some_and(|(r, _)| r.len() < x.len()) {
+        // Lengths that are not a multiple of 8 take the portable form.
+        return dot_f32_lanes(x, row, next, f32::mul_add);
+    }
+    #[target_feature(enable = "avx2,fma")]
+    fn lanes(x: &[f32], taps: &[f32]) -> __m128 {
+        let mut acc = _mm256_setzero_ps();
+        for (xc, tc) in x.chunks_exact(8).zip(taps.chunks_exact(8)) {
+            // SAFETY: both chunks are exactly 8 f32 long; loadu has no
+            // alignment requirement.
+            #[allow(unsafe_code)]
+            let (a, b) = unsafe { (_mm256_loadu_ps(xc.as_ptr()), _mm256_loadu_ps(tc.as_ptr())) };
+            acc = _mm256_fmadd_ps(a, b, acc);
+        }
+        _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc))
+    }
+    let mut a = lanes(&x[..n], &row[..n]);
+    if let Some((next, t)) = next {
+        let b = lanes(&x[..n], &next[..n]);
+        a = _mm_fmadd_ps(_mm_sub_ps(b, a), _mm_set1_ps(t), a);
+    }
+    let halves = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    _mm_cvtss_f32(_mm_add_ss(halves, _mm_shuffle_ps::<1>(halves, halves)))
 }
 
 /// The FMA3 kernel's order, with `fma` as the multiply-add (fused where the

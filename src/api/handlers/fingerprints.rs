@@ -109,7 +109,8 @@ async fn audio_query(
     let length = crate::audio_api::max_seconds(params.length)?;
     let body = body.clone();
     let extension = crate::audio_api::extension_for(content_type);
-    let fingerprint = crate::audio_api::blocking(service, move |deadline| {
+    let admission = service.admit()?;
+    let fingerprint = crate::audio_api::blocking(service, &admission, move |deadline| {
         fpnode_audio::fingerprint(
             fpnode_audio::decode::Source::Bytes {
                 data: &body,
