@@ -41,21 +41,8 @@ fn main() -> ExitCode {
         Some(Command::Describe(args)) => return audio_cli::describe::run(&args),
         Some(Command::AudioServer(args)) => return audio_server(args),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fpnode: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = server_runtime(&args.log) else {
+        return ExitCode::FAILURE;
     };
     let served = runtime.block_on(serve(args));
     // Blocking work still running (a job's read that cannot stop at once)
@@ -70,23 +57,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// `fpnode audio-server`: the audio endpoints and `/_metrics`, nothing else.
-fn audio_server(args: cli::AudioServerArgs) -> ExitCode {
+/// Logging with `log` as the filter, and the multi-threaded runtime a
+/// server runs on (`None`, said on stderr, if it cannot start).
+fn server_runtime(log: &str) -> Option<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log)
+            tracing_subscriber::EnvFilter::try_new(log)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("fpnode: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// `fpnode audio-server`: the audio endpoints and `/_metrics`, nothing else.
+fn audio_server(args: cli::AudioServerArgs) -> ExitCode {
+    let Some(runtime) = server_runtime(&args.log) else {
+        return ExitCode::FAILURE;
     };
     offline(runtime.block_on(async move {
         let metrics = install_metrics()?;

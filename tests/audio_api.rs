@@ -37,6 +37,11 @@ async fn post_audio(
         .send()
         .await
         .unwrap();
+    answer(r).await
+}
+
+/// Status, Retry-After and JSON body of an answer.
+async fn answer(r: reqwest::Response) -> (u16, Option<String>, Value) {
     let status = r.status().as_u16();
     let retry = r
         .headers()
@@ -363,13 +368,7 @@ async fn excess_decodes_get_503_with_retry_after_never_a_queue() {
                 .send()
                 .await
                 .unwrap();
-            let status = r.status().as_u16();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body: Value = r.json().await.unwrap();
-            (status, retry, body)
+            answer(r).await
         }));
     }
     let (mut ok, mut refused) = (0, 0);

@@ -118,10 +118,7 @@ pub fn fingerprint(
             min_seconds: chromaprint::MIN_SAMPLES as f64 / f64::from(CHROMAPRINT_RATE),
         });
     }
-    let duration = decoded
-        .info
-        .duration
-        .unwrap_or(decoded.frames as f64 / f64::from(decoded.info.sample_rate.max(1)));
+    let duration = decoded.duration();
     Ok(Fingerprint {
         items,
         duration,

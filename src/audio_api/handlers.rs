@@ -76,25 +76,14 @@ async fn descriptor_inner(
     body: Body,
     started: Instant,
 ) -> Result<DescriptorResponse, AudioApiError> {
-    let admission = match service.admit() {
-        Ok(a) => a,
-        Err(e) => {
-            input::discard(body, service.options.max_upload_bytes).await;
-            return Err(e);
-        }
-    };
-    let input = input::read::<DescriptorRequest>(service, headers, body).await?;
+    let (admission, input) = admitted::<DescriptorRequest>(service, headers, body).await?;
     let options = DescribeOptions {
         max_seconds: None,
         deadline: None,
     };
     let (track_id, description, cached) = match input {
         Input::Json(request) => {
-            let svc = service.clone();
-            let path = request.filepath.clone();
-            let media = tokio::task::spawn_blocking(move || svc.open_media(&path))
-                .await
-                .map_err(|e| AudioApiError::Internal(e.to_string()))??;
+            let media = open_media(service, &request.filepath).await?;
             if let Some(hit) = service.cached(&media.key) {
                 (request.track_id, hit, true)
             } else {
@@ -209,21 +198,10 @@ async fn chromaprint_inner(
     body: Body,
     started: Instant,
 ) -> Result<ChromaprintResponse, AudioApiError> {
-    let admission = match service.admit() {
-        Ok(a) => a,
-        Err(e) => {
-            input::discard(body, service.options.max_upload_bytes).await;
-            return Err(e);
-        }
-    };
-    let input = input::read::<ChromaprintRequest>(service, headers, body).await?;
+    let (admission, input) = admitted::<ChromaprintRequest>(service, headers, body).await?;
     let (fp, raw) = match input {
         Input::Json(request) => {
-            let svc = service.clone();
-            let path = request.filepath.clone();
-            let media = tokio::task::spawn_blocking(move || svc.open_media(&path))
-                .await
-                .map_err(|e| AudioApiError::Internal(e.to_string()))??;
+            let media = open_media(service, &request.filepath).await?;
             let length = max_seconds(request.length)?;
             let fp = blocking(service, &admission, move |deadline| {
                 fpnode_audio::fingerprint(
@@ -278,6 +256,34 @@ fn chromaprint_response(fp: Fingerprint, raw: bool, started: Instant) -> Chromap
         items: raw.then_some(fp.items),
         processing_time_ms: started.elapsed().as_secs_f64() * 1000.0,
     }
+}
+
+/// Opens a file under a media root, on a blocking thread.
+async fn open_media(
+    service: &Arc<AudioService>,
+    path: &str,
+) -> Result<super::service::MediaFile, AudioApiError> {
+    let (svc, path) = (service.clone(), path.to_owned());
+    tokio::task::spawn_blocking(move || svc.open_media(&path))
+        .await
+        .map_err(|e| AudioApiError::Internal(e.to_string()))?
+}
+
+/// Admits the request (refused: its body is drained, docs/api.md) and reads
+/// what it names.
+async fn admitted<T: serde::de::DeserializeOwned>(
+    service: &AudioService,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Admission, Input<T>), AudioApiError> {
+    let admission = match service.admit() {
+        Ok(a) => a,
+        Err(e) => {
+            input::discard(body, service.options.max_upload_bytes).await;
+            return Err(e);
+        }
+    };
+    Ok((admission, input::read::<T>(service, headers, body).await?))
 }
 
 /// `length` as fingerprint options take it: 120 by default, 0 for all.

@@ -106,6 +106,15 @@ pub struct Decoded {
     pub skipped_packets: u64,
 }
 
+impl Decoded {
+    /// The container's duration, or the decoded one when it has none.
+    pub fn duration(&self) -> f64 {
+        self.info
+            .duration
+            .unwrap_or(self.frames as f64 / f64::from(self.info.sample_rate.max(1)))
+    }
+}
+
 fn codecs() -> &'static CodecRegistry {
     static REGISTRY: OnceLock<CodecRegistry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
@@ -126,6 +135,25 @@ pub fn decode(
     match catch_unwind(AssertUnwindSafe(|| decode_inner(source, deadline, sink))) {
         Ok(result) => result,
         Err(panic) => Err(AudioError::DecoderPanic(panic_message(&*panic))),
+    }
+}
+
+/// Packets skipped as undecodable, in all and in a row.
+#[derive(Debug, Default)]
+struct Skipped {
+    total: u64,
+    in_a_row: usize,
+}
+
+impl Skipped {
+    /// Counts one; too many in a row make the stream corrupt.
+    fn skip(&mut self, error: SymphoniaError) -> Result<(), AudioError> {
+        self.total += 1;
+        self.in_a_row += 1;
+        if self.in_a_row >= MAX_ERRORS_IN_A_ROW {
+            return Err(AudioError::Corrupt(error.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -227,7 +255,7 @@ fn decode_inner(
     info.duration = duration(&track, format, sample_rate, to_skip);
     let mut started = false;
     let mut frames = 0u64;
-    let (mut skipped, mut errors_in_a_row) = (0u64, 0usize);
+    let mut errors = Skipped::default();
     let mut ints: Vec<i16> = Vec::new();
     let mut floats: Vec<f32> = Vec::new();
     loop {
@@ -244,11 +272,7 @@ fn decode_inner(
             Err(SymphoniaError::IoError(e)) => return Err(AudioError::Io(e)),
             Err(SymphoniaError::ResetRequired) => break,
             Err(e) => {
-                skipped += 1;
-                errors_in_a_row += 1;
-                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
-                    return Err(AudioError::Corrupt(e.to_string()));
-                }
+                errors.skip(e)?;
                 continue;
             }
         };
@@ -261,15 +285,11 @@ fn decode_inner(
                 break;
             }
             Err(e) => {
-                skipped += 1;
-                errors_in_a_row += 1;
-                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
-                    return Err(AudioError::Corrupt(e.to_string()));
-                }
+                errors.skip(e)?;
                 continue;
             }
         };
-        errors_in_a_row = 0;
+        errors.in_a_row = 0;
         if buffer.frames() == 0 {
             continue;
         }
@@ -318,6 +338,7 @@ fn decode_inner(
             break;
         }
     }
+    let skipped = errors.total;
     if !started {
         return Err(if skipped > 0 {
             AudioError::Corrupt(format!("none of {skipped} packets decoded"))

@@ -148,10 +148,7 @@ pub fn describe(source: Source<'_>, options: &DescribeOptions) -> Result<Descrip
     }
     let analysed_seconds = analyser.frames as f64 / f64::from(decoded.info.sample_rate.max(1));
     let descriptor = analyser.finish();
-    let duration = decoded
-        .info
-        .duration
-        .unwrap_or(decoded.frames as f64 / f64::from(decoded.info.sample_rate.max(1)));
+    let duration = decoded.duration();
     Ok(Description {
         descriptor,
         info: decoded.info,
