@@ -6,6 +6,7 @@ mod api;
 mod audio_api;
 mod audio_cli;
 mod cli;
+mod metrics_catalog;
 mod records;
 mod tools;
 
@@ -131,6 +132,7 @@ fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHa
         .context("configuring metrics")?
         .install_recorder()
         .context("installing the metrics recorder")
+        .inspect(|_| metrics_catalog::register())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -398,3 +398,35 @@ async fn a_search_past_its_timeout_answers_search_timeout() {
         "no WAL fsync metric"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_there_from_the_first_scrape_with_their_help() {
+    // fpindex exports its counters from startup: rate() and absent() alerts
+    // work before the first search (fpindex's own test_metrics).
+    let node = Node::start(&[]).await;
+    let text = reqwest::get(node.url("/_metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "fpindex_searches_total",
+        "fpindex_search_hits_total",
+        "fpindex_search_misses_total",
+        "fpindex_updates_total",
+        "fpindex_checkpoints_total",
+        "fpnode_audio_rejected_total",
+        "fpnode_stream_errors_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l == format!("{name} 0")),
+            "{name} is not 0 at startup:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} ")) && l.len() > name.len() + 8),
+            "{name} has no help text:\n{text}"
+        );
+    }
+}
