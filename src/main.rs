@@ -7,6 +7,7 @@ mod audio_api;
 mod audio_cli;
 mod cli;
 mod metrics_catalog;
+mod opened;
 mod records;
 mod tools;
 
@@ -58,6 +59,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Binds the HTTP listener; `local` is its address (port 0 picks one).
+async fn listen(
+    host: std::net::IpAddr,
+    port: u16,
+) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let addr = SocketAddr::new(host, port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    Ok((listener, local))
+}
+
 /// Logging with `log` as the filter, and the multi-threaded runtime a
 /// server runs on (`None`, said on stderr, if it cannot start).
 fn server_runtime(log: &str) -> Option<tokio::runtime::Runtime> {
@@ -87,13 +103,7 @@ fn audio_server(args: cli::AudioServerArgs) -> ExitCode {
     offline(runtime.block_on(async move {
         let metrics = install_metrics()?;
         let audio = Arc::new(audio_api::AudioService::new(args.audio.options())?);
-        let addr = SocketAddr::new(args.host, args.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let local = listener
-            .local_addr()
-            .context("reading the listening address")?;
+        let (listener, local) = listen(args.host, args.port).await?;
         let app = audio_api::router(audio).route(
             "/_metrics",
             axum::routing::get(move || {
@@ -156,13 +166,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&probe);
     }
 
-    let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener
-        .local_addr()
-        .context("reading the listening address")?;
+    let (listener, local) = listen(args.host, args.port).await?;
 
     let replication = match args.mode {
         Mode::Standalone => None,

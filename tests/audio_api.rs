@@ -14,14 +14,8 @@ use common::audio::{FORMATS, library, long_tracks, track};
 use serde_json::{Value, json};
 
 async fn post_json(node: &Node, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(node.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    let answer = common::Api::json(node).call("POST", path, Some(body)).await;
+    (answer.status, answer.body)
 }
 
 async fn post_audio(
@@ -466,11 +460,7 @@ async fn a_30_second_mp3_excerpt_finds_its_track() {
 
 #[tokio::test]
 async fn audio_server_serves_only_the_audio_endpoints() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fpnode"))
         .args(["audio-server", "--port", &port.to_string()])
         .arg(root_arg(library()))

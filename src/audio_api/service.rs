@@ -123,8 +123,7 @@ impl AudioService {
     /// Opens `path` if it resolves (symbolic links and `..` followed) under
     /// a media root. Blocking: call on a blocking thread.
     pub fn open_media(&self, path: &str) -> Result<MediaFile, AudioApiError> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::MetadataExt;
         if self.roots.is_empty() {
             return Err(AudioApiError::FileNotAllowed(
                 "no media root is configured (--media-root)".into(),
@@ -152,17 +151,13 @@ impl AudioService {
             return Err(refused());
         }
         // Non-blocking: a FIFO or device under a root must not hang the open.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&resolved)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => AudioApiError::FileNotFound,
-                _ => AudioApiError::FileNotAllowed(format!("{path}: {e}")),
-            })?;
+        let file = crate::opened::open_nonblocking(&resolved).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => AudioApiError::FileNotFound,
+            _ => AudioApiError::FileNotAllowed(format!("{path}: {e}")),
+        })?;
         // Where the open file really is (the path may have been swapped
         // between the resolution and the open).
-        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        let real = crate::opened::real_path(&file)
             .map_err(|e| AudioApiError::Internal(format!("resolving {path}: {e}")))?;
         if !self.under_roots(&real) {
             return Err(refused());

@@ -117,6 +117,8 @@ pub struct SpectralFrames {
     acf_spectrum: Vec<Complex<f32>>,
     acf: Vec<f32>,
     prefix: Vec<f64>,
+    /// Normalised autocorrelation per lag of the current frame.
+    lag_scores: Vec<f64>,
 }
 
 impl std::fmt::Debug for SpectralFrames {
@@ -165,6 +167,7 @@ impl SpectralFrames {
             acf_spectrum: vec![Complex::default(); SHORT + 1],
             acf: vec![0.0; 2 * SHORT],
             prefix: vec![0.0; SHORT + 1],
+            lag_scores: Vec::with_capacity(SHORT / 2 + 1),
         }
     }
 
@@ -218,13 +221,8 @@ impl SpectralFrames {
 
     fn copy_frame(&mut self, start: u64, len: usize) -> &mut [f32] {
         let from = (start - self.buffer_start) as usize;
-        let (a, b) = self.buffer.as_slices();
-        let input = &mut self.input[..len];
-        for (i, slot) in input.iter_mut().enumerate() {
-            let at = from + i;
-            *slot = if at < a.len() { a[at] } else { b[at - a.len()] };
-        }
-        input
+        fill(&self.buffer, from, &mut self.input[..len]);
+        &mut self.input[..len]
     }
 
     fn long_frame(&mut self, start: u64) {
@@ -315,14 +313,23 @@ impl SpectralFrames {
     /// 50 Hz to 1 kHz fundamentals; the pitch is the first lag within 95%
     /// of it.
     fn harmonic_frame(&mut self, start: u64) {
-        let frame: Vec<f32> = self.copy_frame(start, SHORT).to_vec();
-        let energy: f64 = frame.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        fill(
+            &self.buffer,
+            (start - self.buffer_start) as usize,
+            &mut self.acf_input[..SHORT],
+        );
+        // Energies of the frame's prefixes, before the FFT uses its input as
+        // scratch.
+        self.prefix[0] = 0.0;
+        for (i, &x) in self.acf_input[..SHORT].iter().enumerate() {
+            self.prefix[i + 1] = self.prefix[i] + f64::from(x) * f64::from(x);
+        }
+        let energy = self.prefix[SHORT];
         if 10.0 * (energy / SHORT as f64).max(1e-30).log10() < SILENT_DBFS {
             self.last_pitch = None;
             return;
         }
         let plans = plans();
-        self.acf_input[..SHORT].copy_from_slice(&frame);
         self.acf_input[SHORT..].fill(0.0);
         if plans
             .acf_forward
@@ -342,16 +349,13 @@ impl SpectralFrames {
             return;
         }
         let scale = 1.0 / (2 * SHORT) as f64;
-        self.prefix[0] = 0.0;
-        for (i, &x) in frame.iter().enumerate() {
-            self.prefix[i + 1] = self.prefix[i] + f64::from(x) * f64::from(x);
-        }
         let min_lag = (self.rate / MAX_PITCH_HZ).floor().max(1.0) as usize;
         let max_lag = ((self.rate / MIN_PITCH_HZ).ceil() as usize).min(SHORT / 2);
         if min_lag + 1 >= max_lag {
             return;
         }
-        let mut r = Vec::with_capacity(max_lag + 1);
+        let mut r = std::mem::take(&mut self.lag_scores);
+        r.clear();
         for lag in 0..=max_lag {
             let late = self.prefix[SHORT] - self.prefix[lag];
             let early = self.prefix[SHORT - lag];
@@ -378,6 +382,7 @@ impl SpectralFrames {
         } else {
             None
         };
+        self.lag_scores = r;
         if let (Some(previous), Some(current)) = (self.last_pitch, pitch) {
             self.pitched_pairs += 1;
             if (1200.0 * (current / previous).log2()).abs() < STABLE_CENTS {
@@ -460,5 +465,14 @@ impl SpectralFrames {
             },
             envelope: self.envelope,
         }
+    }
+}
+
+/// Copies `out.len()` samples from `buffer`, starting `from` its front.
+fn fill(buffer: &VecDeque<f32>, from: usize, out: &mut [f32]) {
+    let (a, b) = buffer.as_slices();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let at = from + i;
+        *slot = if at < a.len() { a[at] } else { b[at - a.len()] };
     }
 }

@@ -27,15 +27,28 @@ pub(crate) fn dot_i16(x: &[i16], row: &[i16], next: Option<(&[i16], i64, i64)>) 
     (val >> 15).clamp(-32768, 32767) as i16
 }
 
-/// Float form; `next` carries the next row and the interpolation weight
-/// `frac as f32 * (1 / src_incr as f32)`. `x` and the rows have the same
-/// length (the filter length).
-pub(crate) fn dot_f32(x: &[f32], row: &[f32], next: Option<(&[f32], f32)>) -> f32 {
+/// Whether this CPU has the AVX2 and FMA FFmpeg's kernel uses (asked once
+/// per batch of outputs, not per output).
+pub(crate) fn fma_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU was just checked to have AVX2 and FMA, the
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Float form (`fma`: what [`fma_available`] said); `next` carries the next row and the interpolation weight
+/// `frac as f32 * (1 / src_incr as f32)`. `x` and the rows have the same
+/// length (the filter length).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(crate) fn dot_f32(x: &[f32], row: &[f32], next: Option<(&[f32], f32)>, fma: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if fma {
+            // SAFETY: `fma` says the CPU has AVX2 and FMA, the
             // features `dot_f32_fma` is compiled for; it reads only through slices.
             #[allow(unsafe_code)]
             return unsafe { dot_f32_fma(x, row, next) };
@@ -139,9 +152,12 @@ mod tests {
     fn float_dot_sums_every_tap() {
         let x: Vec<f32> = (0..88).map(|i| i as f32).collect();
         let row = vec![1.0f32; 88];
-        assert_eq!(dot_f32(&x, &row, None), (0..88).sum::<i32>() as f32);
+        assert_eq!(
+            dot_f32(&x, &row, None, fma_available()),
+            (0..88).sum::<i32>() as f32
+        );
         let next = vec![2.0f32; 88];
-        let half = dot_f32(&x, &row, Some((&next, 0.5)));
+        let half = dot_f32(&x, &row, Some((&next, 0.5)), fma_available());
         assert_eq!(half, 1.5 * (0..88).sum::<i32>() as f32);
     }
 }

@@ -9,7 +9,7 @@ mod bank;
 mod dot;
 
 use bank::Bank;
-use dot::{dot_f32, dot_i16};
+use dot::{dot_f32, dot_i16, fma_available};
 
 /// Chromaprint's sample rate.
 pub const CHROMAPRINT_RATE: u32 = 11_025;
@@ -165,6 +165,7 @@ impl Resampler {
         let fl = bank.filter_length;
         let interpolate = bank.modulo != 0;
         let inv = 1.0f32 / bank.src_incr as f32;
+        let fma = fma_available();
         let mut state = (self.pos, self.index, self.frac);
         for (ch, res) in self.floats.iter().zip(self.out_f32.iter_mut()) {
             res.clear();
@@ -172,7 +173,7 @@ impl Resampler {
             while pos + fl <= ch.buf.len() {
                 let x = &ch.buf[pos..pos + fl];
                 let next = interpolate.then(|| (&bank.row_f32(index + 1)[..fl], frac as f32 * inv));
-                res.push(dot_f32(x, &bank.row_f32(index)[..fl], next));
+                res.push(dot_f32(x, &bank.row_f32(index)[..fl], next, fma));
                 (pos, index, frac) = step(bank, pos, index, frac);
             }
             state = (pos, index, frac);

@@ -195,7 +195,6 @@ pub async fn plan(state: &AppState, req: JobRequest) -> Result<(JobSpec, JobWork
 /// the directory. The job reads this descriptor, never the path again.
 /// Blocking: call it on a blocking thread.
 fn open_import(dirs: &JobDirs, file: &str) -> Result<std::fs::File, ApiError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let root = dirs.import.as_ref().ok_or(ApiError::FileNotAllowed)?;
     let plain = Path::new(file)
         .components()
@@ -203,22 +202,12 @@ fn open_import(dirs: &JobDirs, file: &str) -> Result<std::fs::File, ApiError> {
     if !plain || file.is_empty() {
         return Err(ApiError::FileNotAllowed);
     }
-    // Non-blocking: opening a FIFO must not wait for a writer.
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(root.join(file));
-    let f = match opened {
+    let f = match crate::opened::open_nonblocking(&root.join(file)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ApiError::FileNotFound),
         Err(_) => return Err(ApiError::FileNotAllowed),
     };
-    let real = {
-        use std::os::fd::AsRawFd;
-        // No fallback to the path: it could have changed since the open.
-        std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-            .map_err(|_| ApiError::FileNotAllowed)?
-    };
+    let real = crate::opened::real_path(&f).map_err(|_| ApiError::FileNotAllowed)?;
     if !real.starts_with(root) {
         return Err(ApiError::FileNotAllowed);
     }
