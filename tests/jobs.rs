@@ -731,3 +731,103 @@ async fn verify_names_a_corrupt_segment_and_a_job_on_a_deleted_index_fails() {
         "{failed}"
     );
 }
+
+/// A compaction cancelled through the API while it merges stops (within
+/// 65,536 postings), removes its unfinished file and leaves the index as it
+/// was. The merge must still be running when the cancel arrives: if a
+/// machine merges the corpus before the cancel lands, the test doubles the
+/// corpus and tries again (four times at most).
+#[tokio::test]
+async fn a_compaction_cancelled_while_it_merges_leaves_the_index_as_it_was() {
+    // Checkpoints every 2M postings: a few file segments, too few for the
+    // background merge policy to touch, so the directory holds still.
+    let s = setup(&["--checkpoint-threshold", "2000000"]).await;
+    let api = &s.api;
+    let mut first = 1;
+    for attempt in 0..4 {
+        let n = 200_000u32 << attempt;
+        let mut body = Vec::new();
+        for (id, h) in &corpus(first, n) {
+            body.extend(rmp_serde::to_vec_named(&json!({"i": id, "h": h})).unwrap());
+        }
+        let name = format!("c{attempt}.msgpack");
+        std::fs::write(s.imports.path().join(&name), &body).unwrap();
+        drop(body);
+        let id = start_job(
+            api,
+            json!({"kind": "import", "index": "a", "file": name, "format": "msgpack"}),
+        )
+        .await;
+        wait_state(api, id, "succeeded").await;
+        std::fs::remove_file(s.imports.path().join(&name)).unwrap();
+        first += n;
+        let docs = num_docs(api, "a").await;
+        assert_eq!(docs, u64::from(first - 1));
+
+        let id = start_job(api, json!({"kind": "compact", "index": "a"})).await;
+        let seen = wait_job(api, id, "merging", |j| {
+            j["state"] != "queued" && j["state"] != "running"
+                || j["progress"]["done"].as_u64() > Some(0)
+        })
+        .await;
+        if seen["state"] != "running" {
+            assert_eq!(seen["state"], "succeeded", "{seen}");
+            continue;
+        }
+        // Memory is checkpointed before the merge starts: this is the
+        // index the cancel must leave.
+        let before = api.call("GET", "/a/_status", None).await.body;
+        let a = api.call("DELETE", &format!("/_jobs/{id}"), None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let end = wait_job(api, id, "finished", |j| {
+            j["state"] != "running" && j["state"] != "queued"
+        })
+        .await;
+        if end["state"] == "succeeded" {
+            // The merge ended between the look and the cancel.
+            continue;
+        }
+        assert_eq!(end["state"], "cancelled", "{end}");
+        assert!(
+            end["progress"]["done"].as_u64() < end["progress"]["total"].as_u64(),
+            "{end}"
+        );
+        let after = api.call("GET", "/a/_status", None).await.body;
+        for key in ["num_docs", "file_segments", "file_bytes", "version"] {
+            assert_eq!(after[key], before[key], "{key}: {before} -> {after}");
+        }
+        assert!(after["file_segments"].as_u64() > Some(1), "{after}");
+        // No unfinished file left beside the index's segments.
+        let generation = files_in(&s.node.data_dir().join("indexes/a"))
+            .pop()
+            .unwrap();
+        let dir = s
+            .node
+            .data_dir()
+            .join("indexes/a")
+            .join(generation)
+            .join("segments");
+        let files = files_in(&dir);
+        assert_eq!(
+            files.len() as u64,
+            after["file_segments"].as_u64().unwrap(),
+            "the index's segments only: {files:?}"
+        );
+        for id in [1, first / 2, first - 1] {
+            let hit = api
+                .call(
+                    "POST",
+                    "/a/_search",
+                    Some(json!({"query": corpus(id, 1)[&id], "limit": 1})),
+                )
+                .await;
+            assert_eq!(hit.body["results"][0]["id"], id, "{}", hit.body);
+        }
+        // And the index still compacts.
+        let id = start_job(api, json!({"kind": "compact", "index": "a"})).await;
+        let done = wait_state(api, id, "succeeded").await;
+        assert_eq!(done["result"]["segments_after"], 1, "{done}");
+        return;
+    }
+    panic!("every compaction finished before its cancel arrived");
+}

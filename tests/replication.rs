@@ -1107,6 +1107,49 @@ async fn change_feeds_stream_through_a_proxy_and_resume_from_last_event_id() {
     assert_eq!(answer["results"][0]["id"], 11);
 }
 
+/// A long poll through the proxy outlives the proxy's 45 s silence limit
+/// for event streams (a long poll sends nothing until its answer): asked to
+/// wait 60 s, it is answered by a write 47 s in, not cut off. Idle for most
+/// of a minute, it lets the other tests run meanwhile.
+#[tokio::test]
+async fn a_long_poll_through_a_proxy_waits_beyond_the_event_stream_silence_limit() {
+    let serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let a = replica(&nats, &[]).await;
+    let p = proxy(&nats, &[&a]).await;
+    let jp = Api::json(&p);
+    assert_eq!(jp.call("PUT", "/main", None).await.status, 200);
+    following_live(&a).await;
+    let mut model = Model::new();
+    let first = update(&jp, &[1], 0, &mut model).await;
+    drop(serial);
+
+    let started = Instant::now();
+    let poll = {
+        let url = p.url(&format!(
+            "/main/_changes?feed=longpoll&since={first}&timeout=60000"
+        ));
+        tokio::spawn(async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status(), res.text().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(47)).await;
+    assert!(
+        !poll.is_finished(),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let next = update(&jp, &[2], 0, &mut model).await;
+    let (status, body) = poll.await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["results"][0]["version"], next, "{answer}");
+    assert_eq!(answer["results"][0]["id"], 2);
+    assert!(waited < Duration::from_secs(60), "{waited:?}");
+}
+
 /// A `resync` job drops a replica's copy of an index and bootstraps it
 /// again from the stream: afterwards it holds exactly what the stream holds
 /// (and what the other replica holds), and the node's events show the copy

@@ -396,4 +396,75 @@ mod tests {
         assert_eq!(events.last(), last);
         assert_eq!(events.since(oldest - 1, 1).unwrap()[0].seq, oldest);
     }
+
+    /// Set in the child process of the test below.
+    const FSIZE_CHILD: &str = "FPNODE_EVENTS_FSIZE_CHILD";
+
+    /// A real write failure: the test runs itself again in a child process
+    /// whose file size limit (`RLIMIT_FSIZE`, `SIGXFSZ` ignored) lets an
+    /// append write 10 bytes and then fail with `EFBIG`. The event is lost,
+    /// the torn bytes are cut off, and once the disk takes writes again the
+    /// next event gets the lost one's number: no reader ever saw it.
+    #[test]
+    fn an_append_the_disk_refuses_is_cut_back_and_the_log_goes_on() {
+        if let Ok(dir) = std::env::var(FSIZE_CHILD) {
+            refused_append(Path::new(&dir));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let events = NodeEvents::open(dir.path()).unwrap();
+        events.emit(created(1));
+        events.emit(created(2));
+        drop(events);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "events::tests::an_append_the_disk_refuses_is_cut_back_and_the_log_goes_on",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(FSIZE_CHILD, dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("refused append checked"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events = NodeEvents::open(dir.path()).unwrap();
+        let all = events.since(0, 10).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(all[2].what, created(4));
+        let text = std::fs::read_to_string(dir.path().join("events.log")).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    fn set_file_size_limit(limit: u64) {
+        let lim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: plain system calls on this (child) process's own limits.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+    }
+
+    fn refused_append(dir: &Path) {
+        let events = NodeEvents::open(dir).unwrap();
+        let path = dir.join("events.log");
+        let len = std::fs::metadata(&path).unwrap().len();
+        set_file_size_limit(len + 10);
+        events.emit(created(3));
+        assert_eq!(events.last(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert!(events.since(2, 10).unwrap().is_empty());
+        set_file_size_limit(libc::RLIM_INFINITY);
+        events.emit(created(4));
+        assert_eq!(events.last(), 3);
+        println!("refused append checked");
+    }
 }
