@@ -271,6 +271,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_STALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub stall_timeout_ms: u64,
 
+    /// Serve fpindex's legacy line protocol on this TCP port, on the same
+    /// address as HTTP (docs/api.md "Legacy line protocol"); 0: off.
+    #[arg(long, env = "FPNODE_LEGACY_PORT", default_value_t = 0)]
+    pub legacy_port: u16,
+
     /// Largest request body, in bytes (larger: 413 PayloadTooLarge).
     #[arg(long, env = "FPNODE_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,

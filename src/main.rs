@@ -6,6 +6,7 @@ mod api;
 mod audio_api;
 mod audio_cli;
 mod cli;
+mod legacy;
 mod metrics_catalog;
 mod opened;
 mod records;
@@ -211,7 +212,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Requests in flight get SHUTDOWN_GRACE to finish; change feeds, long
     // polls and streams that would hold the process forever are then cut.
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    let limits = state.limits;
     let app = api::router(state).merge(audio_api::router(audio));
+    if args.legacy_port != 0 {
+        let listener = tokio::net::TcpListener::bind((args.host, args.legacy_port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.legacy_port))?;
+        tracing::info!(address = %listener.local_addr()?, "legacy line protocol listening");
+        let limits = legacy::session::TransactionLimits {
+            max_changes: limits.max_changes,
+            max_hashes: limits.max_hashes,
+            max_body_bytes: limits.max_body_bytes,
+        };
+        tokio::spawn(legacy::serve(
+            listener,
+            legacy::backend::Backend::new(app.clone()),
+            limits,
+            stop.clone(),
+        ));
+    }
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stopping.send(true);

@@ -117,6 +117,24 @@ pub const METRICS: &[(&str, Kind, bool, &str)] = &[
         "time to answer",
     ),
     (
+        "fpnode_legacy_connections",
+        Kind::Gauge,
+        false,
+        "legacy line protocol connections open",
+    ),
+    (
+        "fpnode_legacy_requests_total",
+        Kind::Counter,
+        true,
+        "legacy line protocol requests answered",
+    ),
+    (
+        "fpnode_legacy_refused_total",
+        Kind::Counter,
+        false,
+        "legacy connections refused (too many open)",
+    ),
+    (
         "fpnode_search_queue_depth",
         Kind::Gauge,
         false,

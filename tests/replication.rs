@@ -10,6 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/legacy.rs"]
+mod legacy;
 #[path = "common/nats.rs"]
 mod nats;
 #[path = "common/ws.rs"]
@@ -1148,6 +1150,64 @@ async fn a_long_poll_through_a_proxy_waits_beyond_the_event_stream_silence_limit
     assert_eq!(answer["results"][0]["version"], next, "{answer}");
     assert_eq!(answer["results"][0]["id"], 2);
     assert!(waited < Duration::from_secs(60), "{waited:?}");
+}
+
+/// The legacy line protocol on a replica and on a proxy: a commit takes
+/// the HTTP write path (through the stream) and reaches both replicas; a
+/// proxy's search is forwarded to a replica.
+#[tokio::test]
+async fn legacy_commits_on_a_replica_and_a_proxy_reach_both_replicas() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let (port_a, port_p) = (common::free_port(), common::free_port());
+    let a = replica(&nats, &["--legacy-port", &port_a.to_string()]).await;
+    let b = replica(&nats, &[]).await;
+    let url = nats.url();
+    let list = format!("{},{}", a.url(""), b.url(""));
+    let _p = Node::start(&[
+        "--mode",
+        "proxy",
+        "--nats-url",
+        &url,
+        "--replicas",
+        &list,
+        "--legacy-port",
+        &port_p.to_string(),
+    ])
+    .await;
+    // Both legacy servers create `main` (through the stream) when missing.
+    for node in [&a, &b] {
+        following_live(node).await;
+    }
+    let mut on_a = legacy::Legacy::connect(port_a).await;
+    let mut on_p = legacy::Legacy::connect(port_p).await;
+    for (c, id) in [(&mut on_a, 1001), (&mut on_p, 1002)] {
+        assert_eq!(c.ask("begin").await, "OK ");
+        assert_eq!(c.ask(&format!("insert {id} 5,6,{id}")).await, "OK ");
+        assert_eq!(c.ask(&format!("set attribute by{id} legacy")).await, "OK ");
+        assert_eq!(c.ask("commit").await, "OK ");
+    }
+    // A replica answers a commit once it applied it; a proxy once the
+    // stream has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_a.ask("search 5,6,1001").await != "OK 1001:3 1002:2" {
+        assert!(Instant::now() < deadline, "a never got both commits");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hb = Api::json(&b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while search_ids(&hb, &[5, 6, 1002]).await != [1002, 1001] {
+        assert!(Instant::now() < deadline, "b never got both commits");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_p.ask("search 5,6,1002").await != "OK 1002:3 1001:2" {
+        assert!(Instant::now() < deadline, "the proxy never found both");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_p.ask("get by1001").await, "OK legacy");
+    let index = hb.call("GET", "/main", None).await;
+    assert_eq!(index.body["metadata"]["by1002"], "legacy", "{}", index.body);
 }
 
 /// A `resync` job drops a replica's copy of an index and bootstraps it

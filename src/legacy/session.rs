@@ -1,0 +1,252 @@
+//! One legacy connection's state: its attributes and its open transaction,
+//! and what each command does with them (docs/api.md "Legacy line
+//! protocol").
+
+use std::collections::BTreeMap;
+
+use super::backend::{Backend, SearchOptions};
+use super::command::{self, Command, ParseError};
+
+/// A reply line, without its `\r\n`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok(String),
+    Err(String),
+}
+
+impl Reply {
+    fn ok() -> Reply {
+        Reply::Ok(String::new())
+    }
+
+    fn err(message: impl Into<String>) -> Reply {
+        Reply::Err(message.into())
+    }
+
+    /// `OK <payload>` or `ERR <message>`, with the protocol's `\r\n`.
+    pub fn line(&self) -> String {
+        match self {
+            Reply::Ok(payload) => format!("OK {payload}\r\n"),
+            Reply::Err(message) => format!("ERR {message}\r\n"),
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Reply::Ok(_))
+    }
+}
+
+/// How large a transaction may grow: it is applied as one `_update`, so it
+/// must fit one request (docs/api.md, "Limits").
+#[derive(Debug, Clone, Copy)]
+pub struct TransactionLimits {
+    pub max_changes: usize,
+    pub max_hashes: usize,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    /// Buffered inserts; a later insert of an id replaces an earlier one.
+    inserts: BTreeMap<u32, Vec<u32>>,
+    attributes: BTreeMap<String, String>,
+    /// What the `_update` body will weigh at most (MessagePack).
+    bytes: usize,
+}
+
+/// One connection's attributes and transaction.
+#[derive(Debug)]
+pub struct Session {
+    pub max_results: u32,
+    pub top_score_percent: u32,
+    /// Search timeout in ms; 0: the HTTP API's default.
+    pub timeout: u32,
+    /// Ms without a request before the connection is closed; 0: never.
+    pub idle_timeout: u32,
+    limits: TransactionLimits,
+    transaction: Option<Transaction>,
+}
+
+/// Room for the `_update` body's own keys and a metadata entry's.
+const BODY_OVERHEAD: usize = 64;
+
+impl Session {
+    pub fn new(limits: TransactionLimits) -> Session {
+        Session {
+            max_results: 500,
+            top_score_percent: 10,
+            timeout: 0,
+            idle_timeout: 60_000,
+            limits,
+            transaction: None,
+        }
+    }
+
+    fn attribute(&mut self, name: &str) -> Option<&mut u32> {
+        match name {
+            "max_results" => Some(&mut self.max_results),
+            "top_score_percent" => Some(&mut self.top_score_percent),
+            "timeout" => Some(&mut self.timeout),
+            "idle_timeout" => Some(&mut self.idle_timeout),
+            _ => None,
+        }
+    }
+
+    /// Answers one request line. Returns the command's name (for metrics)
+    /// with the reply.
+    pub async fn handle(&mut self, line: &str, backend: &Backend) -> (&'static str, Reply) {
+        let command = match command::parse(line, self.transaction.is_some()) {
+            Ok(c) => c,
+            Err(ParseError::Unknown) => return ("unknown", Reply::err("unknown command")),
+            Err(e) => {
+                let name = line.split(' ').find(|w| !w.is_empty()).unwrap_or("");
+                return (known(name), Reply::err(e.to_string()));
+            }
+        };
+        match command {
+            Command::Empty => ("empty", Reply::ok()),
+            Command::Echo(words) => ("echo", Reply::Ok(words)),
+            Command::Search(query) => ("search", self.search(&query, backend).await),
+            Command::Begin => ("begin", self.begin()),
+            Command::Insert { id, hashes } => ("insert", self.insert(id, hashes)),
+            Command::Commit => ("commit", self.commit(backend).await),
+            Command::Rollback => (
+                "rollback",
+                match self.transaction.take() {
+                    Some(_) => Reply::ok(),
+                    None => Reply::err("not in transaction"),
+                },
+            ),
+            Command::Noop => (
+                "optimize",
+                if self.transaction.is_some() {
+                    Reply::ok()
+                } else {
+                    Reply::err("not in transaction")
+                },
+            ),
+            Command::Get(name) => ("get", self.get(&name, backend).await),
+            Command::Set { name, value } => ("set", self.set(name, value)),
+        }
+    }
+
+    async fn search(&self, query: &[u32], backend: &Backend) -> Reply {
+        let opts = SearchOptions {
+            limit: self.max_results,
+            score_pct: self.top_score_percent,
+            timeout: self.timeout,
+        };
+        match backend.search(query, opts).await {
+            Ok(hits) => Reply::Ok(
+                hits.iter()
+                    .map(|(id, score)| format!("{id}:{score}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Err(e) if e.name == "SearchTimeout" => Reply::err("timeout exceeded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy protocol: search failed");
+                Reply::err("search failed")
+            }
+        }
+    }
+
+    fn begin(&mut self) -> Reply {
+        if self.transaction.is_some() {
+            return Reply::err("already in transaction");
+        }
+        self.transaction = Some(Transaction {
+            bytes: BODY_OVERHEAD,
+            ..Transaction::default()
+        });
+        Reply::ok()
+    }
+
+    fn insert(&mut self, id: u32, hashes: Vec<u32>) -> Reply {
+        let limits = self.limits;
+        let Some(t) = self.transaction.as_mut() else {
+            return Reply::err("not in transaction");
+        };
+        if hashes.len() > limits.max_hashes {
+            return Reply::err("too many hashes");
+        }
+        // At most 5 bytes a hash, and the change's own keys.
+        let weight = 5 * hashes.len() + 24;
+        if (!t.inserts.contains_key(&id) && t.inserts.len() >= limits.max_changes)
+            || t.bytes + weight > limits.max_body_bytes
+        {
+            return Reply::err("transaction too large");
+        }
+        t.bytes += weight;
+        t.inserts.insert(id, hashes);
+        Reply::ok()
+    }
+
+    async fn commit(&mut self, backend: &Backend) -> Reply {
+        let Some(t) = self.transaction.take() else {
+            return Reply::err("not in transaction");
+        };
+        if t.inserts.is_empty() && t.attributes.is_empty() {
+            return Reply::ok();
+        }
+        match backend.commit(&t.inserts, &t.attributes).await {
+            Ok(()) => Reply::ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, inserts = t.inserts.len(), "legacy protocol: commit failed");
+                Reply::err("commit failed")
+            }
+        }
+    }
+
+    async fn get(&mut self, name: &str, backend: &Backend) -> Reply {
+        if let Some(value) = self.attribute(name) {
+            return Reply::Ok(value.to_string());
+        }
+        match backend.metadata(name).await {
+            Ok(value) => Reply::Ok(value.unwrap_or_default()),
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy protocol: metadata not read");
+                Reply::err("internal error")
+            }
+        }
+    }
+
+    fn set(&mut self, name: String, value: String) -> Reply {
+        if let Some(attribute) = self.attribute(&name) {
+            return match value.parse::<u32>() {
+                Ok(v) => {
+                    *attribute = v;
+                    Reply::ok()
+                }
+                Err(_) => Reply::err("invalid value"),
+            };
+        }
+        let limit = self.limits.max_body_bytes;
+        let Some(t) = self.transaction.as_mut() else {
+            return Reply::err("not in transaction");
+        };
+        let weight = name.len() + value.len() + 16;
+        if t.bytes + weight > limit {
+            return Reply::err("transaction too large");
+        }
+        t.bytes += weight;
+        t.attributes.insert(name, value);
+        Reply::ok()
+    }
+}
+
+/// A command's name as a metric label (a fixed set).
+fn known(name: &str) -> &'static str {
+    match name {
+        "echo" => "echo",
+        "search" => "search",
+        "begin" => "begin",
+        "insert" => "insert",
+        "commit" => "commit",
+        "rollback" => "rollback",
+        "optimize" | "cleanup" => "optimize",
+        "get" => "get",
+        "set" => "set",
+        _ => "unknown",
+    }
+}
