@@ -7,6 +7,7 @@ mod audio_api;
 mod audio_cli;
 mod cli;
 mod legacy;
+mod malloc;
 mod metrics_catalog;
 mod opened;
 mod records;
@@ -32,6 +33,7 @@ use crate::api::{AppState, Limits};
 use crate::cli::{Cli, Command, Mode, ServeArgs};
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse_from(cli::fpcalc_spelling(std::env::args_os()));
     let args = match cli.command {
         Some(Command::Serve(args)) => *args,
