@@ -271,6 +271,24 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_STALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub stall_timeout_ms: u64,
 
+    /// Bearer tokens with roles, one `<role>:<token>` per line (roles
+    /// `read`, `write`, `admin`; `<role>:sha256:<hex>` for a token's
+    /// digest); reloaded on SIGHUP. With neither this nor FPNODE_AUTH_TOKENS,
+    /// authentication is off (docs/operations.md "Authentication").
+    #[arg(long, env = "FPNODE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Bearer tokens as in `--auth-tokens-file`, comma separated. Prefer the
+    /// environment variable: a flag's value shows in `ps`.
+    #[arg(long, env = "FPNODE_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// Proxy mode: the bearer token the proxy sends to replicas that
+    /// require one, for its own requests (forwarded requests carry the
+    /// client's).
+    #[arg(long, env = "FPNODE_REPLICA_TOKEN", hide_env_values = true)]
+    pub replica_token: Option<String>,
+
     /// Serve fpindex's legacy line protocol on this TCP port, on the same
     /// address as HTTP (docs/api.md "Legacy line protocol"); 0: off.
     #[arg(long, env = "FPNODE_LEGACY_PORT", default_value_t = 0)]

@@ -5,6 +5,7 @@
 mod api;
 mod audio_api;
 mod audio_cli;
+mod auth;
 mod cli;
 mod legacy;
 mod malloc;
@@ -170,6 +171,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let (listener, local) = listen(args.host, args.port).await?;
+    let auth = auth::Auth::load(args.auth_tokens_file.clone(), args.auth_tokens.clone())
+        .context("reading the auth tokens")?;
+    match &auth {
+        Some(auth) => {
+            auth::reload_on_sighup(auth.clone()).context("watching SIGHUP")?;
+            metrics::gauge!("fpnode_auth_tokens").set(auth.len() as f64);
+            tracing::info!(
+                tokens = auth.len(),
+                "authentication on: bearer tokens required"
+            );
+            if args.legacy_port != 0 {
+                tracing::warn!(
+                    "the legacy line protocol (--legacy-port) has no authentication: its clients can search and write; keep its port on a trusted network"
+                );
+            }
+        }
+        None if !local.ip().is_loopback() => {
+            tracing::warn!(address = %local, "AUTHENTICATION IS OFF and fpnode listens beyond localhost: anyone who can reach this port can write and delete indexes. Set --auth-tokens-file or FPNODE_AUTH_TOKENS (docs/operations.md \"Authentication\")");
+        }
+        None => {}
+    }
 
     let replication = match args.mode {
         Mode::Standalone => None,
@@ -184,6 +206,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let proxy = api::proxy::Proxy::start(
                 &args.replicas,
                 Duration::from_millis(args.forward_timeout_ms.max(1)),
+                args.replica_token.as_deref(),
             )?;
             (None, Some(proxy))
         }
@@ -215,7 +238,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // polls and streams that would hold the process forever are then cut.
     let (stopping, mut stop) = tokio::sync::watch::channel(false);
     let limits = state.limits;
-    let app = api::router(state).merge(audio_api::router(audio));
+    let app = api::router(state)
+        .merge(audio_api::router(audio))
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize));
     if args.legacy_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.host, args.legacy_port))
             .await

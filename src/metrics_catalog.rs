@@ -105,6 +105,24 @@ pub const METRICS: &[(&str, Kind, bool, &str)] = &[
         "POST /fingerprint by path answered from the descriptor cache, or not",
     ),
     (
+        "fpnode_auth_tokens",
+        Kind::Gauge,
+        false,
+        "bearer tokens in force (0 with authentication off)",
+    ),
+    (
+        "fpnode_auth_failures_total",
+        Kind::Counter,
+        true,
+        "requests refused by authentication",
+    ),
+    (
+        "fpnode_auth_reloads_total",
+        Kind::Counter,
+        true,
+        "token reloads on SIGHUP",
+    ),
+    (
         "fpnode_http_requests_total",
         Kind::Counter,
         true,

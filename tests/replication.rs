@@ -1210,6 +1210,68 @@ async fn legacy_commits_on_a_replica_and_a_proxy_reach_both_replicas() {
     assert_eq!(index.body["metadata"]["by1002"], "legacy", "{}", index.body);
 }
 
+/// Authentication on a proxy and its replicas (the same tokens): the proxy
+/// refuses what the token does not cover, forwards the client's token with
+/// reads, and passes a browser's WebSocket feed through with its own
+/// `--replica-token`.
+#[tokio::test]
+async fn a_proxy_checks_tokens_and_its_replicas_see_the_clients_or_its_own() {
+    let _serial = SERIAL.lock().await;
+    const READ: &str = "reader-token-0000000001";
+    const ADMIN: &str = "admin-token-00000000001";
+    let tokens = format!("read:{READ},admin:{ADMIN}");
+    let nats = NatsServer::start();
+    let tokens_arg = ["--auth-tokens", tokens.as_str()];
+    let a = replica(&nats, &tokens_arg).await;
+    let url = nats.url();
+    let replicas = a.url("");
+    let p = Node::start(&[
+        "--mode",
+        "proxy",
+        "--nats-url",
+        &url,
+        "--replicas",
+        &replicas,
+        "--auth-tokens",
+        &tokens,
+        "--replica-token",
+        READ,
+    ])
+    .await;
+    let admin = Api::json_with_token(&p, ADMIN);
+    let reader = Api::json_with_token(&p, READ);
+    assert_eq!(Api::json(&p).call("PUT", "/main", None).await.status, 401);
+    assert_eq!(reader.call("PUT", "/main", None).await.status, 403);
+    assert_eq!(admin.call("PUT", "/main", None).await.status, 200);
+    following_live(&a).await;
+    let mut model = Model::new();
+    let v = update(&admin, &[1, 2], 0, &mut model).await;
+    wait_version(&Api::json_with_token(&a, READ), v, Duration::from_secs(10)).await;
+    // A forwarded read carries the client's token to the replica.
+    assert_eq!(search_ids(&reader, &hashes(1, 0)).await[0], 1);
+    assert_eq!(
+        Api::json(&p)
+            .call("GET", "/main/_status", None)
+            .await
+            .status,
+        401
+    );
+    // A browser's WebSocket: the token in the query at the proxy, the
+    // proxy's own token at the replica.
+    let ws_url = format!("ws://127.0.0.1:{}/_changes?access_token={READ}", p.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    ws::send(
+        &mut socket,
+        json!({ "op": "subscribe", "index": "main", "since": 0 }),
+    )
+    .await;
+    assert_eq!(ws::next(&mut socket).await["type"], "subscribed");
+    let got = socket_changes(&mut socket, v).await;
+    assert_eq!(got.last().unwrap().0, v);
+    let bare = format!("ws://127.0.0.1:{}/_changes", p.port);
+    assert!(tokio_tungstenite::connect_async(bare).await.is_err());
+}
+
 /// A `resync` job drops a replica's copy of an index and bootstraps it
 /// again from the stream: afterwards it holds exactly what the stream holds
 /// (and what the other replica holds), and the node's events show the copy

@@ -86,6 +86,15 @@ pub enum ApiError {
     FileNotAllowed,
     #[error("FileNotFound")]
     FileNotFound,
+    /// Authentication is on and the request has no bearer token.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// A bearer token that is not (or no longer) configured.
+    #[error("InvalidToken")]
+    InvalidToken,
+    /// The token's role does not cover the endpoint.
+    #[error("Forbidden")]
+    Forbidden,
 }
 
 impl ApiError {
@@ -96,7 +105,8 @@ impl ApiError {
             | TooManyHashes | QueryTooLong | InvalidLine | TruncatedBody | InvalidJob => {
                 StatusCode::BAD_REQUEST
             }
-            FileNotAllowed => StatusCode::FORBIDDEN,
+            FileNotAllowed | Forbidden => StatusCode::FORBIDDEN,
+            Unauthorized | InvalidToken => StatusCode::UNAUTHORIZED,
             PayloadTooLarge | LineTooLong => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IndexNotFound | FingerprintNotFound | NotFound | JobNotFound | FileNotFound => {

@@ -211,6 +211,11 @@ async fn track_metrics(req: Request, next: Next) -> Response {
     response
 }
 
+/// An API error as a response in `format` (`{"error": "<Name>"}`).
+pub fn error_response(format: Format, error: error::ApiError) -> Response {
+    handlers::fail_with(format, error).into_response()
+}
+
 pub(crate) fn respond(
     format: Format,
     status: axum::http::StatusCode,

@@ -48,6 +48,8 @@ struct Replica {
 pub struct Proxy {
     replicas: Vec<Replica>,
     next: AtomicUsize,
+    /// `Bearer <token>` for the proxy's own requests, if replicas need one.
+    token: Option<String>,
     client: reqwest::Client,
     /// For event streams: no overall timeout, a silence limit instead.
     feeds: reqwest::Client,
@@ -59,7 +61,13 @@ pub struct Proxy {
 impl Proxy {
     /// `urls`: base URLs of the replicas (`http://host:port`). Starts the
     /// health checks; every replica counts as healthy until one fails.
-    pub fn start(urls: &[String], forward_timeout: Duration) -> anyhow::Result<Arc<Proxy>> {
+    /// `token`: the bearer token for the proxy's own requests to replicas
+    /// that require one (forwarded requests carry their client's).
+    pub fn start(
+        urls: &[String],
+        forward_timeout: Duration,
+        token: Option<&str>,
+    ) -> anyhow::Result<Arc<Proxy>> {
         if urls.is_empty() {
             anyhow::bail!("proxy mode needs at least one replica URL (--replicas)");
         }
@@ -83,6 +91,7 @@ impl Proxy {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
+            token: token.map(|t| format!("Bearer {t}")),
             client,
             feeds,
             polls,
@@ -132,6 +141,11 @@ impl Proxy {
             .collect()
     }
 
+    /// `Bearer <token>` for the proxy's own requests to replicas.
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The base URLs of the healthy replicas, in round-robin order.
     pub(super) fn healthy_urls(&self) -> Vec<String> {
         self.candidates()
@@ -143,13 +157,14 @@ impl Proxy {
     /// The index's version as a healthy replica reports it.
     pub async fn index_version(&self, index: &str) -> Option<u64> {
         for r in self.candidates() {
-            let Ok(res) = self
+            let mut req = self
                 .client
                 .get(format!("{}/{index}/_status", r.url))
-                .header(header::ACCEPT, "application/json")
-                .send()
-                .await
-            else {
+                .header(header::ACCEPT, "application/json");
+            if let Some(token) = &self.token {
+                req = req.header(header::AUTHORIZATION, token);
+            }
+            let Ok(res) = req.send().await else {
                 continue;
             };
             if res.status().is_success()
@@ -191,6 +206,7 @@ impl Proxy {
             for name in [
                 header::CONTENT_TYPE,
                 header::ACCEPT,
+                header::AUTHORIZATION,
                 header::HeaderName::from_static("last-event-id"),
             ] {
                 if let Some(v) = parts.headers.get(&name) {

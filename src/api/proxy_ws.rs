@@ -68,7 +68,22 @@ async fn connect(proxy: &Proxy) -> Option<ReplicaSocket> {
             Some((_, rest)) => format!("ws://{rest}/_changes"),
             None => format!("ws://{base}/_changes"),
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&url)).await {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = match url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(replica = %base, error = %e, "bad replica URL");
+                continue;
+            }
+        };
+        // The client was authorized here; the replica sees the proxy's token.
+        if let Some(token) = proxy.token().and_then(|t| t.parse().ok()) {
+            request
+                .headers_mut()
+                .insert(axum::http::header::AUTHORIZATION, token);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await
+        {
             Ok(Ok((socket, _))) => return Some(socket),
             Ok(Err(e)) => tracing::warn!(replica = %base, error = %e, "feed socket refused"),
             Err(_) => tracing::warn!(replica = %base, "feed socket timed out"),

@@ -14,6 +14,9 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::auth::Internal;
+use crate::auth::tokens::Role;
+
 /// The one index the protocol serves.
 pub const INDEX: &str = "main";
 
@@ -61,10 +64,23 @@ impl Backend {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Value, BackendError> {
+        self.call_as(Role::Write, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        role: Role,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, BackendError> {
+        // With authentication on, the protocol's clients act as `write`
+        // (docs/operations.md "Authentication").
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::ACCEPT, "application/json");
+            .header(header::ACCEPT, "application/json")
+            .extension(Internal(role));
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/vnd.msgpack");
         }
@@ -144,14 +160,15 @@ impl Backend {
     }
 
     /// Creates `main` unless it exists; retried every second until the node
-    /// can answer (a replica whose stream is not reachable yet).
+    /// can answer (a replica whose stream is not reachable yet). Creating
+    /// an index is an `admin` act: the node does it for the protocol.
     pub async fn ensure_index(&self) {
         let mut logged = false;
         loop {
             let outcome = match self.call("GET", &format!("/{INDEX}"), None).await {
                 Ok(_) => Ok(false),
                 Err(e) if e.status == 404 => self
-                    .call("PUT", &format!("/{INDEX}"), None)
+                    .call_as(Role::Admin, "PUT", &format!("/{INDEX}"), None)
                     .await
                     .map(|_| true),
                 Err(e) => Err(e),

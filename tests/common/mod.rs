@@ -165,6 +165,23 @@ impl Api {
         }
     }
 
+    /// A JSON client sending `Authorization: Bearer <token>`.
+    pub fn json_with_token(node: &Node, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Api {
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            base: node.url(""),
+            msgpack: false,
+        }
+    }
+
     pub fn msgpack(node: &Node) -> Api {
         Api {
             client: reqwest::Client::new(),
