@@ -365,6 +365,24 @@ pub const METRICS: &[(&str, Kind, bool, &str)] = &[
         "replica: 1 once the index stopped following because the stream lost messages it applied",
     ),
     (
+        "fpnode_stream_lag",
+        Kind::Gauge,
+        true,
+        "replica: messages of the index in the stream not applied yet (as of the last fetch)",
+    ),
+    (
+        "fpnode_index_loading",
+        Kind::Gauge,
+        true,
+        "replica: 1 while the index bootstraps from the stream (answers 503 LOADING)",
+    ),
+    (
+        "fpnode_stream_last_fetch_age_seconds",
+        Kind::Gauge,
+        true,
+        "replica: seconds since the index's subscriber last fetched from the stream",
+    ),
+    (
         "fpnode_stream_errors_total",
         Kind::Counter,
         false,
@@ -407,6 +425,11 @@ pub const METRICS: &[(&str, Kind, bool, &str)] = &[
         "proxy: WebSocket change feeds passed through to a replica now",
     ),
 ];
+
+/// The help text of `name`.
+pub fn help(name: &str) -> Option<&'static str> {
+    METRICS.iter().find(|m| m.0 == name).map(|m| m.3)
+}
 
 /// Describes every metric and starts the unlabelled counters and gauges at 0.
 pub fn register() {

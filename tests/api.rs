@@ -430,3 +430,47 @@ async fn metrics_are_there_from_the_first_scrape_with_their_help() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_deleted_index_leaves_no_series_in_the_metrics() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    for index in ["keep", "gone"] {
+        assert_eq!(
+            api.call("PUT", &format!("/{index}"), None).await.status,
+            200
+        );
+        let put = api
+            .call(
+                "PUT",
+                &format!("/{index}/1"),
+                Some(json!({"hashes": [1, 2]})),
+            )
+            .await;
+        assert_eq!(put.status, 200);
+    }
+    let scrape = || async {
+        reqwest::get(node.url("/_metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = scrape().await;
+    for line in [
+        r#"fpindex_docs{index="gone"} 1"#,
+        r#"fpindex_docs{index="keep"} 1"#,
+        r#"fpnode_segments{index="gone",kind="memory"}"#,
+        "# HELP fpindex_docs live fingerprints",
+        "# TYPE fpindex_docs gauge",
+    ] {
+        assert!(before.contains(line), "{line}:\n{before}");
+    }
+    assert_eq!(api.call("DELETE", "/gone", None).await.status, 200);
+    let after = scrape().await;
+    assert!(!after.contains(r#"index="gone""#), "{after}");
+    assert!(after.contains(r#"fpindex_docs{index="keep"} 1"#), "{after}");
+    // One HELP per family, whatever the number of indexes.
+    assert_eq!(after.matches("# HELP fpindex_docs ").count(), 1);
+}

@@ -479,6 +479,20 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
             404 => {}
             503 => {
                 assert_eq!(h.body, Value::String("LOADING\n".into()));
+                if loading == 0 {
+                    // The metric says so too (read once: it may end meanwhile).
+                    let m = reqwest::get(c.url("/_metrics"))
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    assert!(
+                        m.contains(r#"fpnode_index_loading{index="main"} 1"#)
+                            || jc.call("GET", "/main/_health", None).await.status == 200,
+                        "{m}"
+                    );
+                }
                 loading += 1;
                 if !searched_loading {
                     let s = jc
@@ -506,6 +520,24 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
     }
     let (sa, sc) = (status(&ma).await, status(&jc).await);
     assert_eq!(sa["num_docs"], sc["num_docs"]);
+    let m = reqwest::get(c.url("/_metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"fpnode_index_loading{index="main"} 0"#,
+        r#"fpnode_stream_diverged{index="main"} 0"#,
+        r#"fpnode_stream_lag{index="main"} 0"#,
+        r#"fpnode_stream_last_fetch_age_seconds{index="main"}"#,
+    ] {
+        assert!(
+            m.contains(line),
+            "{line}:
+{m}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -56,7 +56,6 @@ impl ReplicaStatus {
     /// in `_status`. Reads keep answering from the data applied so far.
     pub(crate) fn diverge(&self, index: &str, why: String) {
         tracing::error!(index, reason = %why, "index stopped following the stream: it would diverge");
-        metrics::gauge!("fpnode_stream_diverged", "index" => index.to_string()).set(1.0);
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 

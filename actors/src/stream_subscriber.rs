@@ -422,9 +422,7 @@ impl SubscriberState {
             let outcome = rx.await;
             drop(permit);
             match outcome {
-                Ok(Ok(applied)) => {
-                    metrics::gauge!("fpnode_stream_applied_sequence", "index" => handle.name.clone())
-                        .set(applied.0 as f64);
+                Ok(Ok(_)) => {
                     if let Some(replica) = &handle.replica {
                         if caught_up {
                             replica

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod framing;
 mod handlers;
+pub mod index_metrics;
 pub mod jobs;
 pub mod proxy;
 pub mod proxy_ws;

@@ -10,35 +10,21 @@ pub async fn health() -> &'static str {
 }
 
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut per_index = String::new();
     if let Some(node) = &state.node
         && let Ok(indexes) = node.list().await
     {
-        for h in indexes {
-            let snap = h.index.snapshot();
-            let name = h.name.clone();
-            metrics::gauge!("fpindex_docs", "index" => name.clone()).set(snap.num_docs as f64);
-            metrics::gauge!("fpindex_version", "index" => name.clone()).set(snap.position.0 as f64);
-            let stats = h.index.stats();
-            metrics::gauge!("fpnode_segments", "index" => name.clone(), "kind" => "memory")
-                .set(stats.memory_segments as f64);
-            metrics::gauge!("fpnode_segments", "index" => name.clone(), "kind" => "file")
-                .set(stats.file_segments as f64);
-            metrics::gauge!("fpnode_segment_bytes", "index" => name.clone())
-                .set(stats.file_bytes as f64);
-            metrics::gauge!("fpnode_memory_postings", "index" => name.clone())
-                .set(stats.memory_postings as f64);
-            metrics::gauge!("fpnode_write_permits_available", "index" => name)
-                .set(h.write_permits.available_permits() as f64);
-        }
+        per_index = crate::api::index_metrics::render(&indexes);
     }
     if let Some(node) = &state.node {
         metrics::gauge!("fpnode_search_queue_depth").set(node.search.queue_depth() as f64);
     }
-    let text = state
+    let mut text = state
         .metrics
         .as_ref()
         .map(|h| h.render())
         .unwrap_or_default();
+    text.push_str(&per_index);
     (
         [(
             header::CONTENT_TYPE,
