@@ -344,6 +344,45 @@ pub struct ServeArgs {
     #[arg(long, env = "FPNODE_FETCH_WAIT_MS", default_value_t = 500)]
     pub fetch_wait_ms: u64,
 
+    /// NATS user (with --nats-password), for servers that require it.
+    #[arg(long, env = "FPNODE_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "FPNODE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// NATS token. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "FPNODE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// A file holding the NATS NKey seed (`SU...`).
+    #[arg(long, env = "FPNODE_NATS_NKEY_SEED_FILE")]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+
+    /// A NATS `.creds` file (user JWT and seed, as `nsc` writes it).
+    #[arg(long, env = "FPNODE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// CA certificates (PEM) the NATS server's certificate must chain to;
+    /// implies TLS.
+    #[arg(long, env = "FPNODE_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients (with
+    /// --nats-tls-key); implies TLS.
+    #[arg(long, env = "FPNODE_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FPNODE_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// Refuse a NATS connection without TLS (implied by the TLS files and
+    /// `tls://` URLs).
+    #[arg(long, env = "FPNODE_NATS_TLS_REQUIRED")]
+    pub nats_tls_required: bool,
+
     /// Proxy mode: base URLs of the replicas reads go to, comma separated.
     #[arg(long, env = "FPNODE_REPLICAS", value_delimiter = ',')]
     pub replicas: Vec<String>,

@@ -369,6 +369,17 @@ async fn connect_stream(args: &ServeArgs) -> anyhow::Result<Arc<Replication>> {
         fetch_wait: Duration::from_millis(args.fetch_wait_ms.max(1)),
         publish_timeout: Duration::from_millis(args.publish_timeout_ms.max(1)),
         apply_wait: Duration::from_millis(args.apply_wait_ms),
+        auth: fpnode_actors::nats_auth::NatsAuth {
+            user: args.nats_user.clone(),
+            password: args.nats_password.clone(),
+            token: args.nats_token.clone(),
+            nkey_seed_file: args.nats_nkey_seed_file.clone(),
+            creds_file: args.nats_creds.clone(),
+            tls_ca: args.nats_tls_ca.clone(),
+            tls_cert: args.nats_tls_cert.clone(),
+            tls_key: args.nats_tls_key.clone(),
+            tls_required: args.nats_tls_required,
+        },
     };
     let replication = Replication::connect(opts)
         .await

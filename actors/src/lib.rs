@@ -31,6 +31,7 @@ pub mod index_writer;
 pub mod jobs;
 pub mod lifecycle;
 pub mod messages;
+pub mod nats_auth;
 pub mod node;
 pub mod panic;
 pub mod registry;

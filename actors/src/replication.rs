@@ -54,6 +54,8 @@ pub struct ReplicationOptions {
     pub publish_timeout: Duration,
     /// How long a write waits for this node to apply it (read-your-writes).
     pub apply_wait: Duration,
+    /// Credentials and TLS for the NATS connection.
+    pub auth: crate::nats_auth::NatsAuth,
 }
 
 impl Default for ReplicationOptions {
@@ -65,6 +67,7 @@ impl Default for ReplicationOptions {
             fetch_wait: Duration::from_millis(500),
             publish_timeout: Duration::from_secs(2),
             apply_wait: Duration::from_secs(10),
+            auth: crate::nats_auth::NatsAuth::default(),
         }
     }
 }
@@ -235,7 +238,12 @@ impl Replication {
             reconnects: std::sync::atomic::AtomicU64::new(0),
         });
         let events = link.clone();
-        let client = async_nats::ConnectOptions::new()
+        let base = opts
+            .auth
+            .apply(async_nats::ConnectOptions::new())
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let client = base
             .name("fpnode")
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -256,6 +264,14 @@ impl Replication {
                         async_nats::Event::Disconnected | async_nats::Event::Closed => {
                             tracing::warn!("disconnected from NATS");
                             link.set(false);
+                        }
+                        // Refused credentials and the like: say so loudly,
+                        // the client keeps retrying.
+                        async_nats::Event::ServerError(e) => {
+                            tracing::error!(error = %e, "NATS server error")
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            tracing::warn!(error = %e, "NATS client error")
                         }
                         other => tracing::debug!(event = %other, "NATS event"),
                     }

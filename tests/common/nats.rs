@@ -104,14 +104,19 @@ impl NatsCluster {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with("")
+    }
+
+    /// A server with `extra` configuration (authorization, TLS...).
+    pub fn start_with(extra: &str) -> NatsServer {
         let port = free_port();
         let store = tempfile::tempdir().unwrap();
-        let child = spawn(port, store.path(), "");
+        let child = spawn(port, store.path(), extra);
         NatsServer {
             child: Some(child),
             port,
             store,
-            extra: String::new(),
+            extra: extra.to_string(),
         }
     }
 
