@@ -474,3 +474,23 @@ async fn a_deleted_index_leaves_no_series_in_the_metrics() {
     // One HELP per family, whatever the number of indexes.
     assert_eq!(after.matches("# HELP fpindex_docs ").count(), 1);
 }
+
+/// fpindex's test_snapshot.py, both cases: an empty index's snapshot is its
+/// header alone; a missing index is 404.
+#[tokio::test]
+async fn a_snapshot_of_an_empty_index_is_its_header_and_of_none_404() {
+    let node = Node::start(&[]).await;
+    let api = Api::json(&node);
+    assert_eq!(api.call("PUT", "/e", None).await.status, 200);
+    let res = reqwest::get(node.url("/e/_snapshot")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let bytes = res.bytes().await.unwrap();
+    let mut cursor = std::io::Cursor::new(&bytes[..]);
+    let header: Value = rmp_serde::from_read(&mut cursor).unwrap();
+    assert_eq!(header["f"], 1);
+    assert!(header["g"].as_u64().unwrap() >= 1);
+    assert_eq!(header["s"], json!([]));
+    assert_eq!(cursor.position() as usize, bytes.len());
+    let missing = reqwest::get(node.url("/nope/_snapshot")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}

@@ -158,7 +158,19 @@ async fn a_snapshot_restores_into_an_identical_index_elsewhere() {
     let res = reqwest::get(source.url("/src/_snapshot")).await.unwrap();
     assert_eq!(res.status(), 200);
     let archive = res.bytes().await.unwrap().to_vec();
-    assert_eq!(&archive[..8], b"FPNODSNP");
+    // fpindex's framing (its test_snapshot.py): one self-delimiting
+    // MessagePack header {f: 1, g, s: [{i, s}]}, then exactly the payloads.
+    let mut cursor = std::io::Cursor::new(&archive[..]);
+    let header: serde_json::Value = rmp_serde::from_read(&mut cursor).unwrap();
+    let consumed = cursor.position() as usize;
+    assert_eq!(header["f"], 1, "{header}");
+    assert!(header["g"].as_u64().unwrap() >= 1);
+    let segments = header["s"].as_array().unwrap();
+    assert!(!segments.is_empty(), "{header}");
+    let payload: u64 = segments.iter().map(|s| s["s"].as_u64().unwrap()).sum();
+    assert_eq!(consumed as u64 + payload, archive.len() as u64);
+    assert_eq!(header["t"], "fpnode");
+    assert_eq!(header["m"]["batch"], "4");
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
@@ -185,11 +197,51 @@ async fn a_snapshot_restores_into_an_identical_index_elsewhere() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The first fpnode format (a JSON header and a trailing CRC-32) is
+    // still restored: the same segments, framed as it framed them.
+    let v1 = {
+        let segments: Vec<serde_json::Value> = segments
+            .iter()
+            .map(|s| {
+                let mut seg = s["i"].clone();
+                seg["size_bytes"] = s["s"].clone();
+                seg
+            })
+            .collect();
+        let json = serde_json::to_vec(&json!({
+            "generation": header["g"], "version": header["v"],
+            "metadata": header["m"], "segments": segments,
+        }))
+        .unwrap();
+        let mut v1 = b"FPNODSNP".to_vec();
+        v1.extend(1u32.to_le_bytes());
+        v1.extend((json.len() as u32).to_le_bytes());
+        v1.extend(&json);
+        v1.extend(&archive[consumed..]);
+        let crc = crc32fast::hash(&v1);
+        v1.extend(crc.to_le_bytes());
+        v1
+    };
+    let out = fpnode(&["restore", "--dir", d, "--index", "old"], &v1);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bad_v1 = v1.clone();
+    let last = bad_v1.len() - 1;
+    bad_v1[last] ^= 1;
+    let out = fpnode(&["restore", "--dir", d, "--index", "older"], &bad_v1);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
+
     let mut node = common::Node::start(&[]).await;
     node.kill();
     node.dir = dir.path().to_path_buf();
     node.spawn().await;
     let copy = common::Api::json(&node);
+    let old = copy.call("GET", "/old", None).await.body;
+    assert_eq!(old["stats"]["num_docs"], json!(1999), "{old}");
     let a = api.call("GET", "/src", None).await.body;
     let b = copy.call("GET", "/copy", None).await.body;
     assert_eq!(a["version"], b["version"]);
