@@ -232,7 +232,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         events: Some(events),
         jobs: Some(jobs.clone()),
         audio: Some(audio.clone()),
+        data_dir: (args.mode != Mode::Proxy).then(|| args.dir.clone()),
+        mode: match args.mode {
+            Mode::Standalone => "standalone",
+            Mode::Replica => "replica",
+            Mode::Proxy => "proxy",
+        },
     };
+    metrics::gauge!(
+        "fpnode_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "mode" => state.mode
+    )
+    .set(1.0);
     tracing::info!(address = %local, dir = %args.dir.display(), mode = ?args.mode, "fpnode listening");
     // Requests in flight get SHUTDOWN_GRACE to finish; change feeds, long
     // polls and streams that would hold the process forever are then cut.

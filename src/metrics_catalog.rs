@@ -105,6 +105,24 @@ pub const METRICS: &[(&str, Kind, bool, &str)] = &[
         "POST /fingerprint by path answered from the descriptor cache, or not",
     ),
     (
+        "fpnode_build_info",
+        Kind::Gauge,
+        true,
+        "1, labelled with the binary's version and the node's mode",
+    ),
+    (
+        "fpnode_data_disk_free_bytes",
+        Kind::Gauge,
+        false,
+        "bytes free for fpnode on the data directory's filesystem (0 on a proxy)",
+    ),
+    (
+        "fpnode_data_disk_size_bytes",
+        Kind::Gauge,
+        false,
+        "size of the data directory's filesystem (0 on a proxy)",
+    ),
+    (
         "fpnode_auth_tokens",
         Kind::Gauge,
         false,

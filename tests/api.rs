@@ -429,6 +429,20 @@ async fn metrics_are_there_from_the_first_scrape_with_their_help() {
             "{name} has no help text:\n{text}"
         );
     }
+    assert!(
+        text.contains(&format!(
+            "fpnode_build_info{{version=\"{}\",mode=\"standalone\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    for name in ["fpnode_data_disk_free_bytes", "fpnode_data_disk_size_bytes"] {
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name}:\n{text}"));
+        assert!(value > 0.0, "{name} {value}");
+    }
 }
 
 #[tokio::test]

@@ -70,6 +70,11 @@ pub struct AppState {
     pub events: Option<Arc<fpnode_actors::events::NodeEvents>>,
     /// Background jobs (`/_jobs`) and where they read and write files.
     pub jobs: Option<(fpnode_actors::jobs::Jobs, jobs::JobDirs)>,
+    /// The data directory (none in proxy mode): its disk's free space is
+    /// exported at each scrape.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `standalone`, `replica` or `proxy` (`fpnode_build_info`).
+    pub mode: &'static str,
     /// Audio decoding, for search by audio (docs/api.md, "Audio").
     pub audio: Option<Arc<crate::audio_api::AudioService>>,
 }

@@ -16,6 +16,16 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
     {
         per_index = crate::api::index_metrics::render(&indexes);
     }
+    if let Some(dir) = &state.data_dir {
+        match rustix::fs::statvfs(dir.as_path()) {
+            Ok(fs) => {
+                let block = fs.f_frsize.max(1) as f64;
+                metrics::gauge!("fpnode_data_disk_free_bytes").set(fs.f_bavail as f64 * block);
+                metrics::gauge!("fpnode_data_disk_size_bytes").set(fs.f_blocks as f64 * block);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "data disk not measured"),
+        }
+    }
     if let Some(node) = &state.node {
         metrics::gauge!("fpnode_search_queue_depth").set(node.search.queue_depth() as f64);
     }
