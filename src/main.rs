@@ -135,13 +135,20 @@ fn offline(result: anyhow::Result<()>) -> ExitCode {
 
 /// The Prometheus recorder, with latency buckets for every `*duration_seconds`.
 fn install_metrics() -> anyhow::Result<metrics_exporter_prometheus::PrometheusHandle> {
+    // Every histogram has buckets (no summary): `histogram_quantile` over
+    // any set of nodes (docs/metrics.md, deploy/prometheus/rules.yml).
     PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Suffix("duration_seconds".into()),
+            Matcher::Suffix("_seconds".into()),
             &[
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0,
             ],
+        )
+        .context("configuring metrics")?
+        .set_buckets_for_metric(
+            Matcher::Full("fpnode_write_group_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
         )
         .context("configuring metrics")?
         .install_recorder()

@@ -1,11 +1,25 @@
 //! The operations files under `deploy/`, checked by their own tools:
 //! Prometheus rules with `promtool check rules` and `promtool test rules`
 //! (every alert fires on the series that should fire it), and every
-//! runbook link of an alert points at a section of docs/operations.md.
+//! runbook link of an alert points at a section of docs/operations.md; the
+//! Grafana dashboards' every panel query answered by a real Prometheus
+//! scraping a real cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[allow(clippy::duplicate_mod)]
+#[path = "common/child.rs"]
+mod child;
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Api, Node};
+use nats::NatsServer;
+use serde_json::{Value, json};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -80,4 +94,154 @@ fn every_runbook_link_has_its_section() {
         assert!(anchors.iter().any(|a| a == link), "no section #{link}");
     }
     assert!(links >= 10, "{links} runbook links");
+}
+
+/// Every panel query of every dashboard, evaluated by a real Prometheus
+/// (Debian's) scraping a real cluster (nats-server, 2 replicas, a proxy)
+/// every second with the rules loaded, while writes and searches run: each
+/// must return data. `$instance` is a replica.
+#[tokio::test]
+async fn every_dashboard_panel_returns_data_from_a_live_cluster() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let replica_args = ["--mode", "replica", "--nats-url", url.as_str()];
+    let a = Node::start(&replica_args).await;
+    let b = Node::start(&replica_args).await;
+    let list = format!("{},{}", a.url(""), b.url(""));
+    let p = Node::start(&["--mode", "proxy", "--nats-url", &url, "--replicas", &list]).await;
+    let api = Api::json(&p);
+    assert_eq!(api.call("PUT", "/main", None).await.status, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let target = |n: &Node| format!("127.0.0.1:{}", n.port);
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {:?}\n\
+             scrape_configs:\n  - job_name: fpnode\n    metrics_path: /_metrics\n    static_configs:\n      - targets: [{:?}, {:?}, {:?}]\n",
+            root().join("deploy/prometheus/rules.yml"),
+            target(&a),
+            target(&b),
+            target(&p),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("prometheus");
+    child::die_with_parent(&mut cmd);
+    let mut prometheus = cmd
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("prometheus (Debian's; run scripts/setup): {e}"));
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut prometheus);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http
+        .get(format!("{base}/-/ready"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "prometheus never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Traffic through the proxy (writes through the stream, searches
+    // forwarded to the replicas) and on a replica, while it scrapes.
+    let traffic = {
+        let (api, direct) = (api.clone(), Api::json(&a));
+        tokio::spawn(async move {
+            for round in 0u32..400 {
+                let changes: Vec<_> = (0..20u32)
+                    .map(|i| {
+                        let id = round * 20 + i + 1;
+                        json!({"insert": {"id": id, "hashes": [id, id + 1, id + 2]}})
+                    })
+                    .collect();
+                let via = if round % 2 == 0 { &api } else { &direct };
+                via.call("POST", "/main/_update", Some(json!({"changes": changes})))
+                    .await;
+                for q in 0..3u32 {
+                    let id = round * 20 + q + 1;
+                    api.call(
+                        "POST",
+                        "/main/_search",
+                        Some(json!({"query": [id, id + 1]})),
+                    )
+                    .await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let instance = target(&a);
+    let mut queries = Vec::new();
+    for entry in std::fs::read_dir(root().join("deploy/grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap().replace("$instance", &instance);
+                queries.push((
+                    name.clone(),
+                    panel["title"].as_str().unwrap().to_string(),
+                    expr,
+                ));
+            }
+        }
+    }
+    assert!(queries.len() >= 40, "{} queries", queries.len());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut empty: Vec<(String, String, String)> = queries.clone();
+    while !empty.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "panels without data after 90 s: {empty:#?}\n{}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut still = Vec::new();
+        for (dashboard, title, expr) in empty {
+            let answer: Value = http
+                .get(format!("{base}/api/v1/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                answer["status"], "success",
+                "{dashboard} {title}: {expr}: {answer}"
+            );
+            if answer["data"]["result"]
+                .as_array()
+                .is_none_or(|r| r.is_empty())
+            {
+                still.push((dashboard, title, expr));
+            }
+        }
+        empty = still;
+    }
+    traffic.abort();
 }
