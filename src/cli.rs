@@ -48,6 +48,26 @@ pub enum Command {
     /// Serve only the audio endpoints (`POST /fingerprint`, `GET /health`,
     /// `POST /_fingerprint`, `GET /_metrics`), without an index.
     AudioServer(AudioServerArgs),
+    /// Exit 0 if the node on this machine answers `GET /_health` with 200
+    /// within the timeout, else 1: the container image's HEALTHCHECK (the
+    /// image has no shell and no curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Address of the node.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port of the node.
+    #[arg(long, env = "FPNODE_PORT", default_value_t = 6081)]
+    pub port: u16,
+    /// Path asked (`/:index/_health` checks one index).
+    #[arg(long, default_value = "/_health")]
+    pub path: String,
+    /// Milliseconds for the whole check.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]

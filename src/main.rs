@@ -7,6 +7,7 @@ mod audio_api;
 mod audio_cli;
 mod auth;
 mod cli;
+mod healthcheck;
 mod legacy;
 mod malloc;
 mod metrics_catalog;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Fingerprint(args)) => return audio_cli::fingerprint::run(&args),
         Some(Command::Describe(args)) => return audio_cli::describe::run(&args),
         Some(Command::AudioServer(args)) => return audio_server(args),
+        Some(Command::Healthcheck(args)) => return healthcheck::run(&args),
     };
     let Some(runtime) = server_runtime(&args.log) else {
         return ExitCode::FAILURE;

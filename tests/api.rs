@@ -508,3 +508,51 @@ async fn a_snapshot_of_an_empty_index_is_its_header_and_of_none_404() {
     let missing = reqwest::get(node.url("/nope/_snapshot")).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// `GET /_ready` on a standalone node, and `fpnode healthcheck` (the
+/// image's HEALTHCHECK) against a node and against nothing.
+#[tokio::test]
+async fn ready_and_the_healthcheck_command() {
+    let node = Node::start(&[]).await;
+    let r = reqwest::get(node.url("/_ready")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "OK\n");
+    let check = |port: u16| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fpnode"))
+            .args([
+                "healthcheck",
+                "--port",
+                &port.to_string(),
+                "--timeout-ms",
+                "2000",
+            ])
+            .env_remove("FPNODE_PORT")
+            .output()
+            .unwrap()
+    };
+    let ok = check(node.port);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let nothing = check(common::free_port());
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("fpnode healthcheck: 127.0.0.1:"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_fpnode"))
+        .args([
+            "healthcheck",
+            "--port",
+            &node.port.to_string(),
+            "--path",
+            "/nope/_health",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).ends_with(": 404\n"));
+}

@@ -245,3 +245,70 @@ async fn every_dashboard_panel_returns_data_from_a_live_cluster() {
     }
     traffic.abort();
 }
+
+/// The Kubernetes manifests against the Kubernetes API schemas
+/// (`kubernetes-validate --strict`, from PyPI; scripts/setup installs it):
+/// every resource passes, unknown fields included. The ServiceMonitor (a
+/// Prometheus Operator CRD, whose schema is not available offline) and the
+/// NATS chart values are parsed and checked for what fpnode needs.
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let dir = root().join("deploy/kubernetes");
+    let files = ["replicas.yaml", "proxy.yaml", "secret.example.yaml"];
+    let out = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(files)
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("kubernetes-validate (PyPI; run scripts/setup): {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for resource in [
+        "service/fpnode-replica",
+        "statefulset/fpnode-replica",
+        "poddisruptionbudget/fpnode-replica",
+        "deployment/fpnode-proxy",
+        "service/fpnode ",
+        "secret/fpnode-tokens",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource}")),
+            "{resource}: {text}"
+        );
+    }
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "{text}");
+
+    // YAML through PyYAML (kubernetes-validate's own dependency).
+    let check = r#"
+import sys, yaml
+sm = yaml.safe_load(open("servicemonitor.yaml"))
+assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor", sm
+ep = sm["spec"]["endpoints"][0]
+assert ep["path"] == "/_metrics" and ep["port"] == "http", ep
+assert sm["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "fpnode"}
+nats = yaml.safe_load(open("nats-values.yaml"))
+assert nats["config"]["jetstream"]["enabled"] is True
+assert nats["config"]["cluster"]["replicas"] == 3
+for doc in yaml.safe_load_all(open("replicas.yaml")):
+    if doc["kind"] == "StatefulSet":
+        c = doc["spec"]["template"]["spec"]["containers"][0]
+        assert c["readinessProbe"]["httpGet"]["path"].startswith("/_ready"), c
+        assert "--stream-replicas" in c["args"]
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", check])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

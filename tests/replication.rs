@@ -437,6 +437,17 @@ async fn a_proxy_without_a_healthy_replica_answers_503_and_recovers() {
     assert_eq!(s.status, 503, "{:?}", s.body);
     assert_eq!(s.body["error"], "Unavailable");
     assert!(s.retry_after.is_some());
+    // Not ready once the health check saw the replica gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = reqwest::get(p.url("/_ready")).await.unwrap();
+        if r.status() == 503 {
+            assert_eq!(r.text().await.unwrap(), "no healthy replica\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxy stayed ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Writes do not need a replica: the stream takes them.
     update(&jp, &[4], 0, &mut model).await;
     a.spawn().await;
@@ -480,7 +491,15 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
             503 => {
                 assert_eq!(h.body, Value::String("LOADING\n".into()));
                 if loading == 0 {
-                    // The metric says so too (read once: it may end meanwhile).
+                    // So do /_ready and the metric (read once: it may end
+                    // meanwhile).
+                    let r = reqwest::get(c.url("/_ready")).await.unwrap();
+                    let (code, text) = (r.status(), r.text().await.unwrap());
+                    assert!(
+                        (code == 503 && text == "main: LOADING\n")
+                            || jc.call("GET", "/main/_health", None).await.status == 200,
+                        "{code} {text}"
+                    );
                     let m = reqwest::get(c.url("/_metrics"))
                         .await
                         .unwrap()
@@ -520,6 +539,8 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
     }
     let (sa, sc) = (status(&ma).await, status(&jc).await);
     assert_eq!(sa["num_docs"], sc["num_docs"]);
+    let r = reqwest::get(c.url("/_ready?max_lag=0")).await.unwrap();
+    assert_eq!(r.status(), 200);
     let m = reqwest::get(c.url("/_metrics"))
         .await
         .unwrap()

@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
     use handlers::*;
     let r = Router::new()
         .route("/_health", get(health))
+        .route("/_ready", get(ready))
         .route("/_metrics", get(metrics_text))
         .route("/_jobs", get(list_jobs).post(start_job))
         .route("/_jobs/{id}", get(get_job).delete(cancel_job))

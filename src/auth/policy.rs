@@ -21,7 +21,7 @@ pub fn required(method: &Method, path: &str) -> Access {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let reads = matches!(*method, Method::GET | Method::HEAD);
     match segments.as_slice() {
-        ["_health"] | ["health"] | [_, "_health"] => Open,
+        ["_health"] | ["_ready"] | ["health"] | [_, "_health"] => Open,
         ["_metrics"] | ["_changes"] => Needs(Read),
         ["_fingerprint"] | ["fingerprint"] => Needs(Read),
         ["_jobs"] | ["_jobs", _] => Needs(if reads { Read } else { Admin }),
@@ -45,6 +45,7 @@ mod tests {
         use Role::{Admin, Read, Write};
         for (method, path, access) in [
             (Method::GET, "/_health", Open),
+            (Method::GET, "/_ready", Open),
             (Method::HEAD, "/main/_health", Open),
             (Method::GET, "/health", Open),
             (Method::GET, "/_metrics", Needs(Read)),

@@ -9,6 +9,62 @@ pub async fn health() -> &'static str {
     "OK\n"
 }
 
+/// `GET /_ready` parameters.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ReadyParams {
+    /// The most stream messages an index may be behind (default 10,000).
+    max_lag: Option<u64>,
+}
+
+/// Readiness for load balancers and Kubernetes (docs/api.md): `200 OK`, or
+/// `503` with one line per reason: an index bootstrapping (`LOADING`),
+/// behind the stream by more than `max_lag`, stopped following it, or
+/// unhealthy; a proxy without a healthy replica.
+pub async fn ready(State(state): State<AppState>, Query(q): Query<ReadyParams>) -> Response {
+    let max_lag = q.max_lag.unwrap_or(10_000);
+    let mut reasons = Vec::new();
+    if let Some(proxy) = &state.proxy
+        && proxy.healthy_urls().is_empty()
+    {
+        reasons.push("no healthy replica".to_string());
+    }
+    if let Some(node) = &state.node {
+        match node.list().await {
+            Ok(indexes) => {
+                for h in indexes {
+                    if let Some(r) = &h.replica {
+                        if r.loading() {
+                            reasons.push(format!("{}: LOADING", h.name));
+                        } else if r.pending() > max_lag {
+                            reasons.push(format!(
+                                "{}: {} messages behind the stream (max_lag {max_lag})",
+                                h.name,
+                                r.pending()
+                            ));
+                        }
+                        if let Some(why) = r.diverged() {
+                            reasons
+                                .push(format!("{}: stopped following the stream: {why}", h.name));
+                        }
+                    }
+                    if !h.is_healthy() {
+                        reasons.push(format!("{}: unhealthy", h.name));
+                    }
+                }
+            }
+            Err(e) => reasons.push(format!("indexes not listed: {e}")),
+        }
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, "OK\n".to_string()).into_response()
+    } else {
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n") + "\n").into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(5));
+        res
+    }
+}
+
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
     let mut per_index = String::new();
     if let Some(node) = &state.node
