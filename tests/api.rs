@@ -404,12 +404,7 @@ async fn metrics_are_there_from_the_first_scrape_with_their_help() {
     // fpindex exports its counters from startup: rate() and absent() alerts
     // work before the first search (fpindex's own test_metrics).
     let node = Node::start(&[]).await;
-    let text = reqwest::get(node.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     for name in [
         "fpindex_searches_total",
         "fpindex_search_hits_total",
@@ -464,12 +459,7 @@ async fn a_deleted_index_leaves_no_series_in_the_metrics() {
         assert_eq!(put.status, 200);
     }
     let scrape = || async {
-        reqwest::get(node.url("/_metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        node.metrics().await
     };
     let before = scrape().await;
     for line in [

@@ -131,12 +131,7 @@ async fn the_descriptor_of_every_format_by_path_then_from_the_cache() {
     );
     assert_eq!(r["metadata"]["channels"], 1);
 
-    let metrics = reqwest::get(node.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     for series in [
         "fpnode_audio_requests_total{endpoint=\"fingerprint\",outcome=\"ok\"}",
         "fpnode_audio_cache_hits_total 2",
@@ -379,12 +374,7 @@ async fn excess_decodes_get_503_with_retry_after_never_a_queue() {
         }
     }
     assert!(ok >= 1 && refused >= 1, "ok {ok}, refused {refused}");
-    let metrics = reqwest::get(node.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     let rejected: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("fpnode_audio_rejected_total "))

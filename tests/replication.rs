@@ -500,12 +500,7 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
                             || jc.call("GET", "/main/_health", None).await.status == 200,
                         "{code} {text}"
                     );
-                    let m = reqwest::get(c.url("/_metrics"))
-                        .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap();
+                    let m = c.metrics().await;
                     assert!(
                         m.contains(r#"fpnode_index_loading{index="main"} 1"#)
                             || jc.call("GET", "/main/_health", None).await.status == 200,
@@ -541,12 +536,7 @@ async fn a_new_replica_answers_loading_until_it_caught_up() {
     assert_eq!(sa["num_docs"], sc["num_docs"]);
     let r = reqwest::get(c.url("/_ready?max_lag=0")).await.unwrap();
     assert_eq!(r.status(), 200);
-    let m = reqwest::get(c.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = c.metrics().await;
     for line in [
         r#"fpnode_index_loading{index="main"} 0"#,
         r#"fpnode_stream_diverged{index="main"} 0"#,
@@ -824,12 +814,7 @@ async fn a_replica_stops_following_a_stream_that_lost_acknowledged_writes() {
         )
         .await;
     assert_eq!(w.status, 503);
-    let metrics = reqwest::get(a.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = a.metrics().await;
     assert!(
         metrics.contains("fpnode_stream_diverged{index=\"main\"} 1"),
         "{metrics}"
@@ -1663,12 +1648,7 @@ async fn a_replica_feed_reads_what_its_bootstrap_replayed_back_from_the_stream()
 
 /// The value of an unlabelled gauge in `node`'s `/_metrics` (0 if absent).
 async fn gauge(node: &Node, name: &str) -> f64 {
-    let text = reqwest::get(node.url("/_metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

@@ -105,6 +105,16 @@ impl Node {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// The node's `/_metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/_metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.dir
     }
