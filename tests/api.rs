@@ -458,9 +458,7 @@ async fn a_deleted_index_leaves_no_series_in_the_metrics() {
             .await;
         assert_eq!(put.status, 200);
     }
-    let scrape = || async {
-        node.metrics().await
-    };
+    let scrape = || async { node.metrics().await };
     let before = scrape().await;
     for line in [
         r#"fpindex_docs{index="gone"} 1"#,
