@@ -25,19 +25,30 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
+/// Runs `program args` in `dir`; its stdout and stderr, once it succeeded.
+/// `hint`: where the tool comes from.
+fn run_tool(program: &str, args: &[&str], dir: &Path, hint: &str) -> String {
+    let out = Command::new(program)
         .args(args)
-        .current_dir(root().join("deploy/prometheus"))
+        .current_dir(dir)
         .output()
-        .unwrap_or_else(|e| panic!("promtool (Debian's prometheus; run scripts/setup): {e}"));
+        .unwrap_or_else(|e| panic!("{program} ({hint}; run scripts/setup): {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool {args:?}:\n{text}");
+    assert!(out.status.success(), "{program} {args:?}:\n{text}");
     text
+}
+
+fn promtool(args: &[&str]) -> String {
+    run_tool(
+        "promtool",
+        args,
+        &root().join("deploy/prometheus"),
+        "Debian's prometheus",
+    )
 }
 
 #[test]
@@ -255,18 +266,9 @@ async fn every_dashboard_panel_returns_data_from_a_live_cluster() {
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     let dir = root().join("deploy/kubernetes");
     let files = ["replicas.yaml", "proxy.yaml", "secret.example.yaml"];
-    let out = Command::new("kubernetes-validate")
-        .arg("--strict")
-        .args(files)
-        .current_dir(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("kubernetes-validate (PyPI; run scripts/setup): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let mut args = vec!["--strict"];
+    args.extend(files);
+    let text = run_tool("kubernetes-validate", &args, &dir, "PyPI");
     for resource in [
         "service/fpnode-replica",
         "statefulset/fpnode-replica",
