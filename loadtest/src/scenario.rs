@@ -277,11 +277,22 @@ pub enum Step {
         seconds: f64,
         #[serde(default)]
         kill_share: f64,
+        /// Share of subscribers that check each batch's ids and kinds (all
+        /// of them by default); every subscriber checks versions.
+        #[serde(default = "default_one")]
+        contents_share: f64,
+        /// Share of subscribers that also ask for hashes and check them.
+        #[serde(default)]
+        hashes_share: f64,
         /// Fail the run if the writers' throughput with subscribers is below
         /// this share of the one without (none by default).
         #[serde(default)]
         min_throughput_ratio: f64,
     },
+}
+
+fn default_one() -> f64 {
+    1.0
 }
 
 fn default_half() -> f64 {
@@ -906,6 +917,8 @@ pub async fn run(
                 batch,
                 seconds,
                 kill_share,
+                contents_share,
+                hashes_share,
                 min_throughput_ratio,
             } => {
                 let Some(node) = node.as_ref() else {
@@ -918,6 +931,8 @@ pub async fn run(
                     batch: *batch,
                     seconds: *seconds,
                     kill_share: *kill_share,
+                    contents_share: *contents_share,
+                    hashes_share: *hashes_share,
                 };
                 Outcome::Feed {
                     result: feed(corpus, &url, INDEX, node.pid(), &plan, next_id.clone()).await?,
