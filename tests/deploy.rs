@@ -314,3 +314,107 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The compose deployment, checked without running it (scripts/compose-check
+/// runs it, by hand: it needs podman and images): the NATS configuration
+/// through `nats-server -t`, Prometheus's through `promtool check config`
+/// (paths mapped to the repository), and the compose files against each
+/// other and against fpnode: every file they mount exists or is made by
+/// init-secrets, every `FPNODE_*` variable is one `fpnode serve` reads, the
+/// proxy's replicas and Prometheus's targets are the replica services.
+#[test]
+fn the_compose_deployment_is_consistent() {
+    let dir = root().join("deploy/compose");
+    let nats = Command::new("nats-server")
+        .args(["-t", "-c", "nats.conf"])
+        .env("NATS_NAME", "nats-1")
+        .current_dir(&dir)
+        .output()
+        .expect("nats-server (scripts/setup installs it)");
+    assert!(
+        nats.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nats.stderr)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let token = tmp.path().join("read-token");
+    std::fs::write(&token, "compose-check-read-token").unwrap();
+    let config = std::fs::read_to_string(dir.join("prometheus.yml"))
+        .unwrap()
+        .replace(
+            "/etc/prometheus/rules.yml",
+            &root().join("deploy/prometheus/rules.yml").to_string_lossy(),
+        )
+        .replace("/etc/prometheus/read-token", &token.to_string_lossy())
+        .replace(
+            "/etc/prometheus/targets",
+            &dir.join("targets").to_string_lossy(),
+        );
+    assert_ne!(
+        config,
+        std::fs::read_to_string(dir.join("prometheus.yml")).unwrap()
+    );
+    let mapped = tmp.path().join("prometheus.yml");
+    std::fs::write(&mapped, config).unwrap();
+    let text = promtool(&["check", "config", &mapped.to_string_lossy()]);
+    assert!(text.contains("SUCCESS: 1 rule files found"), "{text}");
+
+    let help = Command::new(env!("CARGO_BIN_EXE_fpnode"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let envs: Vec<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split('=').next())
+        .collect();
+    assert!(envs.contains(&"FPNODE_REPLICAS"), "{envs:?}");
+
+    let check = r#"
+import json, os, re, sys, yaml
+envs = set(sys.argv[1].split(","))
+base = yaml.safe_load(open("compose.yml"))
+extra = yaml.safe_load(open("replica-3.yml"))
+services = base["services"]
+assert set(services) == {"nats-1", "nats-2", "nats-3", "replica-1", "replica-2", "proxy", "prometheus", "grafana"}, set(services)
+made = re.findall(r'"\$DIR/([a-z.-]+)"', open("init-secrets").read())
+for name, s in list(services.items()) + list(extra["services"].items()):
+    for v in s.get("volumes", []):
+        src = v.split(":")[0]
+        if src.startswith("./secrets/"):
+            assert src[len("./secrets/"):] in made, (name, src, made)
+        elif src.startswith("."):
+            assert os.path.exists(src), (name, src)
+    for f in s.get("env_file", []):
+        assert f.startswith("./secrets/") and f[len("./secrets/"):] in made, (name, f)
+    for k in (s.get("environment") or {}):
+        if k.startswith("FPNODE_"):
+            assert k in envs, (name, k)
+    if name.startswith("nats-"):
+        assert s["environment"]["NATS_NAME"] == name
+replicas = sorted(n for n in services if n.startswith("replica-"))
+default = re.search(r":-([^}]*)\}", services["proxy"]["environment"]["FPNODE_REPLICAS"]).group(1)
+assert default.split(",") == [f"http://{r}:6081" for r in replicas], default
+for n in replicas:
+    assert "--stream-replicas" in services[n]["command"] and "3" in services[n]["command"]
+assert services["proxy"]["command"][-1] == "proxy"
+targets = [t for g in json.load(open("targets/fpnode.json")) for t in g["targets"]]
+assert sorted(targets) == sorted([f"{r}:6081" for r in replicas] + ["proxy:6081"]), targets
+r3 = extra["services"]["replica-3"]
+assert r3["command"] == services["replica-1"]["command"], r3
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", check, &envs.join(",")])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
