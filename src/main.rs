@@ -201,6 +201,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => {}
     }
+    if auth.is_none() {
+        // SIGHUP's default action ends the process: a `systemctl reload`
+        // must not stop a node that has no tokens to reload.
+        auth::sighup_without_tokens().context("watching SIGHUP")?;
+    }
 
     let replication = match args.mode {
         Mode::Standalone => None,
@@ -271,6 +276,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_changes: limits.max_changes,
             max_hashes: limits.max_hashes,
             max_body_bytes: limits.max_body_bytes,
+            // Four transactions of the largest size at once, over every
+            // connection together.
+            max_buffered_bytes: limits.max_body_bytes.saturating_mul(4),
         };
         tokio::spawn(legacy::serve(
             listener,

@@ -278,6 +278,22 @@ async fn a_node_without_tokens_beyond_localhost_warns_loudly() {
     assert_eq!(Api::json(&node).call("PUT", "/a", None).await.status, 200);
     let local = Node::start(&[]).await;
     assert!(!local.log().contains("AUTHENTICATION IS OFF"));
+    // A reload (SIGHUP) without tokens is logged, and the node goes on.
+    let pid = local.child.as_ref().unwrap().id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !local
+        .log()
+        .contains("authentication is off, no tokens to reload")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", local.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(Api::json(&local).call("PUT", "/b", None).await.status, 200);
 }
 
 #[tokio::test]

@@ -300,6 +300,13 @@ for doc in yaml.safe_load_all(open("replicas.yaml")):
         c = doc["spec"]["template"]["spec"]["containers"][0]
         assert c["readinessProbe"]["httpGet"]["path"].startswith("/_ready"), c
         assert "--stream-replicas" in c["args"]
+for doc in yaml.safe_load_all(open("proxy.yaml")):
+    if doc["kind"] == "Deployment":
+        c = doc["spec"]["template"]["spec"]["containers"][0]
+        # A read-only root: what the node writes needs volumes.
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/data", "/tmp"} <= mounts, mounts
 print("ok")
 "#;
     let out = Command::new("python3")
@@ -380,14 +387,17 @@ extra = yaml.safe_load(open("replica-3.yml"))
 services = base["services"]
 assert set(services) == {"nats-1", "nats-2", "nats-3", "replica-1", "replica-2", "proxy", "prometheus", "grafana"}, set(services)
 made = re.findall(r'"\$DIR/([a-z.-]+)"', open("init-secrets").read())
+def default(text):
+    # ${VAR:-default} -> default: the paths as they are without the variables.
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
 for name, s in list(services.items()) + list(extra["services"].items()):
     for v in s.get("volumes", []):
-        src = v.split(":")[0]
+        src = default(v).split(":")[0]
         if src.startswith("./secrets/"):
             assert src[len("./secrets/"):] in made, (name, src, made)
         elif src.startswith("."):
             assert os.path.exists(src), (name, src)
-    for f in s.get("env_file", []):
+    for f in map(default, s.get("env_file", [])):
         assert f.startswith("./secrets/") and f[len("./secrets/"):] in made, (name, f)
     for k in (s.get("environment") or {}):
         if k.startswith("FPNODE_"):

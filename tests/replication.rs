@@ -1261,6 +1261,7 @@ async fn a_proxy_checks_tokens_and_its_replicas_see_the_clients_or_its_own() {
     let nats = NatsServer::start();
     let tokens_arg = ["--auth-tokens", tokens.as_str()];
     let a = replica(&nats, &tokens_arg).await;
+    let legacy_port = common::free_port();
     let url = nats.url();
     let replicas = a.url("");
     let p = Node::start(&[
@@ -1274,6 +1275,8 @@ async fn a_proxy_checks_tokens_and_its_replicas_see_the_clients_or_its_own() {
         &tokens,
         "--replica-token",
         READ,
+        "--legacy-port",
+        &legacy_port.to_string(),
     ])
     .await;
     let admin = Api::json_with_token(&p, ADMIN);
@@ -1308,6 +1311,33 @@ async fn a_proxy_checks_tokens_and_its_replicas_see_the_clients_or_its_own() {
     assert_eq!(got.last().unwrap().0, v);
     let bare = format!("ws://127.0.0.1:{}/_changes", p.port);
     assert!(tokio_tungstenite::connect_async(bare).await.is_err());
+    // A browser's long poll and event stream: the token in the query at the
+    // proxy reaches the replica (as a header).
+    let poll = reqwest::get(format!(
+        "http://127.0.0.1:{}/main/_changes?access_token={READ}&feed=longpoll&since=0",
+        p.port
+    ))
+    .await
+    .unwrap();
+    assert_eq!(poll.status(), 200);
+    let poll: serde_json::Value = poll.json().await.unwrap();
+    assert_eq!(poll["last_version"], v, "{poll}");
+    let events = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/main/_changes?access_token={READ}&feed=eventsource&since=0",
+            p.port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    drop(events);
+    // The legacy protocol on the proxy (no token in its protocol): its
+    // reads reach the replica with the proxy's own token.
+    let mut on_p = legacy::Legacy::connect(legacy_port).await;
+    let query: Vec<String> = hashes(1, 0).iter().map(u32::to_string).collect();
+    let answer = on_p.ask(&format!("search {}", query.join(","))).await;
+    assert!(answer.starts_with("OK 1:"), "{answer}");
 }
 
 /// A `resync` job drops a replica's copy of an index and bootstraps it

@@ -190,6 +190,13 @@ impl Proxy {
             .map_or("/", |p| p.as_str())
             .to_string();
         let feed = waiting_feed(&parts);
+        // A request from inside the node (the legacy protocol) carries no
+        // client token: the proxy's own goes with it (reads only: writes
+        // are published by the proxy itself).
+        let own_token = (parts.extensions.get::<crate::auth::Internal>().is_some()
+            && !parts.headers.contains_key(header::AUTHORIZATION))
+        .then_some(self.token.as_ref())
+        .flatten();
         let mut last = None;
         for r in self.candidates() {
             let client = match feed {
@@ -212,6 +219,9 @@ impl Proxy {
                 if let Some(v) = parts.headers.get(&name) {
                     out = out.header(name, v.clone());
                 }
+            }
+            if let Some(token) = own_token {
+                out = out.header(header::AUTHORIZATION, token);
             }
             let res = match out.send().await {
                 Ok(res) => res,

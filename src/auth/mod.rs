@@ -107,6 +107,18 @@ pub fn reload_on_sighup(auth: Arc<Auth>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Takes SIGHUP when no tokens are configured: logged, nothing reloaded
+/// (its default action would end the process).
+pub fn sighup_without_tokens() -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: authentication is off, no tokens to reload");
+        }
+    });
+    Ok(())
+}
+
 /// The request's bearer token: the `Authorization` header, or for the
 /// change feeds (which browsers open with `EventSource` and `WebSocket`,
 /// neither of which can send headers) an `access_token` query parameter.
@@ -186,6 +198,9 @@ pub async fn authorize(
     let Access::Needs(needed) = policy::required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
+    // A token from the query (a browser's feed) moves to the header, so a
+    // proxy forwards it to its replica as it forwards any client's token.
+    let mut from_query = None;
     let role = match req.extensions().get::<Internal>() {
         Some(Internal(role)) => Some(*role),
         None => {
@@ -193,13 +208,22 @@ pub async fn authorize(
                 return refuse(&req, ApiError::Unauthorized, "missing");
             };
             match auth.role_of(&token) {
-                Some(role) => Some(role),
+                Some(role) => {
+                    if !req.headers().contains_key(header::AUTHORIZATION) {
+                        from_query = HeaderValue::from_str(&format!("Bearer {token}")).ok();
+                    }
+                    Some(role)
+                }
                 None => return refuse(&req, ApiError::InvalidToken, "invalid"),
             }
         }
     };
     if role.is_some_and(|r| r >= needed) {
-        next.run(without_access_token(req)).await
+        let mut req = without_access_token(req);
+        if let Some(value) = from_query {
+            req.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        next.run(req).await
     } else {
         refuse(&req, ApiError::Forbidden, "forbidden")
     }

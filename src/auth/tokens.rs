@@ -74,11 +74,17 @@ impl TokenSet {
             let hash = match token.strip_prefix("sha256:") {
                 Some(hex) => {
                     let mut out = [0u8; 32];
-                    if hex.len() != 64 {
+                    // ASCII hex digits only, checked before slicing: a
+                    // multi-byte character would put a slice off a char
+                    // boundary.
+                    let digits = hex.as_bytes();
+                    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
                         return Err(bad("a sha256 digest is 64 hex digits"));
                     }
-                    for (k, o) in out.iter_mut().enumerate() {
-                        *o = u8::from_str_radix(&hex[2 * k..2 * k + 2], 16)
+                    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+                        let pair = std::str::from_utf8(pair)
+                            .map_err(|_| bad("a sha256 digest is 64 hex digits"))?;
+                        *o = u8::from_str_radix(pair, 16)
                             .map_err(|_| bad("a sha256 digest is 64 hex digits"))?;
                     }
                     out
@@ -155,6 +161,16 @@ mod tests {
             ("read:short", "token shorter than 16 characters"),
             ("read:aaaaaaaaaaaaaaa\u{e9}", "token has a character"),
             ("read:sha256:abc", "a sha256 digest is 64 hex digits"),
+            // 64 bytes with multi-byte characters (a pasted dash): a
+            // named error, not a slice off a char boundary.
+            (
+                "read:sha256:\u{2013}123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd",
+                "a sha256 digest is 64 hex digits",
+            ),
+            (
+                "read:sha256:0\u{e9}23456789abcdef0123456789abcdef0123456789abcdef0123456789abcde",
+                "a sha256 digest is 64 hex digits",
+            ),
         ] {
             let e = TokenSet::parse(&format!("read:{reader}\n{bad}"), "f").unwrap_err();
             let text = e.to_string();

@@ -140,15 +140,8 @@ impl Backend {
         inserts: &BTreeMap<u32, Vec<u32>>,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), BackendError> {
-        let changes: Vec<Value> = inserts
-            .iter()
-            .map(|(id, hashes)| json!({"insert": {"id": id, "hashes": hashes}}))
-            .collect();
-        let mut body = json!({ "changes": changes });
-        if !metadata.is_empty() {
-            body["metadata"] = json!(metadata);
-        }
-        self.call("POST", &format!("/{INDEX}/_update"), Some(encode(&body)?))
+        let body = commit_body(inserts, metadata)?;
+        self.call("POST", &format!("/{INDEX}/_update"), Some(body))
             .await
             .map(|_| ())
     }
@@ -194,5 +187,40 @@ impl Backend {
 
 fn encode(body: &Value) -> Result<Vec<u8>, BackendError> {
     rmp_serde::to_vec_named(body)
+        .map_err(|e| BackendError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// The `_update` body of a transaction, encoded straight from its buffers
+/// (no JSON tree: that would cost several times the transaction's size
+/// again).
+pub(super) fn commit_body(
+    inserts: &BTreeMap<u32, Vec<u32>>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, BackendError> {
+    #[derive(serde::Serialize)]
+    struct Insert<'a> {
+        id: u32,
+        hashes: &'a [u32],
+    }
+    #[derive(serde::Serialize)]
+    struct Change<'a> {
+        insert: Insert<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        changes: Vec<Change<'a>>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        metadata: &'a BTreeMap<String, String>,
+    }
+    let body = Body {
+        changes: inserts
+            .iter()
+            .map(|(id, hashes)| Change {
+                insert: Insert { id: *id, hashes },
+            })
+            .collect(),
+        metadata,
+    };
+    rmp_serde::to_vec_named(&body)
         .map_err(|e| BackendError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

@@ -141,9 +141,10 @@ async fn connection(
     let mut buf = Vec::new();
     loop {
         let idle = match session.idle_timeout {
-            0 => Duration::MAX,
-            ms => Duration::from_millis(u64::from(ms)),
+            0 => session::MAX_IDLE_TIMEOUT_MS,
+            ms => ms.min(session::MAX_IDLE_TIMEOUT_MS),
         };
+        let idle = Duration::from_millis(u64::from(idle));
         let line = tokio::select! {
             line = tokio::time::timeout(idle, read_line(&mut reader, &mut buf)) => line,
             _ = stop.wait_for(|s| *s) => return Ok(()),

@@ -3,6 +3,7 @@
 //! protocol").
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::backend::{Backend, SearchOptions};
 use super::command::{self, Command, ParseError};
@@ -43,16 +44,63 @@ pub struct TransactionLimits {
     pub max_changes: usize,
     pub max_hashes: usize,
     pub max_body_bytes: usize,
+    /// What the open transactions of every connection may hold together
+    /// (their `bytes`), so connections cannot add up to more memory than
+    /// this whatever their number.
+    pub max_buffered_bytes: usize,
 }
 
-#[derive(Debug, Default)]
+/// The `bytes` of every open transaction of the process's sessions.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug)]
 struct Transaction {
     /// Buffered inserts; a later insert of an id replaces an earlier one.
     inserts: BTreeMap<u32, Vec<u32>>,
     attributes: BTreeMap<String, String>,
-    /// What the `_update` body will weigh at most (MessagePack).
+    /// What the `_update` body will weigh at most (MessagePack), counted in
+    /// [`BUFFERED`] until the transaction ends.
     bytes: usize,
 }
+
+impl Transaction {
+    /// An empty transaction: the body's own keys counted from the start
+    /// (in [`BUFFERED`] too, whatever it holds: 64 bytes a connection).
+    fn new() -> Transaction {
+        BUFFERED.fetch_add(BODY_OVERHEAD, Ordering::AcqRel);
+        Transaction {
+            inserts: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+            bytes: BODY_OVERHEAD,
+        }
+    }
+
+    /// Takes `weight` more bytes if both this transaction and all of them
+    /// together stay within their limits.
+    fn reserve(&mut self, weight: usize, limits: &TransactionLimits) -> bool {
+        if self.bytes + weight > limits.max_body_bytes {
+            return false;
+        }
+        let taken = BUFFERED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
+            (all + weight <= limits.max_buffered_bytes).then_some(all + weight)
+        });
+        if taken.is_err() {
+            return false;
+        }
+        self.bytes += weight;
+        true
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The longest `idle_timeout` a client may set (also what 0 means): a
+/// connection is never held open forever.
+pub const MAX_IDLE_TIMEOUT_MS: u32 = 3_600_000;
 
 /// One connection's attributes and transaction.
 #[derive(Debug)]
@@ -61,7 +109,8 @@ pub struct Session {
     pub top_score_percent: u32,
     /// Search timeout in ms; 0: the HTTP API's default.
     pub timeout: u32,
-    /// Ms without a request before the connection is closed; 0: never.
+    /// Ms without a request before the connection is closed; 0 or more
+    /// than [`MAX_IDLE_TIMEOUT_MS`]: that.
     pub idle_timeout: u32,
     limits: TransactionLimits,
     transaction: Option<Transaction>,
@@ -155,10 +204,7 @@ impl Session {
         if self.transaction.is_some() {
             return Reply::err("already in transaction");
         }
-        self.transaction = Some(Transaction {
-            bytes: BODY_OVERHEAD,
-            ..Transaction::default()
-        });
+        self.transaction = Some(Transaction::new());
         Reply::ok()
     }
 
@@ -170,14 +216,14 @@ impl Session {
         if hashes.len() > limits.max_hashes {
             return Reply::err("too many hashes");
         }
-        // At most 5 bytes a hash, and the change's own keys.
-        let weight = 5 * hashes.len() + 24;
+        // At most 5 bytes a hash, and the change's own framing: maps and
+        // keys `{"insert": {"id": u32, "hashes": [..]}}`, 29 bytes at most.
+        let weight = 5 * hashes.len() + 32;
         if (!t.inserts.contains_key(&id) && t.inserts.len() >= limits.max_changes)
-            || t.bytes + weight > limits.max_body_bytes
+            || !t.reserve(weight, &limits)
         {
             return Reply::err("transaction too large");
         }
-        t.bytes += weight;
         t.inserts.insert(id, hashes);
         Reply::ok()
     }
@@ -221,15 +267,14 @@ impl Session {
                 Err(_) => Reply::err("invalid value"),
             };
         }
-        let limit = self.limits.max_body_bytes;
+        let limits = self.limits;
         let Some(t) = self.transaction.as_mut() else {
             return Reply::err("not in transaction");
         };
         let weight = name.len() + value.len() + 16;
-        if t.bytes + weight > limit {
+        if !t.reserve(weight, &limits) {
             return Reply::err("transaction too large");
         }
-        t.bytes += weight;
         t.attributes.insert(name, value);
         Reply::ok()
     }
@@ -248,5 +293,80 @@ fn known(name: &str) -> &'static str {
         "get" => "get",
         "set" => "set",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The weight counted for a transaction bounds its `_update` body,
+    /// worst case included (ids and hashes needing 5 bytes, arrays past 16
+    /// items, metadata): a transaction accepted insert by insert is never
+    /// refused at commit for its size.
+    #[test]
+    fn a_transaction_weighs_at_least_its_body() {
+        let limits = TransactionLimits {
+            max_changes: 10_000,
+            max_hashes: 100_000,
+            max_body_bytes: 64 << 20,
+            max_buffered_bytes: 256 << 20,
+        };
+        let mut session = Session::new(limits);
+        assert!(matches!(session.begin(), Reply::Ok(_)));
+        let worst = (0..200).map(|k| (u32::MAX - k, 16));
+        for (id, n) in [(70_000, 100), (1, 0), (2, 1), (65_536, 300)]
+            .into_iter()
+            .chain(worst)
+        {
+            let hashes = vec![u32::MAX; n];
+            assert!(matches!(session.insert(id, hashes), Reply::Ok(_)));
+        }
+        assert!(matches!(
+            session.set("a_name".into(), "a value".into()),
+            Reply::Ok(_)
+        ));
+        let t = session.transaction.as_ref().unwrap();
+        let body = super::super::backend::commit_body(&t.inserts, &t.attributes).unwrap();
+        assert!(
+            body.len() <= t.bytes,
+            "body {} bytes, counted {}",
+            body.len(),
+            t.bytes
+        );
+        // What an open transaction holds is counted across sessions, and
+        // given back when it ends.
+        assert!(BUFFERED.load(Ordering::Acquire) >= t.bytes);
+    }
+
+    #[test]
+    fn the_buffered_budget_is_shared_by_every_session() {
+        let limits = TransactionLimits {
+            max_changes: 10_000,
+            max_hashes: 100_000,
+            max_body_bytes: 1 << 20,
+            // Other tests' transactions may be open meanwhile: room for
+            // them, and for one of these but not two.
+            max_buffered_bytes: (1 << 20) * 3 / 2 + BUFFERED.load(Ordering::Acquire),
+        };
+        let (mut a, mut b) = (Session::new(limits), Session::new(limits));
+        a.begin();
+        b.begin();
+        let big = vec![7u32; 150_000 / 5];
+        let mut id = 0;
+        while matches!(a.insert(id, big.clone()), Reply::Ok(_)) {
+            id += 1;
+        }
+        assert!(id > 0, "a took nothing");
+        let mut taken = 0;
+        while matches!(b.insert(id + taken, big.clone()), Reply::Ok(_)) {
+            taken += 1;
+        }
+        assert!(
+            taken < id,
+            "b took {taken} beside a's {id}: the budget was not shared"
+        );
+        a.transaction = None;
+        assert!(matches!(b.insert(u32::MAX - 1, big.clone()), Reply::Ok(_)));
     }
 }
