@@ -405,8 +405,8 @@ for name, s in list(services.items()) + list(extra["services"].items()):
     if name.startswith("nats-"):
         assert s["environment"]["NATS_NAME"] == name
 replicas = sorted(n for n in services if n.startswith("replica-"))
-default = re.search(r":-([^}]*)\}", services["proxy"]["environment"]["FPNODE_REPLICAS"]).group(1)
-assert default.split(",") == [f"http://{r}:6081" for r in replicas], default
+listed = re.search(r":-([^}]*)\}", services["proxy"]["environment"]["FPNODE_REPLICAS"]).group(1)
+assert listed.split(",") == [f"http://{r}:6081" for r in replicas], listed
 for n in replicas:
     assert "--stream-replicas" in services[n]["command"] and "3" in services[n]["command"]
 assert services["proxy"]["command"][-1] == "proxy"
@@ -414,6 +414,19 @@ targets = [t for g in json.load(open("targets/fpnode.json")) for t in g["targets
 assert sorted(targets) == sorted([f"{r}:6081" for r in replicas] + ["proxy:6081"]), targets
 r3 = extra["services"]["replica-3"]
 assert r3["command"] == services["replica-1"]["command"], r3
+# Grafana (not run here): its provisioning finds the dashboards where
+# compose mounts them, its datasource is the prometheus service, and every
+# dashboard uses that datasource's uid.
+mounts = dict(default(v).split(":")[:2] for v in services["grafana"]["volumes"])
+assert mounts["../grafana/dashboards"] == yaml.safe_load(open("../grafana/provisioning/dashboards/fpnode.yml"))["providers"][0]["options"]["path"], mounts
+for src in mounts:
+    assert os.path.exists(src), src
+ds = yaml.safe_load(open("../grafana/provisioning/datasources/prometheus.yml"))["datasources"][0]
+assert ds["url"] == "http://prometheus:9090" and "prometheus" in services, ds
+for name in os.listdir("../grafana/dashboards"):
+    text = open(os.path.join("../grafana/dashboards", name)).read()
+    uids = set(re.findall(r'"uid":\s*"([^"]+)"', text)) & {ds["uid"], "${DS_PROMETHEUS}"}
+    assert '"type": "prometheus"' in text and ds["uid"] in uids, name
 print("ok")
 "#;
     let out = Command::new("python3")
