@@ -13,8 +13,11 @@ pub enum Access {
     Needs(Role),
 }
 
-/// The role `method path` needs. Paths nothing serves need `read`, so
-/// an unauthenticated client learns nothing, not even what exists.
+/// The role `method path` needs. Paths nothing serves need `read`, so an
+/// unauthenticated client learns nothing from them. The probes are the
+/// exception, for orchestrators that send no token: `/:index/_health` tells
+/// whether an index exists (fpindex's behaviour), and `/_ready` names the
+/// indexes that are not ready and why (docs/operations.md, "Authentication").
 pub fn required(method: &Method, path: &str) -> Access {
     use Access::{Needs, Open};
     use Role::{Admin, Read, Write};
