@@ -42,6 +42,24 @@ fn run_tool(program: &str, args: &[&str], dir: &Path, hint: &str) -> String {
     text
 }
 
+/// Runs `script` (Python, with PyYAML: kubernetes-validate's own
+/// dependency) in `dir` with `args`; it must print exactly "ok".
+fn python_check(script: &str, args: &[&str], dir: &Path) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn promtool(args: &[&str]) -> String {
     run_tool(
         "promtool",
@@ -309,17 +327,7 @@ for doc in yaml.safe_load_all(open("proxy.yaml")):
         assert {"/data", "/tmp"} <= mounts, mounts
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", check])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check(check, &[], &dir);
 }
 
 /// The compose deployment, checked without running it (scripts/compose-check
@@ -429,15 +437,5 @@ for name in os.listdir("../grafana/dashboards"):
     assert '"type": "prometheus"' in text and ds["uid"] in uids, name
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .args(["-c", check, &envs.join(",")])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check(check, &[&envs.join(",")], &dir);
 }
