@@ -196,6 +196,52 @@ async fn a_snapshot_restores_into_an_identical_index_elsewhere() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Framing errors, each refused by name: bytes after the last segment,
+    // another kind or format, a segment listed twice. The header is encoded
+    // again from its parsed form (restored as is: the control).
+    let payloads = &archive[consumed..];
+    let framed = |header: &serde_json::Value, tail: &[u8]| {
+        let mut out = rmp_serde::to_vec_named(header).unwrap();
+        out.extend_from_slice(payloads);
+        out.extend_from_slice(tail);
+        out
+    };
+    let out = fpnode(
+        &["restore", "--dir", d, "--index", "again"],
+        &framed(&header, b""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut other_kind = header.clone();
+    other_kind["t"] = json!("fpindex");
+    let mut other_format = header.clone();
+    other_format["f"] = json!(2);
+    let mut twice = header.clone();
+    let first = twice["s"][0].clone();
+    twice["s"].as_array_mut().unwrap().push(first);
+    let first_size = segments[0]["s"].as_u64().unwrap() as usize;
+    for (case, bytes, why) in [
+        (
+            "trailing",
+            framed(&header, b"x"),
+            "bytes after the last segment",
+        ),
+        ("kind", framed(&other_kind, b""), "not fpnode's"),
+        ("format", framed(&other_format, b""), "version"),
+        (
+            "twice",
+            framed(&twice, &payloads[..first_size]),
+            "listed twice",
+        ),
+    ] {
+        let out = fpnode(&["restore", "--dir", d, "--index", case], &bytes);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: restored");
+        assert!(err.contains(why), "{case}: {err}");
+    }
 
     // The first fpnode format (a JSON header and a trailing CRC-32) is
     // still restored: the same segments, framed as it framed them.

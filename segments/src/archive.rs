@@ -219,6 +219,11 @@ pub fn restore(mut input: impl Read, dir: &Path, fs: &Fs) -> Result<ArchiveHeade
     }
     let offset = counted.read;
     let header = wire.into_header();
+    let mut ids: Vec<u64> = header.segments.iter().map(|s| s.id.0).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(bad(0, &format!("segment {} listed twice", w[0])));
+    }
     let offset = write_segments(&mut input, &header, dir, fs, offset)?;
     let mut more = [0u8; 1];
     if input.read(&mut more).at(name)? != 0 {
