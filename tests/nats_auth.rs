@@ -280,6 +280,22 @@ async fn tls_with_a_ca_and_a_client_certificate() {
     refused(&no_ca, "nats client error").await;
 }
 
+/// A server with TLS but no client certificates: the CA alone is enough,
+/// and a client without it does not trust the server.
+#[tokio::test]
+async fn tls_with_a_ca_only() {
+    let pki = Pki::new();
+    let nats = NatsServer::start_with(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+        pki.path("server.pem"),
+        pki.path("server-key.pem"),
+    ));
+    let good = replica(&nats, &["--nats-tls-ca", &pki.path("ca.pem")]).await;
+    writes_through_the_stream(&good).await;
+    let untrusting = replica(&nats, &["--nats-tls-required"]).await;
+    refused(&untrusting, "nats client error").await;
+}
+
 #[test]
 fn bad_nats_settings_stop_the_node_with_a_named_error() {
     let dir = tempfile::tempdir().unwrap();
