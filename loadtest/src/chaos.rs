@@ -91,7 +91,15 @@ pub async fn chaos(
         bail!("chaos: killing nats-server needs a [nats] section in the scenario");
     }
     let started = Instant::now();
-    let writers = Writers::start(corpus, &node.url, index, plan.writers, plan.batch, next_id);
+    let writers = Writers::start(
+        corpus,
+        &node.url,
+        index,
+        plan.writers,
+        plan.batch,
+        None,
+        next_id,
+    );
     let (mut node_kills, mut nats_kills) = (0u32, 0u32);
     let mut node_back = Histogram::<u64>::new(3)?;
     let mut nats_back = Histogram::<u64>::new(3)?;

@@ -239,6 +239,10 @@ pub enum Step {
         writers: usize,
         #[serde(default = "default_write_batch")]
         batch: u32,
+        /// Fingerprints per second the writers insert together (a steady
+        /// trickle); as fast as they are answered when absent.
+        #[serde(default)]
+        rate: Option<f64>,
         #[serde(default)]
         min_recall: f64,
     },
@@ -385,18 +389,25 @@ pub struct MeasureResult {
     pub file_bytes: u64,
     /// Index files per posting (fingerprints x hashes).
     pub bytes_per_posting: f64,
+    /// The segments a search probes now (`GET /:index/_status`).
+    #[serde(default)]
+    pub memory_segments: u64,
+    #[serde(default)]
+    pub file_segments: u64,
 }
 
 impl std::fmt::Display for MeasureResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "node: RssAnon {:.1} MB, RssFile {:.1} MB; {} fingerprints, segment files {:.2} GB = {:.3} bytes/posting",
+            "node: RssAnon {:.1} MB, RssFile {:.1} MB; {} fingerprints, segment files {:.2} GB = {:.3} bytes/posting; {} memory + {} file segments",
             self.rss_anon_kb as f64 / 1024.0,
             self.rss_file_kb as f64 / 1024.0,
             self.num_docs,
             self.file_bytes as f64 / 1e9,
-            self.bytes_per_posting
+            self.bytes_per_posting,
+            self.memory_segments,
+            self.file_segments
         )
     }
 }
@@ -874,10 +885,19 @@ pub async fn run(
                 noise,
                 writers,
                 batch,
+                rate,
                 min_recall,
             } => {
                 let t = Instant::now();
-                let w = Writers::start(corpus, &url, INDEX, *writers, *batch, next_id.clone());
+                let w = Writers::start(
+                    corpus,
+                    &url,
+                    INDEX,
+                    *writers,
+                    *batch,
+                    *rate,
+                    next_id.clone(),
+                );
                 let spec = QuerySpec::new(*noise, 0.0, 0.0);
                 let searched = search(corpus, &url, INDEX, n, *queries, *clients, spec).await;
                 let written = w.finish().await?;
@@ -1103,6 +1123,8 @@ async fn node_measure(url: &str, pid: u32, hashes: usize) -> anyhow::Result<Meas
         num_docs,
         file_bytes,
         bytes_per_posting: file_bytes as f64 / (num_docs * hashes as u64).max(1) as f64,
+        memory_segments: status["memory_segments"].as_u64().unwrap_or(0),
+        file_segments: status["file_segments"].as_u64().unwrap_or(0),
     })
 }
 

@@ -191,7 +191,10 @@ impl Written {
 }
 
 /// Writers that insert new fingerprints in `_update` batches of `batch`
-/// until told to stop; each waits for its answer before the next batch.
+/// until told to stop; each waits for its answer before the next batch,
+/// and with a `rate` (fingerprints per second, all writers together) for
+/// its next due time as well (a writer behind its schedule does not burst
+/// to catch up).
 pub struct Writers {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Written>>,
@@ -206,21 +209,38 @@ impl Writers {
         index: &str,
         writers: usize,
         batch: u32,
+        rate: Option<f64>,
         next: Arc<AtomicU64>,
     ) -> Writers {
+        let writers = writers.max(1);
+        // Each writer's time between batches.
+        let period = rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(f64::from(batch) * writers as f64 / r));
         let stop = Arc::new(AtomicBool::new(false));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap_or_default();
         let target = format!("{url}/{index}/_update");
-        let tasks = (0..writers.max(1))
+        let tasks = (0..writers)
             .map(|_| {
                 let (client, target, stop, next) =
                     (client.clone(), target.clone(), stop.clone(), next.clone());
                 tokio::spawn(async move {
                     let mut w = Written::default();
+                    let mut schedule = period.map(|p| {
+                        let mut i = tokio::time::interval(p);
+                        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        i
+                    });
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(schedule) = schedule.as_mut() {
+                            schedule.tick().await;
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
                         let first = next.fetch_add(u64::from(batch), Ordering::Relaxed);
                         let ids: Vec<u32> = (first..first + u64::from(batch))
                             .filter_map(|id| u32::try_from(id).ok())
