@@ -243,16 +243,24 @@ impl Pki {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
+
+    /// A nats-server with TLS on this PKI's server certificate, plus `more`
+    /// lines in its `tls` block.
+    fn server(&self, more: &str) -> NatsServer {
+        NatsServer::start_with(&format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{more}}}\n",
+            self.path("server.pem"),
+            self.path("server-key.pem"),
+        ))
+    }
 }
 
 #[tokio::test]
 async fn tls_with_a_ca_and_a_client_certificate() {
     let pki = Pki::new();
-    let nats = NatsServer::start_with(&format!(
-        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
-        pki.path("server.pem"),
-        pki.path("server-key.pem"),
-        pki.path("ca.pem"),
+    let nats = pki.server(&format!(
+        "  ca_file: \"{}\"\n  verify: true\n",
+        pki.path("ca.pem")
     ));
     let (ca, cert, key) = (
         pki.path("ca.pem"),
@@ -285,11 +293,7 @@ async fn tls_with_a_ca_and_a_client_certificate() {
 #[tokio::test]
 async fn tls_with_a_ca_only() {
     let pki = Pki::new();
-    let nats = NatsServer::start_with(&format!(
-        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
-        pki.path("server.pem"),
-        pki.path("server-key.pem"),
-    ));
+    let nats = pki.server("");
     let good = replica(&nats, &["--nats-tls-ca", &pki.path("ca.pem")]).await;
     writes_through_the_stream(&good).await;
     let untrusting = replica(&nats, &["--nats-tls-required"]).await;
