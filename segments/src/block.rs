@@ -120,13 +120,39 @@ pub fn decode(
     len: usize,
     out: &mut DecodedBlock,
 ) -> Result<(), BlockError> {
+    decode_hashes(packer, bytes, first_hash, len, out)?;
+    decode_ids(packer, bytes, out)
+}
+
+/// The block's hashes (and `len`) only: enough to tell whether, and where,
+/// a hash is in it; its ids follow with [`decode_ids`] when it is.
+pub fn decode_hashes(
+    packer: &BitPacker4x,
+    bytes: &[u8],
+    first_hash: u32,
+    len: usize,
+    out: &mut DecodedBlock,
+) -> Result<(), BlockError> {
+    let total = peek_len(bytes)?;
+    let hash_bits = bytes[0];
+    let hash_len = (BLOCK_LEN / 8) * hash_bits as usize;
+    let body = &bytes[HEADER_LEN..total];
+    packer.decompress_sorted(first_hash, &body[..hash_len], &mut out.hashes, hash_bits);
+    out.len = len.min(BLOCK_LEN);
+    Ok(())
+}
+
+/// The block's ids (after [`decode_hashes`] of the same block).
+pub fn decode_ids(
+    packer: &BitPacker4x,
+    bytes: &[u8],
+    out: &mut DecodedBlock,
+) -> Result<(), BlockError> {
     let total = peek_len(bytes)?;
     let (hash_bits, id_bits) = (bytes[0], bytes[1]);
     let hash_len = (BLOCK_LEN / 8) * hash_bits as usize;
     let body = &bytes[HEADER_LEN..total];
-    packer.decompress_sorted(first_hash, &body[..hash_len], &mut out.hashes, hash_bits);
     packer.decompress(&body[hash_len..], &mut out.ids, id_bits);
-    out.len = len.min(BLOCK_LEN);
     Ok(())
 }
 

@@ -258,6 +258,13 @@ impl FileSegment {
 
     /// Decodes block `b` into `out`, verifying its chunk(s) first.
     fn decode(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
+        self.decode_hashes(b, out)?;
+        self.decode_ids(b, out)
+    }
+
+    /// Block `b`'s bytes (from its start to the data's end), checked: in
+    /// range, its length readable, its chunk's checksum verified.
+    fn block_bytes(&self, b: u64) -> Result<(&[u8], u64)> {
         let offset = self.block_offset(b);
         if offset < HEADER_LEN || offset >= self.footer.data_end {
             return Err(Error::corrupt(
@@ -270,8 +277,19 @@ impl FileSegment {
         let len =
             block::peek_len(bytes).map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))?;
         self.verify(offset, len as u64)?;
+        Ok((bytes, offset))
+    }
+
+    fn decode_hashes(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
+        let (bytes, offset) = self.block_bytes(b)?;
         let n = (self.footer.num_postings - b * BLOCK_LEN as u64).min(BLOCK_LEN as u64) as usize;
-        block::decode(&self.packer, bytes, self.first_hash(b), n, out)
+        block::decode_hashes(&self.packer, bytes, self.first_hash(b), n, out)
+            .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
+    }
+
+    fn decode_ids(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
+        let (bytes, offset) = self.block_bytes(b)?;
+        block::decode_ids(&self.packer, bytes, out)
             .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
     }
 
@@ -316,15 +334,22 @@ impl FileSegment {
             return Ok(());
         }
         let mut block = DecodedBlock::default();
-        let mut current = u64::MAX;
+        // The block whose hashes are decoded, and the one whose ids are:
+        // a block's ids are decoded only when a query hash is in it (most
+        // lookups in a small segment find nothing).
+        let (mut current, mut ids_of) = (u64::MAX, u64::MAX);
         for &hash in sorted_query {
             let mut b = self.lower_bound(hash).saturating_sub(1);
             while b < nb && self.first_hash(b) <= hash {
                 if b != current {
-                    self.decode(b, &mut block)?;
+                    self.decode_hashes(b, &mut block)?;
                     current = b;
                 }
                 let range = block.range_of(hash);
+                if !range.is_empty() && ids_of != b {
+                    self.decode_ids(b, &mut block)?;
+                    ids_of = b;
+                }
                 for &id in &block.ids[range.clone()] {
                     found(id);
                 }
