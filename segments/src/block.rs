@@ -120,40 +120,52 @@ pub fn decode(
     len: usize,
     out: &mut DecodedBlock,
 ) -> Result<(), BlockError> {
-    decode_hashes(packer, bytes, first_hash, len, out)?;
-    decode_ids(packer, bytes, out)
-}
-
-/// The block's hashes (and `len`) only: enough to tell whether, and where,
-/// a hash is in it; its ids follow with [`decode_ids`] when it is.
-pub fn decode_hashes(
-    packer: &BitPacker4x,
-    bytes: &[u8],
-    first_hash: u32,
-    len: usize,
-    out: &mut DecodedBlock,
-) -> Result<(), BlockError> {
-    let total = peek_len(bytes)?;
-    let hash_bits = bytes[0];
-    let hash_len = (BLOCK_LEN / 8) * hash_bits as usize;
-    let body = &bytes[HEADER_LEN..total];
-    packer.decompress_sorted(first_hash, &body[..hash_len], &mut out.hashes, hash_bits);
-    out.len = len.min(BLOCK_LEN);
+    let sections = decode_hashes(packer, bytes, first_hash, len, out)?;
+    decode_ids(packer, &sections, out);
     Ok(())
 }
 
-/// The block's ids (after [`decode_hashes`] of the same block).
-pub fn decode_ids(
-    packer: &BitPacker4x,
-    bytes: &[u8],
-    out: &mut DecodedBlock,
-) -> Result<(), BlockError> {
+/// A block's bit widths and its hash and id sections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sections<'a> {
+    hash_bits: u8,
+    hashes: &'a [u8],
+    id_bits: u8,
+    ids: &'a [u8],
+}
+
+fn sections(bytes: &[u8]) -> Result<Sections<'_>, BlockError> {
     let total = peek_len(bytes)?;
     let (hash_bits, id_bits) = (bytes[0], bytes[1]);
     let hash_len = (BLOCK_LEN / 8) * hash_bits as usize;
-    let body = &bytes[HEADER_LEN..total];
-    packer.decompress(&body[hash_len..], &mut out.ids, id_bits);
-    Ok(())
+    let (hashes, ids) = bytes[HEADER_LEN..total].split_at(hash_len);
+    Ok(Sections {
+        hash_bits,
+        hashes,
+        id_bits,
+        ids,
+    })
+}
+
+/// The block's hashes (and `len`) only: enough to tell whether, and where,
+/// a hash is in it. Returns the block's sections, for [`decode_ids`] when
+/// it is.
+pub fn decode_hashes<'a>(
+    packer: &BitPacker4x,
+    bytes: &'a [u8],
+    first_hash: u32,
+    len: usize,
+    out: &mut DecodedBlock,
+) -> Result<Sections<'a>, BlockError> {
+    let s = sections(bytes)?;
+    packer.decompress_sorted(first_hash, s.hashes, &mut out.hashes, s.hash_bits);
+    out.len = len.min(BLOCK_LEN);
+    Ok(s)
+}
+
+/// The block's ids, from the sections [`decode_hashes`] returned.
+pub fn decode_ids(packer: &BitPacker4x, sections: &Sections<'_>, out: &mut DecodedBlock) {
+    packer.decompress(sections.ids, &mut out.ids, sections.id_bits);
 }
 
 #[cfg(test)]

@@ -82,10 +82,8 @@ impl TokenSet {
                         return Err(bad("a sha256 digest is 64 hex digits"));
                     }
                     for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-                        let pair = std::str::from_utf8(pair)
-                            .map_err(|_| bad("a sha256 digest is 64 hex digits"))?;
-                        *o = u8::from_str_radix(pair, 16)
-                            .map_err(|_| bad("a sha256 digest is 64 hex digits"))?;
+                        let nibble = |d: u8| (d as char).to_digit(16).unwrap_or(0) as u8;
+                        *o = nibble(pair[0]) << 4 | nibble(pair[1]);
                     }
                     out
                 }

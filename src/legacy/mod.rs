@@ -49,6 +49,7 @@ pub async fn serve(
         tokio::spawn(async move { backend.ensure_index().await })
     };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let buffered = session::Buffered::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -68,10 +69,10 @@ pub async fn serve(
             tokio::spawn(refuse(socket));
             continue;
         };
-        let (backend, stop) = (backend.clone(), stop.clone());
+        let (backend, stop, buffered) = (backend.clone(), stop.clone(), buffered.clone());
         tokio::spawn(async move {
             metrics::gauge!("fpnode_legacy_connections").increment(1.0);
-            if let Err(e) = connection(socket, &backend, limits, stop).await {
+            if let Err(e) = connection(socket, &backend, limits, buffered, stop).await {
                 tracing::debug!(%peer, error = %e, "legacy connection ended");
             }
             metrics::gauge!("fpnode_legacy_connections").decrement(1.0);
@@ -133,11 +134,12 @@ async fn connection(
     socket: TcpStream,
     backend: &Backend,
     limits: TransactionLimits,
+    buffered: session::Buffered,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = socket.into_split();
     let mut reader = BufReader::with_capacity(64 << 10, read);
-    let mut session = Session::new(limits);
+    let mut session = Session::new(limits, buffered);
     let mut buf = Vec::new();
     loop {
         let idle = match session.idle_timeout {

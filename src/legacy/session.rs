@@ -3,6 +3,7 @@
 //! protocol").
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::backend::{Backend, SearchOptions};
@@ -50,8 +51,9 @@ pub struct TransactionLimits {
     pub max_buffered_bytes: usize,
 }
 
-/// The `bytes` of every open transaction of the process's sessions.
-static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+/// The `bytes` of every open transaction of one legacy server's sessions
+/// (shared by them; `legacy::serve` makes it).
+pub type Buffered = Arc<AtomicUsize>;
 
 #[derive(Debug)]
 struct Transaction {
@@ -59,19 +61,21 @@ struct Transaction {
     inserts: BTreeMap<u32, Vec<u32>>,
     attributes: BTreeMap<String, String>,
     /// What the `_update` body will weigh at most (MessagePack), counted in
-    /// [`BUFFERED`] until the transaction ends.
+    /// `buffered` until the transaction ends.
     bytes: usize,
+    buffered: Buffered,
 }
 
 impl Transaction {
     /// An empty transaction: the body's own keys counted from the start
-    /// (in [`BUFFERED`] too, whatever it holds: 64 bytes a connection).
-    fn new() -> Transaction {
-        BUFFERED.fetch_add(BODY_OVERHEAD, Ordering::AcqRel);
+    /// (in `buffered` too, whatever it holds: 64 bytes a connection).
+    fn new(buffered: &Buffered) -> Transaction {
+        buffered.fetch_add(BODY_OVERHEAD, Ordering::AcqRel);
         Transaction {
             inserts: BTreeMap::new(),
             attributes: BTreeMap::new(),
             bytes: BODY_OVERHEAD,
+            buffered: buffered.clone(),
         }
     }
 
@@ -81,9 +85,11 @@ impl Transaction {
         if self.bytes + weight > limits.max_body_bytes {
             return false;
         }
-        let taken = BUFFERED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
-            (all + weight <= limits.max_buffered_bytes).then_some(all + weight)
-        });
+        let taken = self
+            .buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |all| {
+                (all + weight <= limits.max_buffered_bytes).then_some(all + weight)
+            });
         if taken.is_err() {
             return false;
         }
@@ -94,7 +100,7 @@ impl Transaction {
 
 impl Drop for Transaction {
     fn drop(&mut self) {
-        BUFFERED.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.buffered.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -113,6 +119,7 @@ pub struct Session {
     /// than [`MAX_IDLE_TIMEOUT_MS`]: that.
     pub idle_timeout: u32,
     limits: TransactionLimits,
+    buffered: Buffered,
     transaction: Option<Transaction>,
 }
 
@@ -120,13 +127,14 @@ pub struct Session {
 const BODY_OVERHEAD: usize = 64;
 
 impl Session {
-    pub fn new(limits: TransactionLimits) -> Session {
+    pub fn new(limits: TransactionLimits, buffered: Buffered) -> Session {
         Session {
             max_results: 500,
             top_score_percent: 10,
             timeout: 0,
             idle_timeout: 60_000,
             limits,
+            buffered,
             transaction: None,
         }
     }
@@ -204,7 +212,7 @@ impl Session {
         if self.transaction.is_some() {
             return Reply::err("already in transaction");
         }
-        self.transaction = Some(Transaction::new());
+        self.transaction = Some(Transaction::new(&self.buffered));
         Reply::ok()
     }
 
@@ -312,7 +320,8 @@ mod tests {
             max_body_bytes: 64 << 20,
             max_buffered_bytes: 256 << 20,
         };
-        let mut session = Session::new(limits);
+        let buffered = Buffered::default();
+        let mut session = Session::new(limits, buffered.clone());
         assert!(matches!(session.begin(), Reply::Ok(_)));
         let worst = (0..200).map(|k| (u32::MAX - k, 16));
         for (id, n) in [(70_000, 100), (1, 0), (2, 1), (65_536, 300)]
@@ -336,7 +345,7 @@ mod tests {
         );
         // What an open transaction holds is counted across sessions, and
         // given back when it ends.
-        assert!(BUFFERED.load(Ordering::Acquire) >= t.bytes);
+        assert!(buffered.load(Ordering::Acquire) >= t.bytes);
     }
 
     #[test]
@@ -345,11 +354,14 @@ mod tests {
             max_changes: 10_000,
             max_hashes: 100_000,
             max_body_bytes: 1 << 20,
-            // Other tests' transactions may be open meanwhile: room for
-            // them, and for one of these but not two.
-            max_buffered_bytes: (1 << 20) * 3 / 2 + BUFFERED.load(Ordering::Acquire),
+            // Room for one of these transactions, not two.
+            max_buffered_bytes: (1 << 20) * 3 / 2,
         };
-        let (mut a, mut b) = (Session::new(limits), Session::new(limits));
+        let buffered = Buffered::default();
+        let (mut a, mut b) = (
+            Session::new(limits, buffered.clone()),
+            Session::new(limits, buffered),
+        );
         a.begin();
         b.begin();
         let big = vec![7u32; 150_000 / 5];

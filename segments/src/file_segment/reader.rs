@@ -258,12 +258,13 @@ impl FileSegment {
 
     /// Decodes block `b` into `out`, verifying its chunk(s) first.
     fn decode(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
-        self.decode_hashes(b, out)?;
-        self.decode_ids(b, out)
+        let sections = self.decode_hashes(b, out)?;
+        block::decode_ids(&self.packer, &sections, out);
+        Ok(())
     }
 
-    /// Block `b`'s bytes (from its start to the data's end), checked: in
-    /// range, its length readable, its chunk's checksum verified.
+    /// Block `b`'s bytes (from its start to the data's end) and offset,
+    /// checked: in range, its length readable, its chunk's checksum verified.
     fn block_bytes(&self, b: u64) -> Result<(&[u8], u64)> {
         let offset = self.block_offset(b);
         if offset < HEADER_LEN || offset >= self.footer.data_end {
@@ -280,16 +281,12 @@ impl FileSegment {
         Ok((bytes, offset))
     }
 
-    fn decode_hashes(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
+    /// The hashes of block `b` (its bytes checked first); returns its
+    /// sections, for its ids.
+    fn decode_hashes(&self, b: u64, out: &mut DecodedBlock) -> Result<block::Sections<'_>> {
         let (bytes, offset) = self.block_bytes(b)?;
         let n = (self.footer.num_postings - b * BLOCK_LEN as u64).min(BLOCK_LEN as u64) as usize;
         block::decode_hashes(&self.packer, bytes, self.first_hash(b), n, out)
-            .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
-    }
-
-    fn decode_ids(&self, b: u64, out: &mut DecodedBlock) -> Result<()> {
-        let (bytes, offset) = self.block_bytes(b)?;
-        block::decode_ids(&self.packer, bytes, out)
             .map_err(|e| Error::corrupt(&self.path, offset, e.as_str()))
     }
 
@@ -338,16 +335,17 @@ impl FileSegment {
         // a block's ids are decoded only when a query hash is in it (most
         // lookups in a small segment find nothing).
         let (mut current, mut ids_of) = (u64::MAX, u64::MAX);
+        let mut sections = block::Sections::default();
         for &hash in sorted_query {
             let mut b = self.lower_bound(hash).saturating_sub(1);
             while b < nb && self.first_hash(b) <= hash {
                 if b != current {
-                    self.decode_hashes(b, &mut block)?;
+                    sections = self.decode_hashes(b, &mut block)?;
                     current = b;
                 }
                 let range = block.range_of(hash);
                 if !range.is_empty() && ids_of != b {
-                    self.decode_ids(b, &mut block)?;
+                    block::decode_ids(&self.packer, &sections, &mut block);
                     ids_of = b;
                 }
                 for &id in &block.ids[range.clone()] {
