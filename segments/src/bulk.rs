@@ -159,7 +159,8 @@ impl BulkBuilder {
     /// in `dir`; leaves the buffer and id set empty.
     fn write_buffer(&mut self, dir: &Path, id: SegmentId) -> Result<(PathBuf, SegmentInfo, u64)> {
         self.buf.par_sort_unstable();
-        let mut w = FileSegmentWriter::create(dir, id, self.opts.fs.clone())?;
+        let postings = self.buf.len() as u64;
+        let mut w = FileSegmentWriter::create(dir, id, self.opts.fs.clone(), postings)?;
         for &p in &self.buf {
             w.push(p)?;
         }
@@ -219,7 +220,8 @@ impl BulkBuilder {
                 let id = SegmentId(next_id);
                 next_id += 1;
                 let views = compute_shadows(&group);
-                let mut w = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone())?;
+                let most = views.iter().map(|v| v.segment.info.num_postings).sum();
+                let mut w = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone(), most)?;
                 merge_postings(&views, &mut w)?;
                 let (_, info, size) =
                     w.finish(&merged_docs(&views, true), self.position, self.position)?;

@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("unsupported format version {found} in {path} (this build reads {supported})")]
+    #[error("unsupported format version {found} in {path} (this build reads up to {supported})")]
     UnsupportedVersion {
         path: PathBuf,
         found: u32,

@@ -2,8 +2,8 @@
 //! ids, kept as an ordered list of immutable segments.
 //!
 //! Synchronous, no actors, no network: the node drives it from its actors. Layers,
-//! bottom up: [`block`] (128-posting codec) < [`file_segment`] (mmapped files) and
-//! [`memory_segment`] < [`segment`] < [`snapshot`] + [`search`] < [`merge`] +
+//! bottom up: [`block`] (128-posting codec) and [`filter`] (membership) <
+//! [`file_segment`] (mmapped files) and [`memory_segment`] < [`segment`] < [`snapshot`] + [`search`] < [`merge`] +
 //! [`merge_policy`] < [`wal`] + [`manifest`] < [`index`]; [`bulk`] builds final
 //! segments offline. See docs/architecture.md and docs/segment-format.md.
 
@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod durable;
 pub mod error;
 pub mod file_segment;
+pub mod filter;
 mod fsutil;
 pub mod index;
 pub mod manifest;

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::filter::Probe;
 use crate::snapshot::Snapshot;
 use crate::types::FingerprintId;
 
@@ -71,21 +72,46 @@ impl Snapshot {
     pub fn search(&self, query: &[u32], opts: &SearchOptions) -> Result<Vec<Hit>> {
         let q = normalize_query(query);
         let mut matches: Vec<u32> = Vec::with_capacity(q.len() * 4);
+        // Each segment is asked only for the query hashes its filter may
+        // hold (all of them without a filter): `keys[spans[i]]` for segment i.
+        let probe = self
+            .segments
+            .iter()
+            .any(|v| v.segment.filter().is_some())
+            .then(|| Probe::new(&q));
+        let mut keys: Vec<u32> = Vec::new();
+        let mut spans = Vec::with_capacity(self.segments.len());
+        let mut candidates = Vec::new();
+        for view in &self.segments {
+            let start = keys.len();
+            match (view.segment.filter(), &probe) {
+                (Some(filter), Some(probe)) => {
+                    probe.candidates(filter, &mut candidates);
+                    keys.extend_from_slice(&candidates);
+                }
+                _ => keys.extend_from_slice(&q),
+            }
+            spans.push(start..keys.len());
+        }
         if let Some(above) = opts.prefetch_above
             && self.file_bytes() >= above
         {
-            for view in &self.segments {
-                view.segment.prefetch(&q);
+            for (view, span) in self.segments.iter().zip(&spans) {
+                view.segment.prefetch(&keys[span.clone()]);
             }
         }
-        for view in &self.segments {
+        for (view, span) in self.segments.iter().zip(&spans) {
+            let keys = &keys[span.clone()];
+            if keys.is_empty() {
+                continue;
+            }
             opts.check_deadline()?;
             if view.shadowed.is_empty() {
                 view.segment
-                    .collect_matches(&q, &mut |id| matches.push(id))?;
+                    .collect_matches(keys, &mut |id| matches.push(id))?;
             } else {
                 let shadowed = &view.shadowed;
-                view.segment.collect_matches(&q, &mut |id| {
+                view.segment.collect_matches(keys, &mut |id| {
                     if !shadowed.contains(id) {
                         matches.push(id)
                     }

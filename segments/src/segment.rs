@@ -12,6 +12,7 @@ use roaring::RoaringBitmap;
 
 use crate::error::Result;
 use crate::file_segment::{FileCursor, FileSegment};
+use crate::filter::{FilterBuilder, FilterRef, OwnedFilter};
 use crate::prefix::PrefixTable;
 use crate::types::{MetadataDelta, PackedPosting, Position, SegmentId};
 
@@ -101,10 +102,14 @@ impl Segment {
         }
     }
 
-    /// Bytes this segment occupies (file size, or heap bytes of its postings).
+    /// Bytes this segment occupies (file size, or heap bytes of its postings
+    /// and filter).
     pub fn size_bytes(&self) -> u64 {
         match &self.store {
-            Store::Memory(p) => (p.postings.len() * std::mem::size_of::<PackedPosting>()) as u64,
+            Store::Memory(p) => {
+                (p.postings.len() * std::mem::size_of::<PackedPosting>()
+                    + p.filter.as_ref().map_or(0, OwnedFilter::heap_bytes)) as u64
+            }
             Store::File(f) => f.file_size(),
         }
     }
@@ -125,6 +130,15 @@ impl Segment {
                 Ok(())
             }
             Store::File(f) => f.collect_matches(sorted_query, found),
+        }
+    }
+
+    /// The segment's membership filter, if it has one: a search asks it
+    /// before looking a hash up.
+    pub fn filter(&self) -> Option<FilterRef<'_>> {
+        match &self.store {
+            Store::Memory(m) => m.filter.as_ref().and_then(OwnedFilter::as_filter),
+            Store::File(f) => f.filter(),
         }
     }
 
@@ -161,19 +175,32 @@ impl Segment {
 }
 
 /// Postings of a memory segment, sorted, with a prefix table over their hashes
-/// (a bucket holds ~16 postings) so a lookup is one bucket plus a few probes.
+/// (a bucket holds ~16 postings) so a lookup is one bucket plus a few probes,
+/// and the same membership filter as a file segment's.
 #[derive(Debug)]
 pub(crate) struct MemoryPostings {
     postings: Vec<PackedPosting>,
     prefix: PrefixTable,
+    filter: Option<OwnedFilter>,
 }
 
 impl MemoryPostings {
     fn new(postings: Vec<PackedPosting>) -> Self {
-        let prefix = PrefixTable::build(postings.len() as u64, 16, |i| {
-            (postings[i as usize] >> 32) as u32
+        let hash_at = |i: usize| (postings[i] >> 32) as u32;
+        let prefix = PrefixTable::build(postings.len() as u64, 16, |i| hash_at(i as usize));
+        let filter = FilterBuilder::for_keys(postings.len() as u64).map(|mut f| {
+            for (i, &p) in postings.iter().enumerate() {
+                if i == 0 || hash_at(i - 1) != (p >> 32) as u32 {
+                    f.insert((p >> 32) as u32);
+                }
+            }
+            f.into_owned()
         });
-        MemoryPostings { postings, prefix }
+        MemoryPostings {
+            postings,
+            prefix,
+            filter,
+        }
     }
 
     fn collect_matches(&self, sorted_query: &[u32], found: &mut dyn FnMut(u32)) {

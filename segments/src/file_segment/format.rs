@@ -1,4 +1,5 @@
-//! Byte layout of a file segment, version 1 (see docs/segment-format.md).
+//! Byte layout of a file segment, version 2 (see docs/segment-format.md);
+//! version 1, the same without the filter, is still read.
 //!
 //! ```text
 //! header     16 B   magic "FPNODSEG", u32 version, u32 flags (0)
@@ -8,18 +9,31 @@
 //! offsets           u64 file offset of each block
 //! defined           roaring bitmap (portable format): ids the segment defines
 //! deleted           roaring bitmap: ids the segment deletes
-//! footer    128 B   see `Footer`
+//! filter            split-block Bloom filter over the hashes (filter.rs), or empty
+//! footer    144 B   see `Footer` (128 B in version 1)
 //! ```
 //! All integers little-endian. The footer ends with its own CRC, the version and
 //! the magic, so a file is identified and checked from its end.
 
+use crate::filter;
 use crate::fsutil::{le_u32, le_u64};
 use crate::types::SegmentId;
 
 pub const MAGIC: [u8; 8] = *b"FPNODSEG";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version written.
+pub const FORMAT_VERSION: u32 = 2;
+/// Version 1: no filter section.
+pub const FORMAT_VERSION_1: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
-pub const FOOTER_LEN: u64 = 128;
+
+/// Footer size of a format version; `None` for a version this code cannot read.
+pub fn footer_len(version: u32) -> Option<u64> {
+    match version {
+        FORMAT_VERSION_1 => Some(128),
+        FORMAT_VERSION => Some(144),
+        _ => None,
+    }
+}
 /// Granularity of data checksums: each chunk is verified the first time any block
 /// in it is read.
 pub const CHUNK_SIZE: u32 = 4096;
@@ -54,14 +68,19 @@ pub struct Footer {
     pub defined_len: u64,
     pub deleted_offset: u64,
     pub deleted_len: u64,
+    /// The filter section (version 2; 0 and 0 in version 1, or when the
+    /// segment has no filter).
+    pub filter_offset: u64,
+    pub filter_len: u64,
     pub chunk_size: u32,
     /// CRC-32 of bytes `[chunks_offset, footer start)`.
     pub metadata_crc: u32,
 }
 
 impl Footer {
+    /// Encodes a version-2 footer.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(FOOTER_LEN as usize);
+        let mut b = Vec::with_capacity(144);
         for v in [
             self.segment_id,
             self.min_position,
@@ -76,6 +95,8 @@ impl Footer {
             self.defined_len,
             self.deleted_offset,
             self.deleted_len,
+            self.filter_offset,
+            self.filter_len,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -85,21 +106,29 @@ impl Footer {
         b.extend_from_slice(&crc.to_le_bytes());
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&MAGIC);
-        debug_assert_eq!(b.len() as u64, FOOTER_LEN);
+        debug_assert_eq!(Some(b.len() as u64), footer_len(FORMAT_VERSION));
         b
     }
 
-    /// Decodes a footer; the caller has checked magic and version. Returns `None`
-    /// if the footer's own checksum does not match.
-    pub fn decode(b: &[u8]) -> Option<Footer> {
-        if b.len() != FOOTER_LEN as usize {
+    /// Decodes a footer of `version` (a version [`footer_len`] knows); the
+    /// caller has checked the magic. Returns `None` if the footer's own
+    /// checksum does not match.
+    pub fn decode(b: &[u8], version: u32) -> Option<Footer> {
+        let len = footer_len(version)?;
+        if b.len() as u64 != len {
             return None;
         }
-        let body = 13 * 8 + 8;
+        let words = if version == FORMAT_VERSION_1 { 13 } else { 15 };
+        let body = words * 8 + 8;
         if crc32fast::hash(&b[..body]) != le_u32(b, body) {
             return None;
         }
         let u = |i: usize| le_u64(b, i * 8);
+        let (filter_offset, filter_len) = if version == FORMAT_VERSION_1 {
+            (0, 0)
+        } else {
+            (u(13), u(14))
+        };
         Some(Footer {
             segment_id: u(0),
             min_position: u(1),
@@ -114,8 +143,10 @@ impl Footer {
             defined_len: u(10),
             deleted_offset: u(11),
             deleted_len: u(12),
-            chunk_size: le_u32(b, 104),
-            metadata_crc: le_u32(b, 108),
+            filter_offset,
+            filter_len,
+            chunk_size: le_u32(b, words * 8),
+            metadata_crc: le_u32(b, words * 8 + 4),
         })
     }
 
@@ -131,8 +162,9 @@ impl Footer {
         }
     }
 
-    /// Checks that the sections tile the file exactly; returns what is wrong.
-    pub fn check_layout(&self, file_len: u64) -> Result<(), String> {
+    /// Checks that the sections tile the file exactly (`footer_len` bytes of
+    /// footer at its end); returns what is wrong.
+    pub fn check_layout(&self, file_len: u64, footer_len: u64) -> Result<(), String> {
         let blocks = self.num_postings.div_ceil(crate::block::BLOCK_LEN as u64);
         if blocks != self.num_blocks {
             return Err(format!(
@@ -164,10 +196,8 @@ impl Footer {
                 "deleted ids",
                 self.deleted_offset == self.defined_offset + self.defined_len,
             ),
-            (
-                "footer",
-                self.deleted_offset + self.deleted_len + FOOTER_LEN == file_len,
-            ),
+            ("filter", self.filter_len == 0 || self.filter_placed()),
+            ("footer", self.filter_end() + footer_len == file_len),
         ];
         for (what, ok) in expect {
             if !ok {
@@ -175,6 +205,23 @@ impl Footer {
             }
         }
         Ok(())
+    }
+
+    /// A filter starts on the first 64-byte boundary after the deleted ids
+    /// (zero padding before it) and is whole blocks.
+    fn filter_placed(&self) -> bool {
+        let deleted_end = self.deleted_offset + self.deleted_len;
+        self.filter_offset == deleted_end.next_multiple_of(filter::ALIGN as u64)
+            && self.filter_len.is_multiple_of(filter::BLOCK_BYTES as u64)
+    }
+
+    /// Where the section before the footer ends.
+    fn filter_end(&self) -> u64 {
+        if self.filter_len == 0 {
+            self.deleted_offset + self.deleted_len
+        } else {
+            self.filter_offset + self.filter_len
+        }
     }
 
     pub fn num_chunks(&self) -> u64 {
@@ -204,10 +251,12 @@ mod tests {
             ..Footer::default()
         };
         let mut b = f.encode();
-        assert_eq!(Footer::decode(&b), Some(f));
+        assert_eq!(Footer::decode(&b, FORMAT_VERSION), Some(f));
         assert_eq!(Footer::trailer(&b), (FORMAT_VERSION, MAGIC));
+        assert_eq!(Footer::decode(&b, FORMAT_VERSION_1), None);
+        assert_eq!(Footer::decode(&b, 3), None);
         b[3] ^= 1;
-        assert_eq!(Footer::decode(&b), None);
+        assert_eq!(Footer::decode(&b, FORMAT_VERSION), None);
     }
 
     #[test]

@@ -23,9 +23,10 @@ use bitpacking::{BitPacker, BitPacker4x};
 use memmap2::{Advice, Mmap};
 use roaring::RoaringBitmap;
 
-use super::format::{FOOTER_LEN, FORMAT_VERSION, Footer, HEADER_LEN, MAGIC};
+use super::format::{self, FORMAT_VERSION, Footer, HEADER_LEN, MAGIC};
 use crate::block::{self, BLOCK_LEN, DecodedBlock};
 use crate::error::{Error, IoContext, Result};
+use crate::filter::FilterRef;
 use crate::fsutil::{le_u32, le_u64};
 use crate::mmap;
 use crate::prefix::PrefixTable;
@@ -69,7 +70,7 @@ impl FileSegment {
         let map = mmap::map_readonly(&file, path)?;
         let len = map.len() as u64;
         let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
-        if len < HEADER_LEN + FOOTER_LEN {
+        if len < HEADER_LEN + 12 {
             return Err(corrupt(0, "file too short for a segment"));
         }
         if map[..8] != MAGIC {
@@ -79,18 +80,21 @@ impl FileSegment {
         if magic != MAGIC {
             return Err(corrupt(len - 8, "bad magic in footer"));
         }
-        if version != FORMAT_VERSION || le_u32(&map, 8) != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
+        let footer_len = format::footer_len(version)
+            .filter(|_| le_u32(&map, 8) == version)
+            .ok_or_else(|| Error::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found: version,
                 supported: FORMAT_VERSION,
-            });
+            })?;
+        if len < HEADER_LEN + footer_len {
+            return Err(corrupt(0, "file too short for a segment"));
         }
-        let footer_start = len - FOOTER_LEN;
-        let footer = Footer::decode(&map[footer_start as usize..])
+        let footer_start = len - footer_len;
+        let footer = Footer::decode(&map[footer_start as usize..], version)
             .ok_or_else(|| corrupt(footer_start, "footer checksum mismatch"))?;
         footer
-            .check_layout(len)
+            .check_layout(len, footer_len)
             .map_err(|reason| corrupt(footer_start, &reason))?;
         if let Some(id) = expect_id
             && footer.segment_id != id.0
@@ -153,6 +157,17 @@ impl FileSegment {
 
     pub fn docs(&self) -> &DocSets {
         &self.docs
+    }
+
+    /// The segment's membership filter, if it has one (format version 2,
+    /// segments up to `filter::MAX_KEYS` postings); checked at open with
+    /// the rest of the metadata.
+    pub fn filter(&self) -> Option<FilterRef<'_>> {
+        let start = self.footer.filter_offset as usize;
+        let bytes = self
+            .map
+            .get(start..start + self.footer.filter_len as usize)?;
+        FilterRef::new(bytes)
     }
 
     pub fn file_size(&self) -> u64 {

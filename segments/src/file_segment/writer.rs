@@ -4,7 +4,8 @@
 //! them into blocks, checksums the data region chunk by chunk as it goes, and on
 //! `finish` appends the chunk table, block directory, offsets, id sets and footer,
 //! fsyncs, and renames the temp file into place (then fsyncs the directory). Memory
-//! held: one block plus 12 bytes per block for the directory and offsets.
+//! held: one block plus 12 bytes per block for the directory and offsets, and the
+//! membership filter (1.5 bytes per posting, for segments that get one).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -16,6 +17,7 @@ use super::format::{self, CHUNK_SIZE, Footer, HEADER_LEN};
 use crate::block::{self, BLOCK_LEN};
 use crate::durable::Fs;
 use crate::error::{Error, IoContext, Result};
+use crate::filter::{ALIGN, FilterBuilder};
 use crate::segment::{DocSets, SegmentInfo};
 use crate::types::{PackedPosting, Position, SegmentId, unpack};
 
@@ -39,6 +41,7 @@ pub struct FileSegmentWriter {
     chunk_fill: u32,
     chunk_crcs: Vec<u32>,
     block_buf: Vec<u8>,
+    filter: Option<FilterBuilder>,
 }
 
 impl std::fmt::Debug for FileSegmentWriter {
@@ -50,8 +53,11 @@ impl std::fmt::Debug for FileSegmentWriter {
 }
 
 impl FileSegmentWriter {
-    /// Starts writing segment `id` into `dir` (as a temp file until `finish`).
-    pub fn create(dir: &Path, id: SegmentId, fs: Fs) -> Result<Self> {
+    /// Starts writing segment `id` into `dir` (as a temp file until `finish`),
+    /// of at most `max_postings` postings: that sizes its membership filter
+    /// (none above `filter::MAX_KEYS`; more postings than announced only
+    /// raise the filter's false-positive rate).
+    pub fn create(dir: &Path, id: SegmentId, fs: Fs, max_postings: u64) -> Result<Self> {
         let path = dir.join(format::file_name(id));
         let tmp_path = path.with_extension("fpseg.tmp");
         let file = File::create(&tmp_path).at(&tmp_path)?;
@@ -76,6 +82,7 @@ impl FileSegmentWriter {
             chunk_fill: 0,
             chunk_crcs: Vec::new(),
             block_buf: Vec::with_capacity(block::encoded_len(32, 32)),
+            filter: FilterBuilder::for_keys(max_postings),
         })
     }
 
@@ -88,8 +95,13 @@ impl FileSegmentWriter {
                 self.path.display()
             )));
         }
-        self.last = Some(posting);
         let (hash, id) = unpack(posting);
+        if let Some(f) = self.filter.as_mut()
+            && self.last.is_none_or(|last| unpack(last).0 != hash)
+        {
+            f.insert(hash);
+        }
+        self.last = Some(posting);
         self.hashes[self.fill] = hash;
         self.ids[self.fill] = id;
         self.fill += 1;
@@ -181,6 +193,15 @@ impl FileSegmentWriter {
         docs.defined.serialize_into(&mut meta).at(&self.tmp_path)?;
         let deleted_offset = data_end + meta.len() as u64;
         docs.deleted.serialize_into(&mut meta).at(&self.tmp_path)?;
+        let deleted_end = data_end + meta.len() as u64;
+        let mut filter_offset = deleted_end;
+        if let Some(mut f) = self.filter.take().filter(|_| self.num_postings > 0) {
+            // Zero padding puts the filter's blocks on cache lines once mapped.
+            let pad = deleted_end.next_multiple_of(ALIGN as u64) - deleted_end;
+            meta.resize(meta.len() + pad as usize, 0);
+            filter_offset += pad;
+            f.write_to(&mut meta);
+        }
         let end = data_end + meta.len() as u64;
         let segment_id = self.id;
         let footer = Footer {
@@ -196,13 +217,16 @@ impl FileSegmentWriter {
             defined_offset,
             defined_len: deleted_offset - defined_offset,
             deleted_offset,
-            deleted_len: end - deleted_offset,
+            deleted_len: deleted_end - deleted_offset,
+            filter_offset,
+            filter_len: end - filter_offset,
             chunk_size: CHUNK_SIZE,
             metadata_crc: crc32fast::hash(&meta),
         };
         let tmp_path = self.tmp_path.clone();
         self.writer()?.write_all(&meta).at(&tmp_path)?;
-        self.writer()?.write_all(&footer.encode()).at(&tmp_path)?;
+        let footer = footer.encode();
+        self.writer()?.write_all(&footer).at(&tmp_path)?;
         let out = self
             .out
             .take()
@@ -220,7 +244,7 @@ impl FileSegmentWriter {
             max_position,
             num_postings: self.num_postings,
         };
-        Ok((self.path.clone(), info, end + format::FOOTER_LEN))
+        Ok((self.path.clone(), info, end + footer.len() as u64))
     }
 }
 

@@ -354,11 +354,11 @@ impl Index {
         keep_going: Option<&dyn Fn(u64, u64) -> bool>,
     ) -> Result<Arc<Segment>> {
         let seg_dir = self.dir.join(SEGMENTS_DIR);
-        let mut writer = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone())?;
+        let total = views.iter().map(|v| v.segment.info.num_postings).sum();
+        let mut writer = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone(), total)?;
         match keep_going {
             None => merge_postings(views, &mut writer)?,
             Some(keep_going) => {
-                let total = views.iter().map(|v| v.segment.info.num_postings).sum();
                 let mut sink = Watched {
                     sink: &mut writer,
                     written: 0,
