@@ -156,11 +156,17 @@ impl BulkBuilder {
     }
 
     /// Sorts the run buffer and writes it, with the run's ids, as segment `id`
-    /// in `dir`; leaves the buffer and id set empty.
-    fn write_buffer(&mut self, dir: &Path, id: SegmentId) -> Result<(PathBuf, SegmentInfo, u64)> {
+    /// in `dir`; leaves the buffer and id set empty. A run to be merged
+    /// (`searched` false) gets no membership filter: nobody searches it.
+    fn write_buffer(
+        &mut self,
+        dir: &Path,
+        id: SegmentId,
+        searched: bool,
+    ) -> Result<(PathBuf, SegmentInfo, u64)> {
         self.buf.par_sort_unstable();
-        let postings = self.buf.len() as u64;
-        let mut w = FileSegmentWriter::create(dir, id, self.opts.fs.clone(), postings)?;
+        let filter_keys = if searched { self.buf.len() as u64 } else { 0 };
+        let mut w = FileSegmentWriter::create(dir, id, self.opts.fs.clone(), filter_keys)?;
         for &p in &self.buf {
             w.push(p)?;
         }
@@ -180,7 +186,7 @@ impl BulkBuilder {
         }
         let id = SegmentId(self.runs.len() as u64 + 1);
         let tmp_dir = self.tmp_dir.clone();
-        let (path, _, _) = self.write_buffer(&tmp_dir, id)?;
+        let (path, _, _) = self.write_buffer(&tmp_dir, id, false)?;
         let seg = FileSegment::open(&path, Some(id), OpenOptions::default())?;
         self.runs.push(Arc::new(Segment::file(seg)));
         Ok(())
@@ -197,7 +203,7 @@ impl BulkBuilder {
             // Everything fit one run: write it straight into place, once.
             final_id = SegmentId(1);
             if !self.buf.is_empty() || !self.defined.is_empty() {
-                let (_, info, size) = self.write_buffer(&seg_dir, final_id)?;
+                let (_, info, size) = self.write_buffer(&seg_dir, final_id, true)?;
                 segments.push(manifest_entry(info, size));
                 (postings, segment_bytes) = (info.num_postings, size);
             }

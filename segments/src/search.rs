@@ -128,18 +128,27 @@ impl Snapshot {
     }
 }
 
-/// Turns one id per matched posting into ranked hits.
+/// Below this many matches a comparison sort beats a radix sort's passes.
+const RADIX_ABOVE: usize = 512;
+
+/// Turns one id per matched posting into ranked hits: the ids sorted (a
+/// radix sort for a query of frequent hashes matching many postings), then
+/// runs counted.
 pub fn rank(mut matches: Vec<u32>, min_score: u32, score_pct: u32, limit: usize) -> Vec<Hit> {
-    matches.sort_unstable();
+    if matches.len() > RADIX_ABOVE {
+        radsort::sort(&mut matches);
+    } else {
+        matches.sort_unstable();
+    }
+    // Runs of one id, counted; only those reaching `min_score` become hits.
+    let min_score = min_score.max(1);
     let mut hits: Vec<Hit> = Vec::new();
-    for id in matches {
-        match hits.last_mut() {
-            Some(h) if h.id == id => h.score += 1,
-            _ => hits.push(Hit { id, score: 1 }),
+    for run in matches.chunk_by(|a, b| a == b) {
+        let score = run.len() as u32;
+        if score >= min_score {
+            hits.push(Hit { id: run[0], score });
         }
     }
-    let min_score = min_score.max(1);
-    hits.retain(|h| h.score >= min_score);
     let Some(top) = hits.iter().map(|h| h.score).max() else {
         return hits;
     };

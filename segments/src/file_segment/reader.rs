@@ -8,7 +8,7 @@
 //! offset, never wrong results.
 //!
 //! Locating a hash: a prefix table in RAM (first block of every top-bits bucket,
-//! sized so a bucket spans ~64 blocks) narrows the binary search over the mmapped
+//! sized so a bucket spans ~8 blocks) narrows the binary search over the mmapped
 //! block directory to a few cache lines. RAM used is that table, the id sets and
 //! one bit per chunk; everything else stays in the page cache.
 //!
@@ -33,8 +33,10 @@ use crate::prefix::PrefixTable;
 use crate::segment::{DocSets, SegmentInfo};
 use crate::types::{PackedPosting, Position, SegmentId, pack};
 
-/// Target number of blocks per prefix-table bucket.
-const BLOCKS_PER_BUCKET: u64 = 64;
+/// Target number of blocks per prefix-table bucket: 8 first hashes, 32
+/// bytes of directory (64 took 6 dependent probes over 4-6 cache lines;
+/// docs/benchmarks.md "Membership filters").
+const BLOCKS_PER_BUCKET: u64 = 8;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenOptions {

@@ -53,11 +53,12 @@ impl std::fmt::Debug for FileSegmentWriter {
 }
 
 impl FileSegmentWriter {
-    /// Starts writing segment `id` into `dir` (as a temp file until `finish`),
-    /// of at most `max_postings` postings: that sizes its membership filter
-    /// (none above `filter::MAX_KEYS`; more postings than announced only
-    /// raise the filter's false-positive rate).
-    pub fn create(dir: &Path, id: SegmentId, fs: Fs, max_postings: u64) -> Result<Self> {
+    /// Starts writing segment `id` into `dir` (as a temp file until `finish`).
+    /// `filter_keys` sizes its membership filter: the most postings it will
+    /// hold, or 0 for no filter (a run nobody searches); none either above
+    /// `filter::MAX_KEYS`. More postings than announced only raise the
+    /// filter's false-positive rate.
+    pub fn create(dir: &Path, id: SegmentId, fs: Fs, filter_keys: u64) -> Result<Self> {
         let path = dir.join(format::file_name(id));
         let tmp_path = path.with_extension("fpseg.tmp");
         let file = File::create(&tmp_path).at(&tmp_path)?;
@@ -82,7 +83,7 @@ impl FileSegmentWriter {
             chunk_fill: 0,
             chunk_crcs: Vec::new(),
             block_buf: Vec::with_capacity(block::encoded_len(32, 32)),
-            filter: FilterBuilder::for_keys(max_postings),
+            filter: FilterBuilder::for_keys(filter_keys),
         })
     }
 
