@@ -325,9 +325,9 @@ fn run_with<F: Probe>(
 }
 
 /// The filter fpnode uses (`fpnode_segments::filter`), as a search uses it:
-/// a query mixed and sorted once, then `Probe::candidates` per filter.
+/// each sorted query mixed once, then `Probe::candidates` per filter.
 fn run_chosen(sets: &[Vec<u32>], queries: &[u32]) {
-    use fpnode_segments::filter::{BITS_PER_KEY, FilterBuilder, OwnedFilter, Probe as QueryProbe};
+    use fpnode_segments::filter::{BITS_PER_KEY, FilterBuilder, OwnedFilter, Probe};
     let t = Instant::now();
     let filters: Vec<OwnedFilter> = sets
         .iter()
@@ -336,7 +336,7 @@ fn run_chosen(sets: &[Vec<u32>], queries: &[u32]) {
             for &k in s {
                 b.insert(k);
             }
-            b.into_owned()
+            b.into_owned().unwrap()
         })
         .collect();
     let build_ns = t.elapsed().as_nanos() as f64 / (FILTERS * KEYS) as f64;
@@ -348,7 +348,7 @@ fn run_chosen(sets: &[Vec<u32>], queries: &[u32]) {
     let mut positives = 0u64;
     let mut out = Vec::new();
     for q in queries.chunks(HASHES) {
-        let probe = QueryProbe::new(q);
+        let mut probe = Probe::new(q);
         for f in &filters {
             probe.candidates(f.as_filter().unwrap(), &mut out);
             positives += out.len() as u64;

@@ -74,17 +74,14 @@ impl Snapshot {
         let mut matches: Vec<u32> = Vec::with_capacity(q.len() * 4);
         // Each segment is asked only for the query hashes its filter may
         // hold (all of them without a filter): `keys[spans[i]]` for segment i.
-        let probe = self
-            .segments
-            .iter()
-            .any(|v| v.segment.filter().is_some())
-            .then(|| Probe::new(&q));
+        let filters: Vec<_> = self.segments.iter().map(|v| v.segment.filter()).collect();
+        let mut probe = filters.iter().any(Option::is_some).then(|| Probe::new(&q));
         let mut keys: Vec<u32> = Vec::new();
         let mut spans = Vec::with_capacity(self.segments.len());
         let mut candidates = Vec::new();
-        for view in &self.segments {
+        for filter in filters {
             let start = keys.len();
-            match (view.segment.filter(), &probe) {
+            match (filter, probe.as_mut()) {
                 (Some(filter), Some(probe)) => {
                     probe.candidates(filter, &mut candidates);
                     keys.extend_from_slice(&candidates);

@@ -188,11 +188,9 @@ impl MemoryPostings {
     fn new(postings: Vec<PackedPosting>) -> Self {
         let hash_at = |i: usize| (postings[i] >> 32) as u32;
         let prefix = PrefixTable::build(postings.len() as u64, 16, |i| hash_at(i as usize));
-        let filter = FilterBuilder::for_keys(postings.len() as u64).map(|mut f| {
-            for (i, &p) in postings.iter().enumerate() {
-                if i == 0 || hash_at(i - 1) != (p >> 32) as u32 {
-                    f.insert((p >> 32) as u32);
-                }
+        let filter = FilterBuilder::for_keys(postings.len() as u64).and_then(|mut f| {
+            for &p in &postings {
+                f.insert((p >> 32) as u32);
             }
             f.into_owned()
         });

@@ -88,8 +88,9 @@ fn a_version_2_segment_has_a_filter_holding_every_hash() {
     );
     let seg = FileSegment::open(&path, Some(SegmentId(0x16)), OpenOptions::default()).unwrap();
     let filter = seg.filter().expect("a small segment gets a filter");
-    // 3,600 postings at 12 bits each, in whole 256-bit blocks: 169 of them.
-    assert_eq!(filter.len_bytes(), 169 * 32);
+    // 3,600 postings at 12 bits each, in whole 256-bit blocks: 169 of them,
+    // after a 64-byte header (one region).
+    assert_eq!(filter.len_bytes(), 64 + 169 * 32);
     for id in 1..=300 {
         assert!(hashes(id).iter().all(|&h| filter.contains(h)), "id {id}");
         assert_eq!(matches(&seg, id).iter().filter(|&&i| i == id).count(), 12);
@@ -121,5 +122,37 @@ fn a_flipped_filter_byte_is_refused_at_open() {
             assert!(reason.contains("metadata checksum"), "{reason}")
         }
         other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// Rewrites footer field `index` (a u64) of the version-2 file at `path`,
+/// with a footer checksum that matches: what a crafted file can claim.
+fn forge_footer_field(path: &Path, index: usize, value: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let footer = bytes.len() - 144;
+    bytes[footer + 8 * index..footer + 8 * index + 8].copy_from_slice(&value.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[footer..footer + 128]);
+    bytes[footer + 128..footer + 132].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(path, &bytes).unwrap();
+}
+
+#[test]
+fn forged_section_sizes_are_refused_not_a_panic() {
+    // Fields 13 and 14: the filter's offset and length; 12: the deleted
+    // ids' length. Values chosen so u64 sums would wrap into a layout that
+    // seems to add up.
+    for (index, value) in [
+        (14, u64::MAX - 31),
+        (13, u64::MAX - 200),
+        (12, u64::MAX),
+        (14, 0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_v2(dir.path());
+        forge_footer_field(&path, index, value);
+        match FileSegment::open(&path, None, OpenOptions::default()) {
+            Err(Error::Corrupt { .. }) => {}
+            other => panic!("field {index} = {value:#x}: expected Corrupt, got {other:?}"),
+        }
     }
 }

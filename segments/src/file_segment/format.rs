@@ -175,29 +175,44 @@ impl Footer {
         if self.chunk_size == 0 {
             return Err("chunk size 0".into());
         }
+        // In u128: offsets and lengths come from the file, and sums of
+        // crafted u64s must not wrap into a layout that seems to add up.
+        let w = u128::from;
         let chunks =
-            (self.data_end.saturating_sub(HEADER_LEN)).div_ceil(u64::from(self.chunk_size));
+            w(self.data_end.saturating_sub(HEADER_LEN)).div_ceil(w(self.chunk_size.into()));
+        let deleted_end = w(self.deleted_offset) + w(self.deleted_len);
+        let filter_at = deleted_end.next_multiple_of(filter::ALIGN as u128);
+        let sections_end = if self.filter_len == 0 {
+            deleted_end
+        } else {
+            w(self.filter_offset) + w(self.filter_len)
+        };
         let expect = [
             ("data end", self.data_end >= HEADER_LEN),
             ("chunk table", self.chunks_offset == self.data_end),
             (
                 "directory",
-                self.directory_offset == self.chunks_offset + 4 * chunks,
+                w(self.directory_offset) == w(self.chunks_offset) + 4 * chunks,
             ),
             (
                 "offsets",
-                self.offsets_offset == self.directory_offset + 4 * self.num_blocks,
+                w(self.offsets_offset) == w(self.directory_offset) + 4 * w(self.num_blocks),
             ),
             (
                 "defined ids",
-                self.defined_offset == self.offsets_offset + 8 * self.num_blocks,
+                w(self.defined_offset) == w(self.offsets_offset) + 8 * w(self.num_blocks),
             ),
             (
                 "deleted ids",
-                self.deleted_offset == self.defined_offset + self.defined_len,
+                w(self.deleted_offset) == w(self.defined_offset) + w(self.defined_len),
             ),
-            ("filter", self.filter_len == 0 || self.filter_placed()),
-            ("footer", self.filter_end() + footer_len == file_len),
+            (
+                "filter",
+                self.filter_len == 0
+                    || (w(self.filter_offset) == filter_at
+                        && self.filter_len.is_multiple_of(filter::BLOCK_BYTES as u64)),
+            ),
+            ("footer", sections_end + w(footer_len) == w(file_len)),
         ];
         for (what, ok) in expect {
             if !ok {
@@ -205,23 +220,6 @@ impl Footer {
             }
         }
         Ok(())
-    }
-
-    /// A filter starts on the first 64-byte boundary after the deleted ids
-    /// (zero padding before it) and is whole blocks.
-    fn filter_placed(&self) -> bool {
-        let deleted_end = self.deleted_offset + self.deleted_len;
-        self.filter_offset == deleted_end.next_multiple_of(filter::ALIGN as u64)
-            && self.filter_len.is_multiple_of(filter::BLOCK_BYTES as u64)
-    }
-
-    /// Where the section before the footer ends.
-    fn filter_end(&self) -> u64 {
-        if self.filter_len == 0 {
-            self.deleted_offset + self.deleted_len
-        } else {
-            self.filter_offset + self.filter_len
-        }
     }
 
     pub fn num_chunks(&self) -> u64 {

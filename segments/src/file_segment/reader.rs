@@ -126,6 +126,12 @@ impl FileSegment {
             le_u32(&map, (dir_off + 4 * i) as usize)
         });
 
+        if footer.filter_len > 0
+            && FilterRef::new(section(footer.filter_offset, footer.filter_len)).is_none()
+        {
+            return Err(corrupt(footer.filter_offset, "malformed membership filter"));
+        }
+
         let verified = (0..footer.num_chunks().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -165,11 +171,15 @@ impl FileSegment {
     /// segments up to `filter::MAX_KEYS` postings); checked at open with
     /// the rest of the metadata.
     pub fn filter(&self) -> Option<FilterRef<'_>> {
+        if self.footer.filter_len == 0 {
+            return None;
+        }
         let start = self.footer.filter_offset as usize;
         let bytes = self
             .map
             .get(start..start + self.footer.filter_len as usize)?;
-        FilterRef::new(bytes)
+        // Checked whole by `FilterRef::new` at open: only the header here.
+        FilterRef::parse(bytes)
     }
 
     pub fn file_size(&self) -> u64 {

@@ -5,7 +5,8 @@
 //! `finish` appends the chunk table, block directory, offsets, id sets and footer,
 //! fsyncs, and renames the temp file into place (then fsyncs the directory). Memory
 //! held: one block plus 12 bytes per block for the directory and offsets, and the
-//! membership filter (1.5 bytes per posting, for segments that get one).
+//! membership filter (1.5 bytes per posting for segments that get one, twice
+//! that at `finish`, where it is copied into the metadata).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -54,10 +55,12 @@ impl std::fmt::Debug for FileSegmentWriter {
 
 impl FileSegmentWriter {
     /// Starts writing segment `id` into `dir` (as a temp file until `finish`).
-    /// `filter_keys` sizes its membership filter: the most postings it will
-    /// hold, or 0 for no filter (a run nobody searches); none either above
-    /// `filter::MAX_KEYS`. More postings than announced only raise the
-    /// filter's false-positive rate.
+    /// `filter_keys` is the most postings it will hold, or 0 for no
+    /// membership filter (a run nobody searches); none either above
+    /// `filter::MAX_KEYS`. It sets the filter's region count; regions are
+    /// sized by the hashes they get, so more postings than announced cost
+    /// larger regions (memory while building), not false positives, and
+    /// past `filter::MAX_KEYS` distinct hashes the filter is given up.
     pub fn create(dir: &Path, id: SegmentId, fs: Fs, filter_keys: u64) -> Result<Self> {
         let path = dir.join(format::file_name(id));
         let tmp_path = path.with_extension("fpseg.tmp");
@@ -195,13 +198,16 @@ impl FileSegmentWriter {
         let deleted_offset = data_end + meta.len() as u64;
         docs.deleted.serialize_into(&mut meta).at(&self.tmp_path)?;
         let deleted_end = data_end + meta.len() as u64;
-        let mut filter_offset = deleted_end;
-        if let Some(mut f) = self.filter.take().filter(|_| self.num_postings > 0) {
+        let (mut filter_offset, mut filter_len) = (deleted_end, 0);
+        if let Some(f) = self.filter.take().filter(|_| self.num_postings > 0) {
             // Zero padding puts the filter's blocks on cache lines once mapped.
             let pad = deleted_end.next_multiple_of(ALIGN as u64) - deleted_end;
-            meta.resize(meta.len() + pad as usize, 0);
-            filter_offset += pad;
-            f.write_to(&mut meta);
+            let before = meta.len();
+            meta.resize(before + pad as usize, 0);
+            match f.write_to(&mut meta) {
+                0 => meta.truncate(before),
+                n => (filter_offset, filter_len) = (deleted_end + pad, n as u64),
+            }
         }
         let end = data_end + meta.len() as u64;
         let segment_id = self.id;
@@ -220,7 +226,7 @@ impl FileSegmentWriter {
             deleted_offset,
             deleted_len: deleted_end - deleted_offset,
             filter_offset,
-            filter_len: end - filter_offset,
+            filter_len,
             chunk_size: CHUNK_SIZE,
             metadata_crc: crc32fast::hash(&meta),
         };
