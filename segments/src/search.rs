@@ -202,4 +202,34 @@ mod tests {
         };
         assert_eq!(o.limit(), 1);
     }
+
+    /// Above `RADIX_ABOVE` matches the radix path must rank exactly as
+    /// counting with a map does.
+    #[test]
+    fn rank_of_many_matches_agrees_with_a_plain_count() {
+        let mut x = 12345u32;
+        let matches: Vec<u32> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Skewed: small ids much more often.
+                1 + (x % 1000) % (1 + x % 300)
+            })
+            .collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for &id in &matches {
+            *counts.entry(id).or_insert(0u32) += 1;
+        }
+        let top = counts.values().copied().max().unwrap_or(0);
+        let mut want: Vec<Hit> = counts
+            .iter()
+            .map(|(&id, &score)| Hit { id, score })
+            .filter(|h| h.score >= 7 && h.score * 100 >= top)
+            .collect();
+        want.sort_by(|a, b| b.score.cmp(&a.score).then(a.id.cmp(&b.id)));
+        want.truncate(40);
+        assert!(matches.len() > RADIX_ABOVE && want.len() == 40);
+        assert_eq!(rank(matches, 7, 1, 40), want);
+    }
 }
