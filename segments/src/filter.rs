@@ -1,5 +1,6 @@
 //! Per-segment membership filter: "can this hash be in that segment?",
-//! answered from one cache line, so a search skips the directory lookup and
+//! answered from two loads (a region-table entry, then one cache-line
+//! block), so a search skips the directory lookup and
 //! block decode of every segment that does not hold a query hash
 //! (docs/architecture.md "Search"; layout in docs/segment-format.md "Filter").
 //!
@@ -26,6 +27,8 @@
 //! build sequential. The alternatives measured (xorf's binary fuse filters,
 //! fastbloom, a register-blocked Bloom filter, a bitmap of hash prefixes)
 //! are in docs/benchmarks.md and `cargo bench --bench filters`.
+
+use crate::fsutil::le_u32;
 
 /// Bytes per block.
 pub const BLOCK_BYTES: usize = 32;
@@ -72,11 +75,8 @@ fn block_in_region(mixed: u64, n: u32) -> u32 {
 
 #[inline]
 fn region_of(hash: u32, region_bits: u32) -> usize {
-    if region_bits == 0 {
-        0
-    } else {
-        (hash >> (32 - region_bits)) as usize
-    }
+    // A u64 shift: by 32 (no region bits) it gives region 0.
+    (u64::from(hash) >> (32 - region_bits)) as usize
 }
 
 /// Bytes before the first block: region bits, a zero word, the region
@@ -103,8 +103,9 @@ pub struct FilterBuilder {
 }
 
 impl FilterBuilder {
-    /// A filter for up to `keys` distinct hashes; `None` when `keys` is 0 or
-    /// above [`MAX_KEYS`] (no filter).
+    /// A filter for a segment announced at `keys` postings (its regions are
+    /// set from it); `None` when `keys` is 0 or above [`MAX_KEYS`] (no
+    /// filter).
     pub fn for_keys(keys: u64) -> Option<FilterBuilder> {
         if keys == 0 || keys > MAX_KEYS {
             return None;
@@ -139,6 +140,7 @@ impl FilterBuilder {
         match self.region.last() {
             Some(&last) if last > hash => self.spoiled = true,
             Some(&last) if last == hash => {}
+            // Defensive: callers announce at least the real count.
             _ if self.keys >= MAX_KEYS => self.spoiled = true,
             _ => {
                 self.region.push(hash);
@@ -168,8 +170,8 @@ impl FilterBuilder {
         self.region.clear();
     }
 
-    /// The filter's bytes (the format's "filter" section), or `None` if a
-    /// hash came out of order or none came.
+    /// The region bits, region table and blocks, or `None` if a hash came
+    /// out of order, too many came, or none.
     fn finish(mut self) -> Option<(u32, Vec<u32>, Vec<[u32; 8]>)> {
         if self.spoiled {
             return None;
@@ -261,7 +263,7 @@ impl<'a> FilterRef<'a> {
         }
         let mut prev = 0u32;
         for s in f.starts.chunks_exact(4) {
-            let s = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let s = le_u32(s, 0);
             if s < prev {
                 return None;
             }
@@ -274,7 +276,10 @@ impl<'a> FilterRef<'a> {
     /// header and lengths are read. (Bytes that were not checked can give
     /// wrong answers, never a panic: every read is bounds-checked.)
     pub fn parse(bytes: &'a [u8]) -> Option<FilterRef<'a>> {
-        let region_bits = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+        if bytes.len() < 8 {
+            return None;
+        }
+        let region_bits = le_u32(bytes, 0);
         if region_bits > MAX_REGION_BITS {
             return None;
         }
@@ -295,10 +300,9 @@ impl<'a> FilterRef<'a> {
     #[inline]
     fn block_at(&self, hash: u32, mixed: u64) -> Option<usize> {
         // Region r's blocks: table entries r and r + 1, one 8-byte read.
-        let r = (u64::from(hash) >> (32 - self.region_bits)) as usize;
+        let r = region_of(hash, self.region_bits);
         let pair = self.starts.get(4 * r..4 * r + 8)?;
-        let first = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]);
-        let end = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]);
+        let (first, end) = (le_u32(pair, 0), le_u32(pair, 4));
         let n = end.wrapping_sub(first);
         (n != 0 && n <= end).then(|| (first + block_in_region(mixed, n)) as usize * BLOCK_BYTES)
     }
@@ -319,9 +323,8 @@ impl<'a> FilterRef<'a> {
             return true;
         };
         let mut missing = 0u32;
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-            missing |= !w & bit_of(mixed, i);
+        for i in 0..8 {
+            missing |= !le_u32(block, 4 * i) & bit_of(mixed, i);
         }
         missing == 0
     }

@@ -100,9 +100,7 @@ impl FileSegmentWriter {
             )));
         }
         let (hash, id) = unpack(posting);
-        if let Some(f) = self.filter.as_mut()
-            && self.last.is_none_or(|last| unpack(last).0 != hash)
-        {
+        if let Some(f) = self.filter.as_mut() {
             f.insert(hash);
         }
         self.last = Some(posting);
@@ -199,7 +197,7 @@ impl FileSegmentWriter {
         docs.deleted.serialize_into(&mut meta).at(&self.tmp_path)?;
         let deleted_end = data_end + meta.len() as u64;
         let (mut filter_offset, mut filter_len) = (deleted_end, 0);
-        if let Some(f) = self.filter.take().filter(|_| self.num_postings > 0) {
+        if let Some(f) = self.filter.take() {
             // Zero padding puts the filter's blocks on cache lines once mapped.
             let pad = deleted_end.next_multiple_of(ALIGN as u64) - deleted_end;
             let before = meta.len();
