@@ -347,6 +347,7 @@ fn run_chosen(sets: &[Vec<u32>], queries: &[u32]) {
     for q in queries.chunks(HASHES) {
         let mut probe = Probe::new(q);
         for f in &filters {
+            out.clear();
             probe.candidates(f.as_filter().unwrap(), &mut out);
             positives += out.len() as u64;
         }

@@ -28,7 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::file_segment::{FileSegment, FileSegmentWriter, OpenOptions};
 use crate::index::SEGMENTS_DIR;
 use crate::manifest::{Manifest, ManifestSegment};
-use crate::merge::{merge_postings, merged_docs};
+use crate::merge::{input_postings, merge_postings, merged_docs};
 use crate::segment::{DocSets, Segment, SegmentInfo};
 use crate::snapshot::compute_shadows;
 use crate::types::{FingerprintId, Generation, Metadata, PackedPosting, Position, SegmentId, pack};
@@ -226,7 +226,7 @@ impl BulkBuilder {
                 let id = SegmentId(next_id);
                 next_id += 1;
                 let views = compute_shadows(&group);
-                let most = views.iter().map(|v| v.segment.info.num_postings).sum();
+                let most = input_postings(&views);
                 let mut w = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone(), most)?;
                 merge_postings(&views, &mut w)?;
                 let (_, info, size) =

@@ -170,9 +170,9 @@ impl FilterBuilder {
         self.region.clear();
     }
 
-    /// The region bits, region table and blocks, or `None` if a hash came
-    /// out of order, too many came, or none.
-    fn finish(mut self) -> Option<(u32, Vec<u32>, Vec<[u32; 8]>)> {
+    /// The finished filter, or `None` if a hash came out of order, too many
+    /// came, or none.
+    fn finish(mut self) -> Option<Built> {
         if self.spoiled {
             return None;
         }
@@ -181,43 +181,60 @@ impl FilterBuilder {
         while self.starts.len() <= regions {
             self.starts.push(self.blocks.len() as u32);
         }
-        (!self.blocks.is_empty()).then_some((self.region_bits, self.starts, self.blocks))
+        (!self.blocks.is_empty()).then_some(Built {
+            region_bits: self.region_bits,
+            starts: self.starts,
+            blocks: self.blocks,
+        })
     }
 
     /// Appends the filter's bytes (the format's "filter" section) to `out`,
     /// which must end on an [`ALIGN`] boundary of the file or buffer;
     /// returns how many bytes it appended (0: no filter).
     pub fn write_to(self, out: &mut Vec<u8>) -> usize {
-        let Some((region_bits, starts, blocks)) = self.finish() else {
-            return 0;
-        };
-        let before = out.len();
-        out.extend_from_slice(&region_bits.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        for s in &starts {
-            out.extend_from_slice(&s.to_le_bytes());
-        }
-        out.resize(before + header_len(region_bits), 0);
-        for w in blocks.iter().flatten() {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out.len() - before
+        self.finish().map_or(0, |f| f.write_to(out))
     }
 
     /// The filter in memory (a memory segment's), its blocks aligned to cache
     /// lines (a block straddling two lines costs a second miss per probe:
     /// 24-34 vs 48-50 ns measured, docs/benchmarks.md).
     pub fn into_owned(self) -> Option<OwnedFilter> {
-        let mut bytes = Vec::new();
-        if self.write_to(&mut bytes) == 0 {
-            return None;
-        }
+        let built = self.finish()?;
         // One allocation that will not move: an aligned start, then the bytes.
-        let mut buf: Vec<u8> = Vec::with_capacity(bytes.len() + ALIGN);
+        let mut buf: Vec<u8> = Vec::with_capacity(built.len() + ALIGN);
         let start = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
         buf.resize(start, 0);
-        buf.extend_from_slice(&bytes);
+        built.write_to(&mut buf);
         Some(OwnedFilter { buf, start })
+    }
+}
+
+/// A finished filter, before it is serialised.
+struct Built {
+    region_bits: u32,
+    starts: Vec<u32>,
+    blocks: Vec<[u32; 8]>,
+}
+
+impl Built {
+    /// Bytes [`Built::write_to`] appends.
+    fn len(&self) -> usize {
+        header_len(self.region_bits) + self.blocks.len() * BLOCK_BYTES
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) -> usize {
+        let before = out.len();
+        out.reserve(self.len());
+        out.extend_from_slice(&self.region_bits.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for s in &self.starts {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out.resize(before + header_len(self.region_bits), 0);
+        for w in self.blocks.iter().flatten() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.len() - before
     }
 }
 
@@ -337,29 +354,28 @@ impl<'a> FilterRef<'a> {
 /// A query as the filters see it: its sorted hashes, mixed once for every
 /// segment's filter.
 #[derive(Debug, Default)]
-pub struct Probe {
-    hashes: Vec<u32>,
+pub struct Probe<'q> {
+    hashes: &'q [u32],
     mixed: Vec<u64>,
     /// Per hash, the byte where its block starts in the filter at hand
     /// (`usize::MAX`: its region is empty).
     at: Vec<usize>,
 }
 
-impl Probe {
-    pub fn new(sorted_query: &[u32]) -> Probe {
+impl<'q> Probe<'q> {
+    pub fn new(sorted_query: &'q [u32]) -> Probe<'q> {
         Probe {
-            hashes: sorted_query.to_vec(),
+            hashes: sorted_query,
             mixed: sorted_query.iter().map(|&h| mix(h)).collect(),
             at: Vec::with_capacity(sorted_query.len()),
         }
     }
 
-    /// The query hashes `filter` may hold, in order, into `out` (cleared
-    /// first). Two passes: find and touch every probed block first (a few
+    /// Appends the query hashes `filter` may hold, in order, to `out`.
+    /// Two passes: find and touch every probed block first (a few
     /// instructions per hash, so dozens of cache misses overlap), then test
     /// the bits, in cache by then.
     pub fn candidates(&mut self, filter: FilterRef<'_>, out: &mut Vec<u32>) {
-        out.clear();
         self.at.clear();
         let mut touched = 0u8;
         for (&h, &m) in self.hashes.iter().zip(&self.mixed) {

@@ -50,6 +50,12 @@ impl PostingSink for FileSegmentWriter {
     }
 }
 
+/// Postings the merge of `views` writes at most (shadowed and deleted ones
+/// dropped, it writes fewer): what sizes its output's filter.
+pub fn input_postings(views: &[SegmentView]) -> u64 {
+    views.iter().map(|v| v.segment.info.num_postings).sum()
+}
+
 /// The id sets of the merge of `views`.
 pub fn merged_docs(views: &[SegmentView], drop_tombstones: bool) -> DocSets {
     let mut docs = DocSets::default();

@@ -73,32 +73,34 @@ impl Snapshot {
         let q = normalize_query(query);
         let mut matches: Vec<u32> = Vec::with_capacity(q.len() * 4);
         // Each segment is asked only for the query hashes its filter may
-        // hold (all of them without a filter): `keys[spans[i]]` for segment i.
-        let filters: Vec<_> = self.segments.iter().map(|v| v.segment.filter()).collect();
-        let mut probe = filters.iter().any(Option::is_some).then(|| Probe::new(&q));
+        // hold: `keys[span]`, or the whole query (`None`) without a filter.
+        let mut probe: Option<Probe<'_>> = None;
         let mut keys: Vec<u32> = Vec::new();
-        let mut spans = Vec::with_capacity(self.segments.len());
-        let mut candidates = Vec::new();
-        for filter in filters {
-            let start = keys.len();
-            match (filter, probe.as_mut()) {
-                (Some(filter), Some(probe)) => {
-                    probe.candidates(filter, &mut candidates);
-                    keys.extend_from_slice(&candidates);
-                }
-                _ => keys.extend_from_slice(&q),
-            }
-            spans.push(start..keys.len());
-        }
+        let spans: Vec<Option<std::ops::Range<usize>>> = self
+            .segments
+            .iter()
+            .map(|view| {
+                let filter = view.segment.filter()?;
+                let start = keys.len();
+                probe
+                    .get_or_insert_with(|| Probe::new(&q))
+                    .candidates(filter, &mut keys);
+                Some(start..keys.len())
+            })
+            .collect();
+        let keys_of = |span: &Option<std::ops::Range<usize>>| match span {
+            Some(span) => &keys[span.clone()],
+            None => &q[..],
+        };
         if let Some(above) = opts.prefetch_above
             && self.file_bytes() >= above
         {
             for (view, span) in self.segments.iter().zip(&spans) {
-                view.segment.prefetch(&keys[span.clone()]);
+                view.segment.prefetch(keys_of(span));
             }
         }
         for (view, span) in self.segments.iter().zip(&spans) {
-            let keys = &keys[span.clone()];
+            let keys = keys_of(span);
             if keys.is_empty() {
                 continue;
             }

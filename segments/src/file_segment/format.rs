@@ -26,13 +26,24 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const FORMAT_VERSION_1: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
 
-/// Footer size of a format version; `None` for a version this code cannot read.
-pub fn footer_len(version: u32) -> Option<u64> {
+/// Bytes at the very end of the file: u32 version, then the magic.
+pub const TRAILER_LEN: u64 = 12;
+
+/// The u64 fields a footer of `version` starts with; `None` for a version
+/// this code cannot read.
+fn footer_words(version: u32) -> Option<usize> {
     match version {
-        FORMAT_VERSION_1 => Some(128),
-        FORMAT_VERSION => Some(144),
+        FORMAT_VERSION_1 => Some(13),
+        FORMAT_VERSION => Some(15),
         _ => None,
     }
+}
+
+/// Footer size of a format version: its u64 fields, chunk size, metadata
+/// CRC, footer CRC, then the trailer. `None` for a version this code cannot
+/// read.
+pub fn footer_len(version: u32) -> Option<u64> {
+    footer_words(version).map(|w| 8 * w as u64 + 12 + TRAILER_LEN)
 }
 /// Granularity of data checksums: each chunk is verified the first time any block
 /// in it is read.
@@ -80,7 +91,7 @@ pub struct Footer {
 impl Footer {
     /// Encodes a version-2 footer.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(144);
+        let mut b = Vec::with_capacity(footer_len(FORMAT_VERSION).unwrap_or(0) as usize);
         for v in [
             self.segment_id,
             self.min_position,
@@ -118,7 +129,7 @@ impl Footer {
         if b.len() as u64 != len {
             return None;
         }
-        let words = if version == FORMAT_VERSION_1 { 13 } else { 15 };
+        let words = footer_words(version)?;
         let body = words * 8 + 8;
         if crc32fast::hash(&b[..body]) != le_u32(b, body) {
             return None;
@@ -150,13 +161,13 @@ impl Footer {
         })
     }
 
-    /// Version and magic sit in the last 12 bytes of the file.
+    /// Version and magic sit in the last [`TRAILER_LEN`] bytes of the file.
     pub fn trailer(b: &[u8]) -> (u32, [u8; 8]) {
         let n = b.len();
         let mut magic = [0u8; 8];
-        if n >= 12 {
+        if n as u64 >= TRAILER_LEN {
             magic.copy_from_slice(&b[n - 8..]);
-            (le_u32(b, n - 12), magic)
+            (le_u32(b, n - TRAILER_LEN as usize), magic)
         } else {
             (0, magic)
         }

@@ -72,7 +72,7 @@ impl FileSegment {
         let map = mmap::map_readonly(&file, path)?;
         let len = map.len() as u64;
         let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
-        if len < HEADER_LEN + 12 {
+        if len < HEADER_LEN + format::TRAILER_LEN {
             return Err(corrupt(0, "file too short for a segment"));
         }
         if map[..8] != MAGIC {

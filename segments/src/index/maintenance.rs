@@ -11,7 +11,7 @@ use super::{Index, MemoryEntry, SEGMENTS_DIR, State, lock};
 use crate::error::{Error, Result};
 use crate::file_segment::{FileSegment, FileSegmentWriter};
 use crate::manifest::{Manifest, ManifestSegment};
-use crate::merge::{PostingSink, merge_postings, merged_docs};
+use crate::merge::{PostingSink, input_postings, merge_postings, merged_docs};
 use crate::merge_policy::MergeInput;
 use crate::segment::{Segment, SegmentInfo};
 use crate::snapshot::SegmentView;
@@ -354,7 +354,7 @@ impl Index {
         keep_going: Option<&dyn Fn(u64, u64) -> bool>,
     ) -> Result<Arc<Segment>> {
         let seg_dir = self.dir.join(SEGMENTS_DIR);
-        let total = views.iter().map(|v| v.segment.info.num_postings).sum();
+        let total = input_postings(views);
         let mut writer = FileSegmentWriter::create(&seg_dir, id, self.opts.fs.clone(), total)?;
         match keep_going {
             None => merge_postings(views, &mut writer)?,
