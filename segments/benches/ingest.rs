@@ -7,8 +7,11 @@
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
+use fpnode_segments::durable::Fs;
+use fpnode_segments::file_segment::{FileSegment, FileSegmentWriter, OpenOptions};
 use fpnode_segments::memory_segment::build;
 use fpnode_segments::merge::{merge_cursors, merge_postings};
+use fpnode_segments::segment::Segment;
 use fpnode_segments::snapshot::SegmentView;
 use fpnode_segments::{Batch, Change, Position, SegmentId};
 use rand::{Rng, SeedableRng};
@@ -52,6 +55,44 @@ fn bench(c: &mut Criterion) {
             })
         });
         g.bench_with_input(BenchmarkId::new("chunked", k), &views, |b, views| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(total as usize);
+                black_box(merge_postings(views, &mut out).unwrap())
+            })
+        });
+    }
+    // File segments (a file merge): blocks decoded into each run's buffer.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let k = 10u32;
+        let views: Vec<SegmentView> = (0..k)
+            .map(|n| {
+                let mem = build(SegmentId(u64::from(n)), &group(&mut rng, n)).unwrap();
+                let info = mem.info;
+                let mut w =
+                    FileSegmentWriter::create(dir.path(), info.id, Fs::default(), 0).unwrap();
+                for p in mem.cursor() {
+                    w.push(p.unwrap()).unwrap();
+                }
+                let (path, _, _) = w
+                    .finish(&mem.docs, info.min_position, info.max_position)
+                    .unwrap();
+                let file = FileSegment::open(&path, Some(info.id), OpenOptions::default()).unwrap();
+                SegmentView {
+                    segment: Arc::new(Segment::file(file)),
+                    shadowed: Arc::new(RoaringBitmap::new()),
+                }
+            })
+            .collect();
+        let total = u64::from(k * GROUP * 120);
+        g.throughput(criterion::Throughput::Elements(total));
+        g.bench_with_input(BenchmarkId::new("files-heap", k), &views, |b, views| {
+            b.iter(|| {
+                let mut out = Vec::with_capacity(total as usize);
+                black_box(merge_cursors(views, &mut out).unwrap())
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("files-chunked", k), &views, |b, views| {
             b.iter(|| {
                 let mut out = Vec::with_capacity(total as usize);
                 black_box(merge_postings(views, &mut out).unwrap())

@@ -421,6 +421,32 @@ pub struct FileCursor<'a> {
     failed: bool,
 }
 
+impl FileCursor<'_> {
+    /// Appends the postings left in the current block, or else all of the
+    /// next block's, to `out`; false when none are left.
+    pub fn next_block(&mut self, out: &mut Vec<PackedPosting>) -> Result<bool> {
+        if self.pos == self.block.len {
+            if self.failed || self.next_block >= self.segment.footer.num_blocks {
+                return Ok(false);
+            }
+            if let Err(e) = self.segment.decode(self.next_block, &mut self.block) {
+                self.failed = true;
+                return Err(e);
+            }
+            self.next_block += 1;
+            self.pos = 0;
+        }
+        let range = self.pos..self.block.len;
+        let (hashes, ids) = (
+            self.block.hashes.get(range.clone()).unwrap_or_default(),
+            self.block.ids.get(range).unwrap_or_default(),
+        );
+        out.extend(hashes.iter().zip(ids).map(|(&h, &id)| pack(h, id)));
+        self.pos = self.block.len;
+        Ok(true)
+    }
+}
+
 impl Iterator for FileCursor<'_> {
     type Item = Result<PackedPosting>;
 

@@ -87,11 +87,17 @@ impl Default for IndexOptions {
             checkpoint_threshold: 8 << 20,
             checkpoint_age: Duration::from_secs(60),
             // In-memory merges are cheap (a few ms for a few batches) and every
-            // memory segment costs each search a lookup: keep them few.
+            // memory segment costs each search a lookup: keep them few. The
+            // floor is about one 1,000-fingerprint batch (0.96 MB of
+            // postings): with 4 MB, 4 to 14 batches stayed in tier 0 and the
+            // merged segment was merged again with every 3 new ones (1.8
+            // rewrites per posting before a checkpoint instead of 1.2, by a
+            // simulation of the policy; docs/benchmarks.md "Ingest with
+            // filters").
             memory_policy: TieredMergePolicy {
                 segments_per_tier: 4,
                 max_merge_at_once: 8,
-                floor_bytes: 4 << 20,
+                floor_bytes: 1 << 20,
                 max_merged_bytes: u64::MAX,
                 max_segments: 16,
             },
