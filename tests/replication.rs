@@ -1640,6 +1640,19 @@ async fn a_replica_feed_reads_what_its_bootstrap_replayed_back_from_the_stream()
     assert_eq!(ja.call("DELETE", "/main", None).await.status, 200);
     assert_eq!(ja.call("PUT", "/main", None).await.status, 200);
     let created = version(&ja).await;
+    // b must be following the new generation live before the write: had it
+    // still been catching up, it would replay the write in bulk (unlogged,
+    // so only in the stream) and "what b logged itself" below would be empty
+    // (seen once under the whole suite's load).
+    wait_version(&jb, created, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while jb.call("GET", "/_ready", None).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "b never caught up with the new generation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut model = Model::new();
     let v = update(&ja, &[9], 0, &mut model).await;
     wait_version(&jb, v, Duration::from_secs(20)).await;

@@ -70,7 +70,7 @@ pub fn merged_docs(views: &[SegmentView], drop_tombstones: bool) -> DocSets {
 
 /// Streams the surviving postings of `views` into `sink` in order; returns how
 /// many were written. Two or more inputs go through [`merge_runs`] (chunks
-/// sorted together: 2-2.4x the heap's speed, `cargo bench --bench ingest`,
+/// sorted together: 2.0-2.2x the heap's speed, `cargo bench --bench ingest`,
 /// docs/benchmarks.md "Ingest with filters"), one is copied through.
 pub fn merge_postings<S: PostingSink>(views: &[SegmentView], sink: &mut S) -> Result<u64> {
     if views.len() < 2 {

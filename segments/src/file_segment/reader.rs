@@ -111,9 +111,9 @@ impl FileSegment {
         }
         // Checksummed through read(2), not the map: the map is advised
         // `Random`, so reading the metadata (the filter is most of it) through
-        // it faulted in one page at a time: 11 s instead of ~1 s to open 3M
-        // fingerprints with the page cache dropped (docs/benchmarks.md "Cold
-        // open"). The pages stay cached for the map.
+        // it faulted in one page at a time: 11 s instead of 0.5-0.65 s to
+        // open 3M fingerprints with the page cache dropped
+        // (docs/benchmarks.md "Cold open"). The pages stay cached for the map.
         if crc_at(&file, footer.chunks_offset, footer_start).at(path)? != footer.metadata_crc {
             return Err(corrupt(footer.chunks_offset, "metadata checksum mismatch"));
         }
