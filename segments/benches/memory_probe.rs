@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use fpnode_segments::filter::{FilterBuilder, Probe};
+use fpnode_segments::filter::Probe;
 use fpnode_segments::memory_segment::build;
 use fpnode_segments::{Batch, Change, Position, SegmentId};
 use rand::{Rng, SeedableRng};
@@ -35,17 +35,6 @@ fn main() {
                 build(SegmentId(s as u64), &Batch::new(Position(1), changes)).unwrap()
             })
             .collect();
-        let filters: Vec<_> = segments
-            .iter()
-            .map(|s| {
-                let mut f = FilterBuilder::for_keys(s.info.num_postings).unwrap();
-                let mut c = s.cursor();
-                while let Some(Ok(p)) = c.next() {
-                    f.insert((p >> 32) as u32);
-                }
-                f.into_owned().unwrap()
-            })
-            .collect();
         let queries: Vec<Vec<u32>> = (0..QUERIES)
             .map(|_| {
                 let mut q: Vec<u32> = (0..120).map(|_| rng.r#gen()).collect();
@@ -65,10 +54,9 @@ fn main() {
         let t = Instant::now();
         for (i, q) in queries.iter().enumerate() {
             out.clear();
-            Probe::new(q).candidates(filters[i % SEGMENTS].as_filter().unwrap(), &mut out);
-            segments[i % SEGMENTS]
-                .collect_matches(&out, &mut |_| found += 1)
-                .unwrap();
+            let segment = &segments[i % SEGMENTS];
+            Probe::new(q).candidates(segment.filter().unwrap(), &mut out);
+            segment.collect_matches(&out, &mut |_| found += 1).unwrap();
         }
         let filtered = t.elapsed().as_secs_f64() * 1e6 / QUERIES as f64;
         black_box(found);

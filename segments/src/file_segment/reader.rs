@@ -442,19 +442,30 @@ fn crc_at(file: &File, start: u64, end: u64) -> std::io::Result<u32> {
 }
 
 impl FileCursor<'_> {
+    /// Decodes the next block once the current one is used up; false when
+    /// there is none left (or a decode failed before).
+    #[inline]
+    fn refill(&mut self) -> Result<bool> {
+        if self.pos < self.block.len {
+            return Ok(true);
+        }
+        if self.failed || self.next_block >= self.segment.footer.num_blocks {
+            return Ok(false);
+        }
+        if let Err(e) = self.segment.decode(self.next_block, &mut self.block) {
+            self.failed = true;
+            return Err(e);
+        }
+        self.next_block += 1;
+        self.pos = 0;
+        Ok(true)
+    }
+
     /// Appends the postings left in the current block, or else all of the
     /// next block's, to `out`; false when none are left.
     pub fn next_block(&mut self, out: &mut Vec<PackedPosting>) -> Result<bool> {
-        if self.pos == self.block.len {
-            if self.failed || self.next_block >= self.segment.footer.num_blocks {
-                return Ok(false);
-            }
-            if let Err(e) = self.segment.decode(self.next_block, &mut self.block) {
-                self.failed = true;
-                return Err(e);
-            }
-            self.next_block += 1;
-            self.pos = 0;
+        if !self.refill()? {
+            return Ok(false);
         }
         let range = self.pos..self.block.len;
         let (hashes, ids) = (
@@ -472,16 +483,10 @@ impl Iterator for FileCursor<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.pos == self.block.len {
-            if self.failed || self.next_block >= self.segment.footer.num_blocks {
-                return None;
-            }
-            if let Err(e) = self.segment.decode(self.next_block, &mut self.block) {
-                self.failed = true;
-                return Some(Err(e));
-            }
-            self.next_block += 1;
-            self.pos = 0;
+        match self.refill() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(Err(e)),
         }
         let p = pack(self.block.hashes[self.pos], self.block.ids[self.pos]);
         self.pos += 1;
